@@ -1,0 +1,91 @@
+#include "bounce/dsn.hpp"
+
+#include <cctype>
+
+namespace bmx::bounce {
+
+std::string status_of(std::string_view reply) {
+    // "550 5.1.1 text": the second word, when it looks like class.subject.detail
+    auto sp = reply.find(' ');
+    if (sp != std::string_view::npos) {
+        auto rest = reply.substr(sp + 1);
+        auto end = rest.find(' ');
+        auto word = rest.substr(0, end);
+        int dots = 0;
+        bool ok = word.size() >= 5 && (word[0] == '2' || word[0] == '4' || word[0] == '5') &&
+                  word[1] == '.';
+        for (char c : word) {
+            if (c == '.') ++dots;
+            else if (!std::isdigit(static_cast<unsigned char>(c))) ok = false;
+        }
+        if (ok && dots == 2) return std::string(word);
+    }
+    if (!reply.empty() && reply[0] == '4') return "4.0.0";
+    return "5.0.0";
+}
+
+std::optional<NewMessage> make_dsn(const StoredMessage& original,
+                                   const std::vector<Failure>& failures,
+                                   const std::string& hostname, const std::string& remote_mta,
+                                   TimePoint now) {
+    if (original.sender.empty() || failures.empty()) return std::nullopt;
+    NewMessage dsn;
+    dsn.id = new_queue_id();
+    dsn.sender = "";  // DSNs are sent from the null sender (RFC 5321 4.5.5)
+    dsn.recipients = {original.sender};
+    auto at = original.sender.rfind('@');
+    dsn.domain = at == std::string::npos ? "" : original.sender.substr(at + 1);
+    dsn.received_at = now;
+    dsn.next_attempt_at = now;
+    dsn.smtputf8 = original.smtputf8;
+    dsn.client = "bounce";
+
+    std::string boundary = dsn.id + "/" + hostname;
+    std::string headers_part;
+    auto end = original.body.find("\r\n\r\n");
+    headers_part = original.body.substr(0, end == std::string::npos ? original.body.size() : end + 2);
+    if (!headers_part.ends_with("\r\n")) headers_part += "\r\n";
+
+    std::string b;
+    b += "From: Mail Delivery System <MAILER-DAEMON@" + hostname + ">\r\n";
+    b += "To: <" + original.sender + ">\r\n";
+    b += "Subject: Undelivered Mail Returned to Sender\r\n";
+    b += "Date: " + rfc5322_date(now) + "\r\n";
+    b += "Message-ID: <" + dsn.id + "@" + hostname + ">\r\n";
+    b += "Auto-Submitted: auto-replied\r\n";
+    b += "MIME-Version: 1.0\r\n";
+    b += "Content-Type: multipart/report; report-type=delivery-status;\r\n";
+    b += "\tboundary=\"" + boundary + "\"\r\n";
+    b += "\r\nThis is a MIME-encapsulated message.\r\n\r\n";
+    b += "--" + boundary + "\r\n";
+    b += "Content-Description: Notification\r\n";
+    b += "Content-Type: text/plain; charset=us-ascii\r\n\r\n";
+    b += "This is the mail system at host " + hostname + ".\r\n\r\n";
+    b += "I'm sorry to have to inform you that your message could not\r\n";
+    b += "be delivered to one or more recipients. It's attached below.\r\n\r\n";
+    for (const auto& f : failures) b += "<" + f.recipient + ">: " + f.diagnostic.substr(0, 900) + "\r\n";
+    b += "\r\n--" + boundary + "\r\n";
+    b += "Content-Description: Delivery report\r\n";
+    b += "Content-Type: message/delivery-status\r\n\r\n";
+    b += "Reporting-MTA: dns; " + hostname + "\r\n";
+    b += "X-Backupmx-Queue-ID: " + original.id + "\r\n";
+    b += "Arrival-Date: " + rfc5322_date(original.received_at) + "\r\n";
+    for (const auto& f : failures) {
+        b += "\r\n";
+        b += "Final-Recipient: rfc822; " + f.recipient + "\r\n";
+        b += "Action: failed\r\n";
+        b += "Status: " + f.status + "\r\n";
+        if (!remote_mta.empty()) b += "Remote-MTA: dns; " + remote_mta + "\r\n";
+        b += "Diagnostic-Code: smtp; " + f.diagnostic.substr(0, 900) + "\r\n";
+        b += "Last-Attempt-Date: " + rfc5322_date(now) + "\r\n";
+    }
+    b += "\r\n--" + boundary + "\r\n";
+    b += "Content-Description: Undelivered Message Headers\r\n";
+    b += "Content-Type: text/rfc822-headers\r\n\r\n";
+    b += headers_part;
+    b += "\r\n--" + boundary + "--\r\n";
+    dsn.body = std::move(b);
+    return dsn;
+}
+
+}  // namespace bmx::bounce

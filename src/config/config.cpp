@@ -1,0 +1,256 @@
+#include "config/config.hpp"
+
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "util/util.hpp"
+
+namespace bmx {
+
+std::string HostPort::text() const {
+    if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
+    return host + ":" + std::to_string(port);
+}
+
+std::optional<HostPort> parse_host_port(std::string_view text, std::uint16_t default_port) {
+    HostPort hp;
+    hp.port = default_port;
+    std::string_view host = text, port;
+    if (text.starts_with('[')) {
+        auto close = text.find(']');
+        if (close == std::string_view::npos) return std::nullopt;
+        host = text.substr(1, close - 1);
+        auto rest = text.substr(close + 1);
+        if (!rest.empty()) {
+            if (rest[0] != ':') return std::nullopt;
+            port = rest.substr(1);
+            if (port.empty()) return std::nullopt;
+        }
+    } else {
+        auto colon = text.rfind(':');
+        if (colon != std::string_view::npos) {
+            if (text.find(':') != colon) return std::nullopt;  // bare IPv6 needs brackets
+            host = text.substr(0, colon);
+            port = text.substr(colon + 1);
+            if (port.empty()) return std::nullopt;
+        }
+    }
+    if (host.empty() || host.size() > 253) return std::nullopt;
+    for (char c : host)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' ||
+              c == '_'))
+            return std::nullopt;
+    if (!port.empty()) {
+        unsigned v = 0;
+        auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), v);
+        if (ec != std::errc() || p != port.data() + port.size() || v == 0 || v > 65535)
+            return std::nullopt;
+        hp.port = static_cast<std::uint16_t>(v);
+    }
+    hp.host = to_lower(host);
+    return hp;
+}
+
+std::string Config::store_path() const {
+    if (store.starts_with("sqlite:")) return store.substr(7);
+    return store;
+}
+
+const DomainConfig* Config::find_domain(std::string_view domain) const {
+    for (const auto& d : domains)
+        if (iequals(d.name, domain)) return &d;
+    return nullptr;
+}
+
+namespace {
+
+[[noreturn]] void fail(const std::string& key, const std::string& why) {
+    throw ConfigError("config: " + key + ": " + why);
+}
+
+void check_keys(const toml::table& t, const std::string& where, const std::set<std::string>& allowed) {
+    for (auto&& [k, v] : t) {
+        std::string key(k.str());
+        if (!allowed.count(key)) fail(where.empty() ? key : where + "." + key, "unknown key");
+    }
+}
+
+std::string get_string(const toml::table& t, const std::string& where, const char* key,
+                       std::string def) {
+    auto node = t.get(key);
+    if (!node) return def;
+    auto v = node->value<std::string>();
+    if (!v || node->type() != toml::node_type::string) fail(where + key, "must be a string");
+    return *v;
+}
+
+std::int64_t get_int(const toml::table& t, const std::string& where, const char* key,
+                     std::int64_t def, std::int64_t min, std::int64_t max) {
+    auto node = t.get(key);
+    if (!node) return def;
+    if (node->type() != toml::node_type::integer) fail(where + key, "must be an integer");
+    auto v = *node->value<std::int64_t>();
+    if (v < min || v > max)
+        fail(where + key, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+    return v;
+}
+
+std::chrono::seconds get_duration(const toml::table& t, const std::string& where, const char* key,
+                                  std::chrono::seconds def) {
+    auto node = t.get(key);
+    if (!node) return def;
+    std::optional<Seconds> d;
+    if (node->type() == toml::node_type::string)
+        d = parse_duration(*node->value<std::string>());
+    else if (node->type() == toml::node_type::integer && *node->value<std::int64_t>() >= 0)
+        d = Seconds(*node->value<std::int64_t>());
+    if (!d) fail(where + key, "must be a duration such as \"30s\", \"5m\", \"2h\" or \"14d\"");
+    if (d->count() <= 0) fail(where + key, "must be greater than zero");
+    return *d;
+}
+
+bool valid_domain_name(std::string_view d) {
+    if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.' || d.front() == '-')
+        return false;
+    std::size_t label = 0;
+    for (char c : d) {
+        if (c == '.') {
+            if (label == 0) return false;
+            label = 0;
+            continue;
+        }
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-')) return false;
+        if (++label > 63) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+Config parse_config(std::string_view text) {
+    toml::table root;
+    try {
+        root = toml::parse(text);
+    } catch (const toml::parse_error& e) {
+        std::ostringstream os;
+        os << "config: TOML syntax error at line " << e.source().begin.line << ": "
+           << e.description();
+        throw ConfigError(os.str());
+    }
+    Config c;
+    check_keys(root, "", {"hostname", "smtp", "queue", "delivery", "log", "domain"});
+    c.hostname = to_lower(get_string(root, "", "hostname", c.hostname));
+    if (!valid_domain_name(c.hostname)) fail("hostname", "must be a host name");
+
+    auto table_of = [&](const char* name) -> const toml::table* {
+        auto node = root.get(name);
+        if (!node) return nullptr;
+        if (!node->is_table()) fail(name, "must be a table ([" + std::string(name) + "])");
+        return node->as_table();
+    };
+
+    if (auto* s = table_of("smtp")) {
+        const std::string w = "smtp.";
+        check_keys(*s, "smtp",
+                   {"listen", "max_message_size", "max_recipients", "max_connections",
+                    "command_timeout", "data_timeout", "max_errors"});
+        if (auto node = s->get("listen")) {
+            auto* arr = node->as_array();
+            if (!arr || arr->empty()) fail("smtp.listen", "must be a non-empty array of \"ip:port\"");
+            c.listen.clear();
+            for (auto& el : *arr) {
+                auto str = el.value<std::string>();
+                auto hp = str ? parse_host_port(*str, 25) : std::nullopt;
+                if (!hp) fail("smtp.listen", "bad address (want \"ip:port\" or \"[v6]:port\")");
+                c.listen.push_back(*hp);
+            }
+        }
+        c.max_message_size = static_cast<std::uint64_t>(
+            get_int(*s, w, "max_message_size", static_cast<std::int64_t>(c.max_message_size), 1024,
+                    4LL * 1024 * 1024 * 1024));
+        c.max_recipients = static_cast<std::uint32_t>(
+            get_int(*s, w, "max_recipients", c.max_recipients, 1, 100000));
+        c.max_connections = static_cast<std::uint32_t>(
+            get_int(*s, w, "max_connections", c.max_connections, 1, 1000000));
+        c.max_errors =
+            static_cast<std::uint32_t>(get_int(*s, w, "max_errors", c.max_errors, 1, 100000));
+        c.command_timeout = get_duration(*s, w, "command_timeout", c.command_timeout);
+        c.data_timeout = get_duration(*s, w, "data_timeout", c.data_timeout);
+    }
+    if (auto* q = table_of("queue")) {
+        const std::string w = "queue.";
+        check_keys(*q, "queue",
+                   {"store", "max_age", "retry_min", "retry_max", "probe_interval",
+                    "max_concurrency", "initial_concurrency", "control_socket", "relayhost"});
+        c.store = get_string(*q, w, "store", c.store);
+        if (!c.store.starts_with("sqlite:") || c.store.size() <= 7)
+            fail("queue.store", "must be \"sqlite:PATH\" (PostgreSQL comes later)");
+        c.max_age = get_duration(*q, w, "max_age", c.max_age);
+        c.retry_min = get_duration(*q, w, "retry_min", c.retry_min);
+        c.retry_max = get_duration(*q, w, "retry_max", c.retry_max);
+        if (c.retry_max < c.retry_min) fail("queue.retry_max", "must not be less than retry_min");
+        c.probe_interval = get_duration(*q, w, "probe_interval", c.probe_interval);
+        c.max_concurrency = static_cast<std::uint32_t>(
+            get_int(*q, w, "max_concurrency", c.max_concurrency, 1, 1000));
+        c.initial_concurrency = static_cast<std::uint32_t>(
+            get_int(*q, w, "initial_concurrency", c.initial_concurrency, 1, 1000));
+        if (c.initial_concurrency > c.max_concurrency) c.initial_concurrency = c.max_concurrency;
+        c.control_socket = get_string(*q, w, "control_socket", "");
+        if (q->get("relayhost")) {
+            auto hp = parse_host_port(get_string(*q, w, "relayhost", ""), 25);
+            if (!hp) fail("queue.relayhost", "must be \"host:port\"");
+            c.relayhost = hp;
+        }
+    }
+    if (auto* d = table_of("delivery")) {
+        const std::string w = "delivery.";
+        check_keys(*d, "delivery", {"connect_timeout", "reply_timeout"});
+        c.connect_timeout = get_duration(*d, w, "connect_timeout", c.connect_timeout);
+        c.reply_timeout = get_duration(*d, w, "reply_timeout", c.reply_timeout);
+    }
+    if (auto* l = table_of("log")) {
+        check_keys(*l, "log", {"level"});
+        c.log_level = get_string(*l, "log.", "level", c.log_level);
+        static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
+        if (!levels.count(c.log_level)) fail("log.level", "must be trace, debug, info, warn or error");
+    }
+    if (auto node = root.get("domain")) {
+        auto* arr = node->as_array();
+        if (!arr) fail("domain", "must be an array of tables ([[domain]])");
+        for (std::size_t i = 0; i < arr->size(); ++i) {
+            auto* t = (*arr)[i].as_table();
+            std::string w = "domain[" + std::to_string(i) + "].";
+            if (!t) fail("domain", "must be an array of tables ([[domain]])");
+            check_keys(*t, w.substr(0, w.size() - 1), {"name", "primary"});
+            DomainConfig dc;
+            dc.name = to_lower(get_string(*t, w, "name", ""));
+            if (dc.name.ends_with('.')) dc.name.pop_back();
+            if (!valid_domain_name(dc.name)) fail(w + "name", "must be a domain name");
+            if (c.find_domain(dc.name)) fail(w + "name", "domain " + dc.name + " listed twice");
+            if (!t->get("primary")) fail(w + "primary", "is required (host:port of the primary)");
+            auto hp = parse_host_port(get_string(*t, w, "primary", ""), 25);
+            if (!hp) fail(w + "primary", "must be \"host:port\", \"ip:port\" or \"[v6]:port\"");
+            dc.primary = *hp;
+            c.domains.push_back(std::move(dc));
+        }
+    }
+    if (c.control_socket.empty()) {
+        auto dir = std::filesystem::path(c.store_path()).parent_path();
+        c.control_socket = (dir.empty() ? std::filesystem::path(".") : dir).string() + "/control.sock";
+    }
+    return c;
+}
+
+Config load_config_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw ConfigError("config: cannot read " + path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return parse_config(ss.str());
+}
+
+}  // namespace bmx

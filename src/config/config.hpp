@@ -1,0 +1,67 @@
+// config: reads the TOML file into plain settings with their defaults, and validates every value.
+// It is the one place a setting's name and default live. It must never start anything or touch the
+// network: an unknown key or a bad value is an error that names the key, raised before serving.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace bmx {
+
+struct HostPort {
+    std::string host;  // name or IP literal (no brackets)
+    std::uint16_t port = 25;
+    std::string text() const;  // "host:port" / "[v6]:port"
+};
+// "host", "host:port", "1.2.3.4:25", "[::1]:2526"; nullopt on bad syntax.
+std::optional<HostPort> parse_host_port(std::string_view text, std::uint16_t default_port);
+
+struct DomainConfig {
+    std::string name;  // lower case, no trailing dot
+    HostPort primary;
+};
+
+struct Config {
+    std::string hostname = "localhost";
+    // [smtp]
+    std::vector<HostPort> listen{{"127.0.0.1", 2525}};
+    std::uint64_t max_message_size = 52428800;
+    std::uint32_t max_recipients = 100;
+    std::uint32_t max_connections = 2000;
+    std::chrono::seconds command_timeout{300};  // RFC 5321 4.5.3.2.7: at least 5 minutes
+    std::chrono::seconds data_timeout{600};     // between DATA chunks (4.5.3.2.6 asks 3m client side)
+    std::uint32_t max_errors = 20;              // protocol errors before the session is dropped
+    // [queue]
+    std::string store = "sqlite:var/queue.db";
+    std::chrono::seconds max_age{14 * 86400};
+    std::chrono::seconds retry_min{60};
+    std::chrono::seconds retry_max{1800};
+    std::chrono::seconds probe_interval{30};
+    std::uint32_t max_concurrency = 10;  // connections per primary at once
+    std::uint32_t initial_concurrency = 2;  // slow start: grows while the primary keeps up
+    std::string control_socket;          // default: beside the store, "<dir>/control.sock"
+    std::optional<HostPort> relayhost;   // where mail for other domains (DSNs) goes
+    // [delivery]
+    std::chrono::seconds connect_timeout{30};
+    std::chrono::seconds reply_timeout{300};
+    // [log]
+    std::string log_level = "info";
+
+    std::vector<DomainConfig> domains;
+
+    std::string store_path() const;  // "sqlite:var/queue.db" -> "var/queue.db"
+    const DomainConfig* find_domain(std::string_view domain) const;  // case-insensitive, exact
+};
+
+struct ConfigError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+Config load_config_file(const std::string& path);    // throws ConfigError
+Config parse_config(std::string_view toml_text);       // throws ConfigError
+
+}  // namespace bmx

@@ -1,0 +1,69 @@
+#include "delivery/reply.hpp"
+
+#include <cctype>
+
+namespace bmx::delivery {
+
+std::string Reply::text() const {
+    std::string out = std::to_string(code);
+    for (std::size_t i = 0; i < lines.size(); ++i) {
+        out += i == 0 ? " " : " / ";
+        out += lines[i];
+    }
+    return out;
+}
+
+std::optional<Reply> ReplyParser::next(std::string& buf) {
+    for (;;) {
+        auto lf = buf.find('\n');
+        if (lf == std::string::npos) {
+            if (buf.size() > 2048) {  // hostile or broken peer: no reply line is this long
+                buf.clear();
+                partial_ = {};
+                return Reply{};
+            }
+            return std::nullopt;
+        }
+        std::string line = buf.substr(0, lf);
+        buf.erase(0, lf + 1);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        bool ok = line.size() >= 3 && std::isdigit(static_cast<unsigned char>(line[0])) &&
+                  std::isdigit(static_cast<unsigned char>(line[1])) &&
+                  std::isdigit(static_cast<unsigned char>(line[2])) &&
+                  (line.size() == 3 || line[3] == ' ' || line[3] == '-');
+        if (!ok) {
+            partial_ = {};
+            return Reply{};
+        }
+        int code = std::stoi(line.substr(0, 3));
+        if (partial_.code != 0 && partial_.code != code) {
+            partial_ = {};
+            return Reply{};
+        }
+        partial_.code = code;
+        partial_.lines.push_back(line.size() > 4 ? line.substr(4) : "");
+        bool last = line.size() == 3 || line[3] == ' ';
+        if (last || partial_.lines.size() > 100) {
+            Reply r = std::move(partial_);
+            partial_ = {};
+            if (!last) r.code = 0;
+            return r;
+        }
+    }
+}
+
+std::string stuff_body(std::string_view body) {
+    std::string out;
+    out.reserve(body.size() + body.size() / 64 + 8);
+    bool bol = true;
+    for (char c : body) {
+        if (bol && c == '.') out.push_back('.');
+        out.push_back(c);
+        bol = c == '\n';
+    }
+    if (!body.empty() && !body.ends_with("\r\n")) out += "\r\n";
+    out += ".\r\n";
+    return out;
+}
+
+}  // namespace bmx::delivery

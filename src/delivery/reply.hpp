@@ -1,0 +1,34 @@
+// delivery/reply: sans-I/O parser of SMTP replies (RFC 5321 4.2), single and multi-line, and the
+// dot-stuffing of a stored body for sending. Bytes in, replies out; it must never touch a socket.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bmx::delivery {
+
+struct Reply {
+    int code = 0;                    // 0 = malformed
+    std::vector<std::string> lines;  // text after "250-" / "250 "
+    std::string text() const;        // "250 first line / second line" on one line, for logs/DSNs
+    bool positive() const { return code >= 200 && code < 400; }
+    bool transient() const { return code >= 400 && code < 500; }
+    bool permanent() const { return code >= 500 && code < 600; }
+};
+
+class ReplyParser {
+public:
+    // Takes complete lines from `buf`; returns a reply when its last line has arrived.
+    // A line over 2048 octets or a reply over 100 lines is malformed (code 0), never buffered whole.
+    std::optional<Reply> next(std::string& buf);
+
+private:
+    Reply partial_;
+};
+
+// Dot-stuffs a CRLF body for DATA and appends ".\r\n" (adding a CRLF first if the body lacks it).
+std::string stuff_body(std::string_view body);
+
+}  // namespace bmx::delivery

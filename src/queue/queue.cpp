@@ -1,0 +1,67 @@
+#include "queue/queue.hpp"
+
+namespace bmx {
+
+Queue::Queue(std::unique_ptr<Store> store) : store_(std::move(store)) {
+    thread_ = std::thread([this] { loop(); });
+}
+
+Queue::~Queue() {
+    {
+        std::lock_guard lock(mu_);
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+}
+
+void Queue::submit(Job job) {
+    {
+        std::lock_guard lock(mu_);
+        jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+}
+
+boost::asio::awaitable<void> Queue::commit(const std::vector<NewMessage>& msgs) {
+    auto ex = co_await boost::asio::this_coro::executor;
+    co_await boost::asio::async_initiate<decltype(boost::asio::use_awaitable),
+                                         void(std::exception_ptr)>(
+        [this, ex, &msgs](auto handler) {
+            auto h = std::make_shared<decltype(handler)>(std::move(handler));
+            // `msgs` lives in this coroutine frame, which stays suspended until the job is done.
+            submit(Job{&msgs, [h, ex](Store*, std::exception_ptr ep) {
+                           boost::asio::post(ex, [h, ep]() mutable { (*h)(ep); });
+                       }});
+        },
+        boost::asio::use_awaitable);
+}
+
+void Queue::loop() {
+    for (;;) {
+        std::deque<Job> jobs;
+        {
+            std::unique_lock lock(mu_);
+            cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+            if (jobs_.empty() && stopping_) return;
+            jobs.swap(jobs_);
+        }
+        // Group commit: every message waiting now goes into one transaction.
+        std::vector<const NewMessage*> batch;
+        for (auto& j : jobs)
+            if (j.insert)
+                for (auto& m : *j.insert) batch.push_back(&m);
+        std::exception_ptr batch_error;
+        if (!batch.empty()) {
+            try {
+                store_->insert(batch);
+                ++batches_;
+            } catch (...) {
+                batch_error = std::current_exception();
+            }
+        }
+        for (auto& j : jobs) j.run(store_.get(), j.insert ? batch_error : nullptr);
+    }
+}
+
+}  // namespace bmx

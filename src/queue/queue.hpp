@@ -1,0 +1,83 @@
+// queue: the asynchronous door to the store. Coroutines on the event loop hand it work; one
+// thread of its own runs every store call, and batches the new messages of all sessions that wait
+// at the same moment into one transaction (group commit: one fsync serves many 250s).
+// It must never run store calls on the event loop, and never complete a commit before the store
+// has returned from it.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "store/store.hpp"
+
+namespace bmx {
+
+class Queue {
+public:
+    explicit Queue(std::unique_ptr<Store> store);
+    ~Queue();  // drains every job, then joins the thread
+    Queue(const Queue&) = delete;
+    Queue& operator=(const Queue&) = delete;
+
+    // Commits all messages durably (grouped with other sessions' commits). Throws StoreError.
+    boost::asio::awaitable<void> commit(const std::vector<NewMessage>& msgs);
+
+    // Runs fn(store) on the store thread and resumes the caller on its executor with the result.
+    // Callers pass a named std::function: GCC 12 may destroy a temporary inside co_await twice.
+    template <class T>
+    boost::asio::awaitable<T> call(const std::function<T(Store&)>& fn) {
+        auto ex = co_await boost::asio::this_coro::executor;
+        co_return co_await boost::asio::async_initiate<decltype(boost::asio::use_awaitable),
+                                                       void(std::exception_ptr, T)>(
+            [this, ex, &fn](auto handler) {
+                auto h = std::make_shared<decltype(handler)>(std::move(handler));
+                submit(Job{nullptr, [h, ex, fn](Store* s, std::exception_ptr batch_error) {
+                               T result{};
+                               std::exception_ptr ep = batch_error;
+                               if (!ep) {
+                                   try {
+                                       result = fn(*s);
+                                   } catch (...) {
+                                       ep = std::current_exception();
+                                   }
+                               }
+                               boost::asio::post(ex, [h, ep, r = std::move(result)]() mutable {
+                                   (*h)(ep, std::move(r));
+                               });
+                           }});
+            },
+            boost::asio::use_awaitable);
+    }
+
+    std::uint64_t batches() const { return batches_; }  // group commits done (for tests/metrics)
+
+private:
+    struct Job {
+        const std::vector<NewMessage>* insert;  // non-null: part of the next group commit
+        std::function<void(Store*, std::exception_ptr)> run;
+    };
+    void submit(Job job);
+    void loop();
+
+    std::unique_ptr<Store> store_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<Job> jobs_;
+    bool stopping_ = false;
+    std::uint64_t batches_ = 0;
+    std::thread thread_;
+};
+
+}  // namespace bmx

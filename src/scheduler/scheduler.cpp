@@ -1,0 +1,353 @@
+#include "scheduler/scheduler.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "bounce/dsn.hpp"
+#include "delivery/client.hpp"
+
+namespace bmx {
+
+namespace asio = boost::asio;
+
+namespace {
+
+std::string angle_list(const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& r : v) out += (out.empty() ? "<" : ",<") + r + ">";
+    return out;
+}
+
+std::string age(TimePoint from, TimePoint to) {
+    return format_duration(std::chrono::duration_cast<Seconds>(to - from));
+}
+
+}  // namespace
+
+Scheduler::Scheduler(asio::io_context& io, const Config& cfg, Queue& queue)
+    : io_(io), cfg_(cfg), queue_(queue), timer_(io) {}
+
+Scheduler::Dest& Scheduler::dest(const std::string& domain) {
+    auto [it, fresh] = dests_.try_emplace(domain);
+    if (fresh) it->second.limit = cfg_.initial_concurrency;
+    return it->second;
+}
+
+std::optional<HostPort> Scheduler::route(const std::string& domain) const {
+    if (auto* d = cfg_.find_domain(domain)) return d->primary;
+    return cfg_.relayhost;  // DSNs and other foreign mail; MX routing comes with issue 3
+}
+
+void Scheduler::index(const std::string& id, const std::string& domain, TimePoint received,
+                      TimePoint next, int attempts) {
+    entries_[id] = Entry{domain, received, next, attempts, false};
+    dest(domain).due.emplace(next, id);
+    expiry_.emplace(received + cfg_.max_age, id);
+}
+
+asio::awaitable<void> Scheduler::run() {
+    const std::function<std::vector<IndexEntry>(Store&)> load = [](Store& s) {
+        return s.load_index();
+    };
+    auto all = co_await queue_.call(load);
+    auto t = now();
+    for (auto& e : all) {
+        index(e.id, e.domain, e.received_at, e.next_attempt_at, e.attempts);
+        auto& d = dest(e.domain);
+        d.up = false;  // state unknown after a restart: probe first, then send everything
+        d.next_probe = t;
+        d.down_since = t;
+    }
+    spdlog::info("scheduler: {} queued messages for {} destinations", all.size(), dests_.size());
+    while (!stopping_) {
+        pump();
+        co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+void Scheduler::wake() { timer_.cancel(); }
+
+void Scheduler::add(const std::vector<NewMessage>& msgs) {
+    for (const auto& m : msgs) {
+        auto& d = dest(m.domain);
+        // A down primary gets new mail with the next probe, not before.
+        index(m.id, m.domain, m.received_at, d.up ? m.next_attempt_at : d.next_probe, 0);
+    }
+    wake();
+}
+
+std::size_t Scheduler::flush(const std::string& domain) {
+    std::size_t n = 0;
+    auto t = now();
+    for (auto& [name, d] : dests_) {
+        if (!domain.empty() && !iequals(name, domain)) continue;
+        if (!d.up) d.next_probe = t;
+        std::vector<std::string> ids;
+        for (auto& [when, id] : d.due) ids.push_back(id);
+        d.due.clear();
+        for (auto& id : ids) {
+            d.due.emplace(t, id);
+            entries_[id].next_attempt = t;
+        }
+        n += ids.size();
+    }
+    wake();
+    return n;
+}
+
+void Scheduler::forget(const std::string& id) {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;
+    auto& d = dest(it->second.domain);
+    d.due.erase({it->second.next_attempt, id});
+    expiry_.erase({it->second.received_at + cfg_.max_age, id});
+    if (!it->second.in_flight) entries_.erase(it);
+}
+
+void Scheduler::stop() {
+    stopping_ = true;
+    timer_.cancel();
+    for (auto& s : signals_) s.emit(asio::cancellation_type::terminal);
+}
+
+void Scheduler::spawn(asio::awaitable<void> work) {
+    auto sig = signals_.emplace(signals_.end());
+    asio::co_spawn(
+        io_,
+        [this, sig, w = std::move(work)]() mutable -> asio::awaitable<void> {
+            try {
+                co_await std::move(w);
+            } catch (const std::exception& e) {
+                spdlog::error("scheduler: {}", e.what());
+            }
+            signals_.erase(sig);
+            if (!stopping_) wake();
+        },
+        asio::bind_cancellation_slot(sig->slot(), asio::detached));
+}
+
+void Scheduler::pump() {
+    if (stopping_) return;
+    auto t = now();
+    auto next = t + std::chrono::hours(1);
+    // Expiry first: a message past max_age leaves with a DSN even while its primary is down.
+    while (!expiry_.empty() && expiry_.begin()->first <= t) {
+        std::string id = expiry_.begin()->second;
+        expiry_.erase(expiry_.begin());
+        auto it = entries_.find(id);
+        if (it == entries_.end() || it->second.in_flight) continue;  // an attempt will see it
+        auto& d = dest(it->second.domain);
+        d.due.erase({it->second.next_attempt, id});
+        it->second.in_flight = true;
+        ++d.in_flight;
+        spawn(attempt(id));
+    }
+    if (!expiry_.empty()) next = std::min(next, expiry_.begin()->first);
+    for (auto& [name, d] : dests_) {
+        if (!d.up) {
+            if (d.due.empty() && d.in_flight == 0) continue;
+            if (!d.probing && d.next_probe <= t) {
+                d.probing = true;
+                spawn(probe(name));
+            } else if (!d.probing) {
+                next = std::min(next, d.next_probe);
+            }
+            continue;
+        }
+        while (d.in_flight < d.limit && !d.due.empty() && d.due.begin()->first <= t) {
+            std::string id = d.due.begin()->second;
+            d.due.erase(d.due.begin());
+            auto it = entries_.find(id);
+            if (it == entries_.end()) continue;
+            it->second.in_flight = true;
+            ++d.in_flight;
+            spawn(attempt(id));
+        }
+        if (!d.due.empty() && d.in_flight < d.limit) next = std::min(next, d.due.begin()->first);
+    }
+    auto wait = std::max(next - t, TimePoint::duration::zero());
+    timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(wait) +
+                         std::chrono::milliseconds(5));
+}
+
+void Scheduler::mark_down(const std::string& domain, const std::string& why) {
+    auto& d = dest(domain);
+    auto t = now();
+    d.limit = std::max(1u, d.limit / 2);
+    if (!d.up) return;
+    d.up = false;
+    d.down_since = t;
+    d.next_probe = t + cfg_.probe_interval;
+    spdlog::warn("primary for {} is down: {}; probing every {}", domain, why,
+                 format_duration(cfg_.probe_interval));
+}
+
+asio::awaitable<void> Scheduler::probe(std::string domain) {
+    auto r = route(domain);
+    delivery::Settings s{cfg_.hostname, cfg_.connect_timeout, cfg_.reply_timeout};
+    delivery::Outcome o;
+    if (r) o = co_await delivery::probe(s, *r);
+    else o.error = "no route: " + domain + " is not configured and queue.relayhost is not set";
+    if (stopping_) co_return;
+    auto& d = dest(domain);
+    d.probing = false;
+    auto t = now();
+    if (!o.reached) {
+        d.next_probe = t + cfg_.probe_interval;
+        spdlog::debug("probe of primary for {} failed: {}", domain, o.error);
+        co_return;
+    }
+    spdlog::info("primary for {} is up ({}) after {} down; sending {} queued messages", domain,
+                 o.remote, age(d.down_since, t), d.due.size());
+    d.up = true;
+    d.limit = cfg_.initial_concurrency;
+    flush(domain);
+}
+
+asio::awaitable<void> Scheduler::attempt(std::string id) {
+    std::string domain = entries_.at(id).domain;
+    struct Done {  // whatever happens, the slot is given back
+        Scheduler& s;
+        std::string domain;
+        ~Done() { --s.dest(domain).in_flight; }
+    } done{*this, domain};
+
+    const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
+        return s.load(id);
+    };
+    auto msg = co_await queue_.call(load);
+    auto it = entries_.find(id);
+    if (!msg || it == entries_.end()) {  // deleted by an operator meanwhile
+        if (it != entries_.end()) {
+            expiry_.erase({it->second.received_at + cfg_.max_age, id});
+            entries_.erase(it);
+        }
+        co_return;
+    }
+    std::vector<std::string> pending;
+    for (auto& r : msg->recipients)
+        if (r.status == RcptStatus::Pending) pending.push_back(r.address);
+    auto t = now();
+    auto r = route(domain);
+
+    if (msg->received_at + cfg_.max_age <= t || pending.empty()) {  // expired: DSN, then gone
+        std::vector<bounce::Failure> failures;
+        std::string last = msg->last_error.empty() ? "no successful delivery" : msg->last_error;
+        for (auto& a : pending)
+            failures.push_back({a, "4.4.7",
+                                "delivery time expired after " + format_duration(cfg_.max_age) +
+                                    " in queue; last error: " + last});
+        auto dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, r ? r->text() : "", t);
+        AttemptUpdate u{id, {}, t, "expired", false, dsn, true};
+        for (auto& a : pending) u.outcomes.push_back({a, RcptStatus::Failed, "expired"});
+        spdlog::info("expired id={} from=<{}> to={} domain={} age={} attempts={} last_error=\"{}\"{}",
+                     id, msg->sender, angle_list(pending), domain, age(msg->received_at, t),
+                     msg->attempts, last, dsn ? " dsn=" + dsn->id : " (null sender: no DSN)");
+        co_await finish(id, std::move(u), std::move(dsn));
+        co_return;
+    }
+
+    delivery::Outcome o;
+    if (r) {
+        delivery::Settings s{cfg_.hostname, cfg_.connect_timeout, cfg_.reply_timeout};
+        delivery::Envelope env{msg->sender, pending, msg->smtputf8, msg->eightbit};
+        o = co_await delivery::deliver(s, *r, env, msg->body);
+    } else {
+        o.error = "no route: " + domain + " is not configured and queue.relayhost is not set";
+    }
+    if (stopping_) co_return;  // cancelled by shutdown: the message stays as it was
+    it = entries_.find(id);
+    if (it == entries_.end()) co_return;
+    t = now();
+    auto delay = age(msg->received_at, t);
+    std::string primary = o.remote.empty() ? (r ? r->text() : "none") : o.remote;
+
+    AttemptUpdate u;
+    u.id = id;
+    int attempts = msg->attempts + 1;
+    auto backoff = cfg_.retry_min;
+    for (int i = 1; i < attempts && backoff < cfg_.retry_max; ++i) backoff *= 2;
+    backoff = std::min(backoff, cfg_.retry_max);
+    u.next_attempt_at = t + backoff;
+    std::vector<bounce::Failure> failures;
+    std::vector<std::string> delivered;
+    if (o.rcpt.size() == pending.size()) {
+        for (std::size_t i = 0; i < pending.size(); ++i) {
+            const auto& rep = o.rcpt[i];
+            std::string text = rep.text();
+            if (rep.positive()) {
+                u.outcomes.push_back({pending[i], RcptStatus::Delivered, text});
+                delivered.push_back(pending[i]);
+                spdlog::info("delivered id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
+                             "reply=\"{}\"", id, msg->sender, pending[i], primary, delay, attempts, text);
+            } else if (rep.permanent()) {
+                u.outcomes.push_back({pending[i], RcptStatus::Failed, text});
+                failures.push_back({pending[i], bounce::status_of(text), text});
+                spdlog::info("bounced id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
+                             "reply=\"{}\"", id, msg->sender, pending[i], primary, delay, attempts, text);
+            } else {
+                u.outcomes.push_back({pending[i], RcptStatus::Pending, text});
+                u.last_error = text;
+                spdlog::info("deferred id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
+                             "next={} reply=\"{}\"", id, msg->sender, pending[i], primary, delay,
+                             attempts, format_duration(backoff), text);
+            }
+        }
+        if (o.reached) {
+            auto& d = dest(domain);
+            d.limit = std::min(cfg_.max_concurrency, d.limit + 1);  // slow start: it keeps up
+        }
+    } else {
+        u.last_error = o.error;
+        spdlog::info("deferred id={} from=<{}> to={} primary={} delay={} attempts={} next={} "
+                     "error=\"{}\"", id, msg->sender, angle_list(pending), primary, delay, attempts,
+                     format_duration(backoff), o.error);
+        if (!o.reached) mark_down(domain, o.error);
+    }
+    std::optional<NewMessage> dsn;
+    if (!failures.empty()) {
+        dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, primary, t);
+        if (dsn) spdlog::info("dsn id={} for id={} to=<{}>", dsn->id, id, msg->sender);
+    }
+    u.dsn = dsn;
+    co_await finish(id, std::move(u), std::move(dsn));
+}
+
+asio::awaitable<void> Scheduler::finish(const std::string& id, AttemptUpdate u,
+                                        std::optional<NewMessage> dsn) {
+    auto next = u.next_attempt_at;
+    int left = 0;
+    bool committed = true;
+    try {
+        const std::function<int(Store&)> record = [&u](Store& s) { return s.record_attempt(u); };
+        left = co_await queue_.call(record);
+    } catch (const std::exception& e) {
+        // Not recorded: the message is still queued as before; retry after the backoff.
+        spdlog::error("store failure recording attempt for id={}: {}", id, e.what());
+        left = 1;
+        committed = false;
+    }
+    auto it = entries_.find(id);
+    if (it == entries_.end()) co_return;
+    it->second.in_flight = false;
+    if (left == 0) {
+        expiry_.erase({it->second.received_at + cfg_.max_age, id});
+        entries_.erase(it);
+        spdlog::debug("removed id={} from the queue", id);
+    } else {
+        ++it->second.attempts;
+        auto& d = dest(it->second.domain);
+        it->second.next_attempt = d.up ? next : std::max(next, d.next_probe);
+        d.due.emplace(it->second.next_attempt, id);
+        expiry_.emplace(it->second.received_at + cfg_.max_age, id);  // pump may have dropped it
+    }
+    if (dsn && committed) add({*dsn});
+}
+
+}  // namespace bmx

@@ -1,0 +1,77 @@
+// scheduler: decides when each queued message is tried and against which primary — per-domain
+// up/down state, probes of a down primary every probe_interval, exponential retry backoff, bounded
+// and slowly growing concurrency per primary, expiry after max_age — and applies each attempt's
+// per-recipient results through the queue (delivered, deferred, bounced with a DSN).
+// It keeps only a small index in memory (id, domain, times), never message bodies at rest, and it
+// must never remove a message whose DSN is owed but not committed in the same transaction.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <list>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.hpp"
+#include "queue/queue.hpp"
+
+namespace bmx {
+
+class Scheduler {
+public:
+    Scheduler(boost::asio::io_context& io, const Config& cfg, Queue& queue);
+    // Loads the index from the store (every destination starts "unknown": probed at once) and runs.
+    boost::asio::awaitable<void> run();
+    void add(const std::vector<NewMessage>& msgs);  // newly committed messages
+    // Everything (or one domain) due now; a down primary is probed now. Returns messages affected.
+    std::size_t flush(const std::string& domain);
+    void forget(const std::string& id);  // an operator deleted it from the store
+    void stop();                         // cancels attempts in flight; they stay queued
+
+private:
+    struct Entry {
+        std::string domain;
+        TimePoint received_at, next_attempt;
+        int attempts = 0;
+        bool in_flight = false;
+    };
+    struct Dest {
+        bool up = true;        // unknown counts as up for fresh mail; restart marks it down
+        bool probing = false;
+        TimePoint next_probe{}, down_since{};
+        unsigned in_flight = 0;
+        unsigned limit = 1;
+        std::set<std::pair<TimePoint, std::string>> due;
+    };
+
+    void index(const std::string& id, const std::string& domain, TimePoint received,
+               TimePoint next, int attempts);
+    void pump();
+    void wake();
+    Dest& dest(const std::string& domain);
+    std::optional<HostPort> route(const std::string& domain) const;
+    void mark_down(const std::string& domain, const std::string& why);
+    void spawn(boost::asio::awaitable<void> work);
+    boost::asio::awaitable<void> attempt(std::string id);
+    boost::asio::awaitable<void> probe(std::string domain);
+    boost::asio::awaitable<void> finish(const std::string& id, AttemptUpdate u,
+                                        std::optional<NewMessage> dsn);
+
+    boost::asio::io_context& io_;
+    const Config& cfg_;
+    Queue& queue_;
+    boost::asio::steady_timer timer_;
+    std::unordered_map<std::string, Entry> entries_;
+    std::map<std::string, Dest> dests_;
+    std::set<std::pair<TimePoint, std::string>> expiry_;
+    std::list<boost::asio::cancellation_signal> signals_;
+    bool stopping_ = false;
+};
+
+}  // namespace bmx

@@ -1,0 +1,75 @@
+#include "smtp/server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/as_tuple.hpp>
+
+#include "netio/netio.hpp"
+#include "smtp/session.hpp"
+
+namespace bmx::smtp {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+Server::Server(asio::io_context& io, const Config& cfg, Queue& queue, Accepted on_accepted)
+    : io_(io), cfg_(cfg), queue_(queue), on_accepted_(std::move(on_accepted)) {}
+
+void Server::start() {
+    for (const auto& hp : cfg_.listen) {
+        auto addr = asio::ip::make_address(hp.host);
+        tcp::endpoint ep(addr, hp.port);
+        auto a = std::make_unique<tcp::acceptor>(io_);
+        a->open(ep.protocol());
+        a->set_option(tcp::acceptor::reuse_address(true));
+        a->bind(ep);
+        a->listen(asio::socket_base::max_listen_connections);
+        spdlog::info("listening for SMTP on {}", hp.text());
+        asio::co_spawn(io_, accept_loop(*a), asio::detached);
+        acceptors_.push_back(std::move(a));
+    }
+}
+
+void Server::stop() {
+    stopping_ = true;
+    for (auto& a : acceptors_) {
+        boost::system::error_code ec;
+        a->close(ec);
+    }
+    auto copy = sessions_;
+    for (auto* s : copy) s->stop();
+}
+
+asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
+    while (!stopping_) {
+        auto [ec, sock] = co_await acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
+        if (ec) {
+            if (stopping_ || ec == asio::error::operation_aborted) co_return;
+            spdlog::warn("accept: {}", ec.message());
+            continue;  // e.g. EMFILE: the next accept may succeed once sessions end
+        }
+        if (sessions_.size() >= cfg_.max_connections) {
+            spdlog::warn("too many connections ({}), refusing [{}]", sessions_.size(),
+                         sock.remote_endpoint(ec).address().to_string());
+            asio::co_spawn(
+                io_,
+                [s = std::move(sock), host = cfg_.hostname]() mutable -> asio::awaitable<void> {
+                    co_await netio::write_all(
+                        s, "421 4.7.0 " + host + " Too many connections, try again later\r\n");
+                    boost::system::error_code e;
+                    s.close(e);
+                },
+                asio::detached);
+            continue;
+        }
+        auto session = std::make_unique<Session>(*this, std::move(sock));
+        asio::co_spawn(
+            io_, [s = std::move(session)]() -> asio::awaitable<void> { co_await s->run(); },
+            asio::detached);
+    }
+}
+
+}  // namespace bmx::smtp

@@ -1,0 +1,46 @@
+// smtp/server: the SMTP listener and one coroutine per session (RFC 5321 with PIPELINING, SIZE,
+// 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8). Every command asks policy/, the end of DATA asks the
+// queue to commit, and only then is 250 said. It must never answer 250 to DATA before the store
+// has the message on disk, never buffer a line or a message past its limit, and never block the
+// event loop.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <functional>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "config/config.hpp"
+#include "queue/queue.hpp"
+
+namespace bmx::smtp {
+
+class Session;
+
+class Server {
+public:
+    using Accepted = std::function<void(const std::vector<NewMessage>&)>;
+    Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, Accepted on_accepted);
+    // Binds every listen address (throws on failure, before serving) and starts accepting.
+    void start();
+    // Stops accepting and closes every session; a session waiting for its commit still finishes it.
+    void stop();
+    std::size_t sessions() const { return sessions_.size(); }
+
+private:
+    boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
+    friend class Session;
+
+    boost::asio::io_context& io_;
+    const Config& cfg_;
+    Queue& queue_;
+    Accepted on_accepted_;
+    std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+    std::set<Session*> sessions_;
+    bool stopping_ = false;
+};
+
+}  // namespace bmx::smtp

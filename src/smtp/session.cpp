@@ -1,0 +1,332 @@
+#include "smtp/session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <map>
+
+#include "netio/netio.hpp"
+#include "policy/policy.hpp"
+#include "util/util.hpp"
+
+namespace bmx::smtp {
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+std::string join_rcpts(const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& r : v) out += (out.empty() ? "<" : ",<") + r + ">";
+    return out;
+}
+
+// HELO names end up in headers and logs: keep printable ASCII without spaces.
+std::string printable(std::string_view s) {
+    std::string out;
+    for (unsigned char c : s.substr(0, 255)) out.push_back(c > 32 && c < 127 ? static_cast<char>(c) : '?');
+    return out;
+}
+
+}  // namespace
+
+Session::Session(Server& server, asio::ip::tcp::socket sock)
+    : server_(server), cfg_(server.cfg_), sock_(std::move(sock)), deadline_(sock_.get_executor()) {
+    boost::system::error_code ec;
+    auto ep = sock_.remote_endpoint(ec);
+    peer_ = ec ? "unknown" : ep.address().to_string();
+    server_.sessions_.insert(this);
+}
+
+Session::~Session() { server_.sessions_.erase(this); }
+
+void Session::stop() {
+    boost::system::error_code ec;
+    sock_.close(ec);
+    deadline_.cancel();
+}
+
+asio::awaitable<void> Session::run() {
+    spdlog::debug("connect from [{}]", peer_);
+    deadline_.expires_after(cfg_.command_timeout);
+    auto r = co_await (converse() || netio::watchdog(deadline_));
+    if (r.index() == 1 && sock_.is_open()) {
+        spdlog::info("timeout from [{}] helo={} after {}", peer_, printable(helo_),
+                     sender_ ? "MAIL FROM" : "connect");
+        out_.clear();
+        reply("421 4.4.2 " + cfg_.hostname + " Error: timeout exceeded, closing connection");
+        deadline_.expires_after(std::chrono::seconds(10));
+        co_await (flush() || netio::watchdog(deadline_));
+    }
+    boost::system::error_code ec;
+    sock_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+    sock_.close(ec);
+    spdlog::debug("disconnect from [{}]", peer_);
+}
+
+void Session::reply(std::string line) {
+    last_code_ = line.empty() ? '?' : line[0];
+    out_ += line;
+    out_ += "\r\n";
+}
+
+asio::awaitable<bool> Session::flush() {
+    if (out_.empty()) co_return true;
+    std::string data;
+    data.swap(out_);
+    co_return co_await netio::write_all(sock_, data);
+}
+
+asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
+    for (;;) {
+        if (auto line = reader_.next(in_)) co_return line;
+        const bool ok10 = co_await flush();
+        if (!ok10) co_return std::nullopt;  // the client waits: send what we owe
+        deadline_.expires_after(cfg_.command_timeout);
+        const bool ok11 = co_await netio::read_more(sock_, in_);
+        if (!ok11) co_return std::nullopt;
+    }
+}
+
+void Session::reset_transaction() {
+    sender_.reset();
+    rcpts_.clear();
+    smtputf8_ = eightbit_ = false;
+}
+
+bool Session::protocol_error() {
+    if (++errors_ < cfg_.max_errors) return false;
+    reply("421 4.7.0 " + cfg_.hostname + " Error: too many errors (smtp.max_errors = " +
+          std::to_string(cfg_.max_errors) + "), closing connection");
+    spdlog::info("too many errors from [{}], disconnecting", peer_);
+    return true;
+}
+
+asio::awaitable<void> Session::converse() {
+    if (server_.stopping_) {
+        reply("421 4.3.2 " + cfg_.hostname + " Service shutting down, try again later");
+        co_await flush();
+        co_return;
+    }
+    reply("220 " + cfg_.hostname + " ESMTP backupmx");
+    while (!quit_) {
+        auto line = co_await read_command();
+        if (!line) co_return;
+        if (line->too_long) {
+            reply("500 5.5.2 Error: command line too long (RFC 5321 limit: 512 octets)");
+            if (protocol_error()) break;
+            continue;
+        }
+        Command c = parse_command(line->text);
+        bool error = false;
+        switch (c.verb) {
+            case Verb::Helo: on_helo(c, false); break;
+            case Verb::Ehlo: on_helo(c, true); break;
+            case Verb::Mail: on_mail(c); break;
+            case Verb::Rcpt: on_rcpt(c); break;
+            case Verb::Data: co_await on_data(c); break;
+            case Verb::Rset:
+                reset_transaction();
+                reply("250 2.0.0 Ok");
+                break;
+            case Verb::Noop: reply("250 2.0.0 Ok"); break;
+            case Verb::Quit:
+                reply("221 2.0.0 Bye");
+                quit_ = true;
+                break;
+            case Verb::Vrfy:
+                reply("252 2.5.2 Cannot VRFY user; send mail and it will be relayed");
+                break;
+            case Verb::Help: reply("214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"); break;
+            case Verb::Expn:
+            case Verb::StartTls:
+            case Verb::Bdat:
+            case Verb::Auth:
+                reply("502 5.5.1 Error: command not implemented");
+                error = true;
+                break;
+            case Verb::Empty:
+                reply("500 5.5.2 Error: bad syntax");
+                error = true;
+                break;
+            case Verb::Unknown:
+                reply("500 5.5.2 Error: command not recognized");
+                error = true;
+                break;
+        }
+        if (last_code_ == '5') error = true;
+        if (error && c.verb != Verb::Quit && protocol_error()) break;
+        if (!sock_.is_open()) co_return;
+    }
+    co_await flush();
+}
+
+void Session::on_helo(const Command& c, bool extended) {
+    if (c.arg.empty()) {
+        reply(std::string("501 5.5.4 Syntax: ") + (extended ? "EHLO" : "HELO") + " hostname");
+        return;
+    }
+    reset_transaction();
+    helo_ = printable(c.arg.substr(0, c.arg.find(' ')));
+    esmtp_ = extended;
+    if (!extended) {
+        reply("250 " + cfg_.hostname);
+        return;
+    }
+    reply("250-" + cfg_.hostname);
+    reply("250-PIPELINING");
+    reply("250-SIZE " + std::to_string(cfg_.max_message_size));
+    reply("250-8BITMIME");
+    reply("250-ENHANCEDSTATUSCODES");
+    reply("250 SMTPUTF8");
+}
+
+void Session::on_mail(const Command& c) {
+    if (helo_.empty()) return reply("503 5.5.1 Error: send HELO/EHLO first");
+    if (sender_) return reply("503 5.5.1 Error: nested MAIL command");
+    auto p = parse_path_arg(c.arg, "FROM", true);
+    if (!p.addr) return reply(p.error);
+    bool utf8 = false, eight = false;
+    for (auto& [k, v] : p.params) {
+        if (!esmtp_) return reply("555 5.5.4 Parameters need EHLO");
+        if (k == "SIZE") {
+            std::uint64_t n = 0;
+            if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+                return reply("501 5.5.4 Bad SIZE parameter");
+            n = std::stoull(v);
+            if (n > cfg_.max_message_size)
+                return reply("552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
+                             std::to_string(cfg_.max_message_size) + ")");
+        } else if (k == "BODY") {
+            if (iequals(v, "8BITMIME")) eight = true;
+            else if (!iequals(v, "7BIT")) return reply("501 5.5.4 BODY must be 7BIT or 8BITMIME");
+        } else if (k == "SMTPUTF8" && v.empty()) {
+            utf8 = true;
+        } else {
+            return reply("555 5.5.4 Unsupported MAIL parameter " + k);
+        }
+    }
+    if (p.addr->utf8 && !utf8)
+        return reply("553 5.6.7 Non-ASCII sender address needs the SMTPUTF8 parameter");
+    sender_ = std::move(*p.addr);
+    smtputf8_ = utf8;
+    eightbit_ = eight;
+    reply("250 2.1.0 Ok");
+}
+
+void Session::on_rcpt(const Command& c) {
+    if (!sender_) return reply("503 5.5.1 Error: need MAIL command");
+    auto p = parse_path_arg(c.arg, "TO", false);
+    if (!p.addr) return reply(p.error);
+    if (!p.params.empty()) return reply("555 5.5.4 Unsupported RCPT parameter " + p.params[0].first);
+    if (p.addr->utf8 && !smtputf8_)
+        return reply("553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM");
+    auto d = policy::check_recipient_domain(cfg_, p.addr->domain);
+    if (d.ok) d = policy::check_recipient_count(cfg_, rcpts_.size());
+    if (!d.ok) {
+        spdlog::info("reject RCPT from [{}] helo={}: from=<{}> to=<{}>: {}", peer_, helo_,
+                     sender_->str(), p.addr->str(), d.reply);
+        return reply(d.reply);
+    }
+    for (auto& r : rcpts_)
+        if (r.str() == p.addr->str()) return reply("250 2.1.5 Ok (duplicate recipient)");
+    rcpts_.push_back(std::move(*p.addr));
+    reply("250 2.1.5 Ok");
+}
+
+std::string Session::received_header(const std::string& id) const {
+    std::string with = smtputf8_ ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
+    std::string h = "Received: from " + helo_ + " ([" + peer_ + "])\r\n\tby " + cfg_.hostname +
+                    " (backupmx) with " + with + " id " + id + "\r\n\t";
+    if (rcpts_.size() == 1) h += "for <" + rcpts_[0].str() + ">";
+    h += "; " + rfc5322_date(now()) + "\r\n";
+    return h;
+}
+
+asio::awaitable<void> Session::on_data(const Command& c) {
+    if (!c.arg.empty()) co_return reply("501 5.5.4 Syntax: DATA");
+    if (!sender_) co_return reply("503 5.5.1 Error: need MAIL command");
+    if (rcpts_.empty()) co_return reply("554 5.5.1 Error: no valid recipients");
+    reply("354 End data with <CR><LF>.<CR><LF>");
+    const bool ok12 = co_await flush();
+    if (!ok12) {
+        quit_ = true;
+        co_return;
+    }
+    std::string id = new_queue_id();
+    std::string body = received_header(id);
+    DataScanner scan(cfg_.max_message_size);
+    for (;;) {
+        std::size_t used = scan.feed(in_, body);
+        in_.erase(0, used);
+        if (scan.done()) break;
+        deadline_.expires_after(cfg_.data_timeout);
+        const bool ok13 = co_await netio::read_more(sock_, in_);
+        if (!ok13) {
+            spdlog::info("lost connection from [{}] during DATA after {} bytes", peer_, scan.size());
+            quit_ = true;
+            co_return;
+        }
+    }
+    deadline_.expires_after(cfg_.command_timeout);
+    std::string why;
+    if (scan.bare_lf() || scan.bare_cr())
+        why = "550 5.5.2 Message refused: bare <LF> or <CR> in message data (SMTP smuggling "
+              "defence; lines must end with <CR><LF>)";
+    else if (scan.line_too_long())
+        why = "554 5.5.2 Message refused: text line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
+    else if (scan.too_big())
+        why = "552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
+              std::to_string(cfg_.max_message_size) + ")";
+    if (!why.empty()) {
+        spdlog::info("reject DATA from [{}] helo={}: from=<{}> size={}: {}", peer_, helo_,
+                     sender_->str(), scan.size(), why);
+        reset_transaction();
+        co_return reply(why);
+    }
+    reply(co_await commit(id, std::move(body)));
+    reset_transaction();
+}
+
+asio::awaitable<std::string> Session::commit(const std::string& id, std::string body) {
+    // One queue entry per destination domain, each with its own recipients.
+    std::map<std::string, std::vector<std::string>> by_domain;
+    for (auto& r : rcpts_) by_domain[r.domain].push_back(r.str());
+    std::vector<NewMessage> msgs;
+    auto t = now();
+    std::string first_id;
+    for (auto& [domain, rcpts] : by_domain) {
+        NewMessage m;
+        m.id = msgs.empty() ? id : new_queue_id();  // the first keeps the id in Received:
+        m.domain = domain;
+        m.sender = sender_->str();
+        m.recipients = std::move(rcpts);
+        m.received_at = t;
+        m.next_attempt_at = t;
+        m.smtputf8 = smtputf8_;
+        m.eightbit = eightbit_;
+        m.client = helo_ + "[" + peer_ + "]";
+        msgs.push_back(std::move(m));
+    }
+    for (std::size_t i = 0; i + 1 < msgs.size(); ++i) msgs[i].body = body;
+    msgs.back().body = std::move(body);
+    try {
+        co_await server_.queue_.commit(msgs);
+    } catch (const std::exception& e) {
+        spdlog::error("store failure, answering 451 to [{}] from=<{}>: {}", peer_, sender_->str(),
+                      e.what());
+        co_return "451 4.3.0 Error: queue file write error, try again later";
+    }
+    std::string ids;
+    for (auto& m : msgs) {
+        spdlog::info("accepted id={} from=<{}> to={} size={} domain={} client={}", m.id, m.sender,
+                     join_rcpts(m.recipients), m.body.size(), m.domain, m.client);
+        ids += (ids.empty() ? "" : " ") + m.id;
+    }
+    server_.on_accepted_(msgs);
+    co_return "250 2.0.0 Ok: queued as " + ids;
+}
+
+}  // namespace bmx::smtp

@@ -1,0 +1,55 @@
+// smtp/session: one SMTP conversation, read top to bottom as the protocol goes. Internal to smtp/.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "smtp/protocol.hpp"
+#include "smtp/server.hpp"
+
+namespace bmx::smtp {
+
+class Session {
+public:
+    Session(Server& server, boost::asio::ip::tcp::socket sock);
+    ~Session();
+    boost::asio::awaitable<void> run();  // the whole session, deadline included
+    void stop();                         // from Server::stop(): close now
+
+private:
+    boost::asio::awaitable<void> converse();
+    boost::asio::awaitable<std::optional<CommandReader::Line>> read_command();
+    boost::asio::awaitable<bool> flush();
+    void reply(std::string line);  // queued; sent when the client waits (RFC 2920)
+    void reset_transaction();
+
+    void on_helo(const Command& c, bool extended);
+    void on_mail(const Command& c);
+    void on_rcpt(const Command& c);
+    boost::asio::awaitable<void> on_data(const Command& c);
+    boost::asio::awaitable<std::string> commit(const std::string& id, std::string body);
+    std::string received_header(const std::string& id) const;
+    bool protocol_error();  // counts an error; true when the session must end
+
+    Server& server_;
+    const Config& cfg_;
+    boost::asio::ip::tcp::socket sock_;
+    boost::asio::steady_timer deadline_;
+    std::string peer_;  // client IP
+    std::string in_, out_;
+    CommandReader reader_;
+    std::string helo_;
+    bool esmtp_ = false;
+    std::optional<Address> sender_;
+    std::vector<Address> rcpts_;
+    bool smtputf8_ = false, eightbit_ = false;
+    std::uint32_t errors_ = 0;
+    bool quit_ = false;
+    char last_code_ = 0;
+};
+
+}  // namespace bmx::smtp

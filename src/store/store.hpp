@@ -1,0 +1,104 @@
+// store: the durable queue — messages, their recipients and per-recipient state — behind one
+// interface that the embedded SQLite engine implements now and PostgreSQL later. Calls block; the
+// queue part runs them on its own thread. A store must never report success for a write that is
+// not on disk, and never delete a message whose DSN (when one is owed) is not committed with it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "util/util.hpp"
+
+namespace bmx {
+
+enum class RcptStatus : int { Pending = 0, Delivered = 1, Failed = 2 };
+
+struct NewMessage {
+    std::string id;
+    std::string domain;  // destination domain: one queue entry per destination
+    std::string sender;  // empty = null sender <>
+    std::vector<std::string> recipients;
+    std::string body;  // CRLF lines, unstuffed, Received: already prepended
+    TimePoint received_at{};
+    TimePoint next_attempt_at{};
+    bool smtputf8 = false;
+    bool eightbit = false;
+    std::string client;  // "helo [ip]" for logs
+};
+
+struct StoredRecipient {
+    std::string address;
+    RcptStatus status = RcptStatus::Pending;
+    std::string last_reply;
+};
+
+struct StoredMessage {
+    std::string id, domain, sender;
+    std::vector<StoredRecipient> recipients;  // all of them, with their state
+    std::string body;
+    TimePoint received_at{}, next_attempt_at{};
+    std::int64_t size = 0;
+    int attempts = 0;
+    std::string last_error;
+    bool smtputf8 = false, eightbit = false;
+};
+
+// What the scheduler keeps in memory per message: small and fixed-size but for the strings.
+struct IndexEntry {
+    std::string id, domain;
+    TimePoint received_at{}, next_attempt_at{};
+    int attempts = 0;
+};
+
+// One row of `queue list`.
+struct QueueRow {
+    std::string id, domain, sender;
+    std::vector<std::string> recipients;  // still pending
+    std::int64_t size = 0;
+    TimePoint received_at{}, next_attempt_at{};
+    int attempts = 0;
+    std::string last_error;
+};
+
+struct RecipientOutcome {
+    std::string address;
+    RcptStatus status = RcptStatus::Pending;  // Pending = deferred this time
+    std::string reply;
+};
+
+struct AttemptUpdate {
+    std::string id;
+    std::vector<RecipientOutcome> outcomes;
+    TimePoint next_attempt_at{};
+    std::string last_error;
+    bool count_attempt = true;
+    std::optional<NewMessage> dsn;  // committed in the same transaction as the update
+    bool remove = false;            // drop the message whatever is pending (expiry, after its DSN)
+};
+
+struct StoreError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+class Store {
+public:
+    virtual ~Store() = default;
+    // All messages in one transaction: one durable commit for the batch. Throws StoreError.
+    virtual void insert(const std::vector<const NewMessage*>& batch) = 0;
+    virtual std::vector<IndexEntry> load_index() = 0;
+    virtual std::optional<StoredMessage> load(const std::string& id) = 0;
+    // Applies outcomes; deletes the message once nothing is pending. Returns pending count left
+    // (0 also when the message is gone, e.g. deleted by an operator meanwhile).
+    virtual int record_attempt(const AttemptUpdate& u) = 0;
+    virtual std::vector<QueueRow> list() = 0;
+    virtual bool remove(const std::string& id) = 0;
+};
+
+// "sqlite:PATH" opens (and creates) the embedded store. `read_only` for inspecting commands.
+std::unique_ptr<Store> open_sqlite_store(const std::string& path);
+
+}  // namespace bmx
