@@ -1,0 +1,36 @@
+# backupmx — the two commands: `make run` and `make test`. Both install what is missing first.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CONFIG ?= examples/demo.toml
+
+.PHONY: all deps build run test unit clean format
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/build.ninja: CMakeLists.txt
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD) -j $(JOBS)
+
+# Starts backupmx in the foreground on the demo config (SMTP on 127.0.0.1:2525, SQLite under var/).
+run: build
+	mkdir -p var
+	./$(BUILD)/backupmx check-config --config $(CONFIG)
+	exec ./$(BUILD)/backupmx serve --config $(CONFIG)
+
+# Every test: unit (plain and ASan/UBSan) and end-to-end with real peers. ctest prints the summary.
+test: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 900 -j 2
+
+unit: build
+	./$(BUILD)/unit_tests
+
+format:
+	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp')
+
+clean:
+	rm -rf $(BUILD)

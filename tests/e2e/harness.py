@@ -1,0 +1,391 @@
+"""harness: starts and stops the real daemons the end-to-end stories need.
+
+backupmx itself (built binary from $BACKUPMX_BIN), Postfix's smtp-sink as the primary, swaks and
+smtplib as senders, and ScriptedPrimary — a small SMTP server for fault injection that smtp-sink
+cannot do (per-recipient answers, raw byte capture, connection counting). Every daemon is started on
+a free loopback port inside a temporary directory and stopped by the test, whatever happens.
+Nothing here listens beyond 127.0.0.1.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+BIN = os.environ.get("BACKUPMX_BIN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "backupmx")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout=20.0, interval=0.05, what="condition"):
+    """Polls pred() until true; bounded in time, raises AssertionError with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Backupmx:
+    """One backupmx server with its own config, store and log in a temp dir."""
+
+    def __init__(self, workdir, domains, smtp_port=None, extra_smtp="", extra_queue="",
+                 hostname="mx2.test.example", env=None, extra_toml=""):
+        self.dir = workdir
+        self.port = smtp_port or free_port()
+        self.config = os.path.join(workdir, "backupmx.toml")
+        self.log_path = os.path.join(workdir, "backupmx.log")
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+        lines = [f'hostname = "{hostname}"', extra_toml, "[smtp]",
+                 f'listen = ["127.0.0.1:{self.port}"]', extra_smtp, "[queue]",
+                 f'store = "sqlite:{workdir}/queue.db"', extra_queue]
+        for name, primary in domains.items():
+            lines += ["[[domain]]", f'name = "{name}"', f'primary = "{primary}"']
+        with open(self.config, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start(self, wait=True):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=self.env)
+        if wait:
+            wait_until(lambda: self.proc.poll() is not None or "backupmx ready" in self.log(),
+                       what="backupmx to start")
+            assert self.proc.poll() is None, "backupmx exited at start:\n" + self.log()
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("backupmx did not stop on signal %d" % sig)
+        if self.proc:
+            self.logf.close()
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.logf.close()
+
+    def cli(self, *args, check=True):
+        r = subprocess.run([BIN, *args, "--config", self.config], capture_output=True, text=True,
+                           timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError(f"backupmx {' '.join(args)} failed ({r.returncode}): "
+                                 f"{r.stdout}{r.stderr}")
+        return r
+
+    def queue(self):
+        return json.loads(self.cli("queue", "list", "--json").stdout)
+
+    def smtp(self, helo="client.test.example"):
+        import smtplib
+        s = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        s.ehlo(helo)
+        return s
+
+    def wait_log(self, pattern, timeout=20.0, count=1):
+        rx = re.compile(pattern)
+        return wait_until(lambda: len(rx.findall(self.log())) >= count, timeout,
+                          what=f"log line /{pattern}/ x{count}")
+
+
+class SmtpSink:
+    """Postfix's smtp-sink as the primary: accepts everything, dumps each message to a file."""
+
+    def __init__(self, workdir, port=None, extra=()):
+        self.port = port or free_port()
+        self.dump = os.path.join(workdir, f"sink-{self.port}")
+        os.makedirs(self.dump, exist_ok=True)
+        os.chmod(self.dump, 0o777)
+        self.extra = list(extra)
+        self.proc = None
+
+    def start(self):
+        exe = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        args = [exe, "-d", self.dump + "/msg.", *self.extra]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        args += [f"127.0.0.1:{self.port}", "256"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: port_open(self.port) or self.proc.poll() is not None,
+                   what="smtp-sink to listen")
+        assert self.proc.poll() is None, self.proc.stderr.read()
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def messages(self):
+        """Parsed dumps: dicts with sender, recipients, mail_args, content (LF line ends)."""
+        out = []
+        for name in sorted(os.listdir(self.dump)):
+            with open(os.path.join(self.dump, name), "rb") as f:
+                raw = f.read()
+            out.append(parse_sink_dump(raw))
+        return out
+
+
+def parse_sink_dump(raw):
+    lines = raw.split(b"\n")
+    msg = {"sender": None, "recipients": [], "mail_args": b""}
+    i = 0
+    while i < len(lines) and lines[i].startswith(b"X-"):
+        k, _, v = lines[i].partition(b": ")
+        if k == b"X-Mail-Args":
+            msg["mail_args"] = v
+            msg["sender"] = v[v.index(b"<") + 1:v.index(b">")].decode()
+        elif k == b"X-Rcpt-Args":
+            msg["recipients"].append(v[v.index(b"<") + 1:v.index(b">")].decode())
+        i += 1
+    # smtp-sink's own Received: header (with its continuation lines) comes next.
+    if i < len(lines) and lines[i].startswith(b"Received: ") and b"smtp-sink" in b"\n".join(lines[i:i + 3]):
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b"\t", b" "):
+            i += 1
+    msg["content"] = b"\n".join(lines[i:])
+    return msg
+
+
+class ScriptedPrimary:
+    """A small threaded SMTP server for fault injection. `answer(rcpt)` gives the RCPT reply;
+    raw transactions (envelope + exact DATA bytes as received) are recorded; concurrency counted."""
+
+    def __init__(self, answer=lambda rcpt: "250 2.1.5 Ok", pipelining=True, port=None,
+                 data_reply="250 2.0.0 Ok: queued"):
+        self.port = port or free_port()
+        self.answer = answer
+        self.pipelining = pipelining
+        self.data_reply = data_reply
+        self.transactions = []
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.connections = 0
+        self.reads_with_mail_and_data = 0
+        self.stopping = False
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+
+    def start(self):
+        self.sock.listen(128)
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with self.lock:
+            self.active += 1
+            self.connections += 1
+            self.max_active = max(self.max_active, self.active)
+        buf = b""
+
+        def readline():
+            nonlocal buf
+            while b"\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return b""
+                buf += chunk
+            line, _, buf = buf.partition(b"\n")
+            return line + b"\n"
+
+        def send(s):
+            conn.sendall(s.encode() + b"\r\n")
+
+        try:
+            conn.settimeout(30)
+            send("220 scripted.primary ESMTP")
+            mail, accepted = None, []
+            while True:
+                line = readline()
+                if not line:
+                    return
+                cmd = line.rstrip(b"\r\n").decode("utf-8", "replace")
+                verb = cmd[:4].upper()
+                if verb == "EHLO":
+                    send("250-scripted.primary")
+                    if self.pipelining:
+                        send("250-PIPELINING")
+                    send("250-8BITMIME")
+                    send("250-SMTPUTF8")
+                    send("250 SIZE 100000000")
+                elif verb == "HELO":
+                    send("250 scripted.primary")
+                elif verb == "MAIL":
+                    if b"DATA\r\n" in buf:  # RCPTs and DATA came in the same write as MAIL
+                        with self.lock:
+                            self.reads_with_mail_and_data += 1
+                    mail = cmd[10:]
+                    accepted = []
+                    send("250 2.1.0 Ok")
+                elif verb == "RCPT":
+                    addr = cmd[cmd.index("<") + 1:cmd.rindex(">")]
+                    reply = self.answer(addr)
+                    if reply.startswith("2"):
+                        accepted.append(addr)
+                    send(reply)
+                elif verb == "DATA":
+                    if not accepted:
+                        send("554 5.5.1 no valid recipients")
+                        continue
+                    send("354 go ahead")
+                    data = b""
+                    while not data.endswith(b"\r\n.\r\n") and data != b".\r\n":
+                        chunk = readline()
+                        if not chunk:
+                            return
+                        data += chunk
+                    with self.lock:
+                        self.transactions.append({"mail": mail, "rcpts": list(accepted),
+                                                  "data": data})
+                    send(self.data_reply)
+                elif verb == "QUIT":
+                    send("221 2.0.0 Bye")
+                    return
+                elif verb in ("RSET", "NOOP"):
+                    send("250 2.0.0 Ok")
+                else:
+                    send("502 5.5.2 unknown")
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.active -= 1
+            conn.close()
+
+
+class E2ETest(unittest.TestCase):
+    """Base: a temp dir per test, and a list of things to stop whatever happens."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="bmx-e2e-")
+        os.chmod(self.dir, 0o755)  # smtp-sink drops to `nobody` and writes its dumps below
+        self.stoppers = []
+
+    def tearDown(self):
+        for stop in reversed(self.stoppers):
+            try:
+                stop()
+            except Exception as e:  # keep stopping the rest
+                print("teardown:", e, file=sys.stderr)
+        failed = not getattr(self._outcome, "success", True)
+        if failed or os.environ.get("KEEP_E2E"):
+            print("kept", self.dir, file=sys.stderr)
+            for name in os.listdir(self.dir):
+                if name.endswith(".log"):
+                    print(f"--- {name} (tail) ---", file=sys.stderr)
+                    with open(os.path.join(self.dir, name), errors="replace") as f:
+                        print("".join(f.readlines()[-60:]), file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def backupmx(self, domains, **kw):
+        b = Backupmx(self.dir, domains, **kw)
+        self.stoppers.append(lambda: b.stop(signal.SIGKILL) if b.proc and b.proc.poll() is None else None)
+        return b
+
+    def sink(self, **kw):
+        s = SmtpSink(self.dir, **kw)
+        self.stoppers.append(s.stop)
+        return s
+
+    def scripted(self, **kw):
+        p = ScriptedPrimary(**kw)
+        self.stoppers.append(p.stop)
+        return p
+
+
+def swaks(port, *args, timeout=60):
+    """Runs swaks against 127.0.0.1:port; returns (exit code, transcript)."""
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--hide-informational",
+                        *args], capture_output=True, text=True, timeout=timeout)
+    return r.returncode, r.stdout + r.stderr
+
+
+class Raw:
+    """A raw SMTP client for byte-exact tests: send bytes, read replies."""
+
+    def __init__(self, port, timeout=10):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def reply(self):
+        """One whole (possibly multi-line) reply as text, '' on EOF."""
+        lines = []
+        while True:
+            while b"\n" not in self.buf:
+                chunk = self.s.recv(65536)
+                if not chunk:
+                    return "\n".join(lines)
+                self.buf += chunk
+            line, _, self.buf = self.buf.partition(b"\n")
+            line = line.rstrip(b"\r").decode("utf-8", "replace")
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return "\n".join(lines)
+
+    def cmd(self, line):
+        self.send(line + "\r\n")
+        return self.reply()
+
+    def close(self):
+        self.s.close()
+
+
+def main():
+    unittest.main(verbosity=2)
