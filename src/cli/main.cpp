@@ -11,6 +11,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/json.hpp>
+#include <sys/resource.h>
+
 #include <cstdlib>
 #include <iostream>
 
@@ -40,9 +42,19 @@ void apply_time_offset() {
     if (const char* off = std::getenv("BACKUPMX_TIME_OFFSET")) set_time_offset(Seconds(std::atoll(off)));
 }
 
+// One descriptor per session: thousands of sessions need more than the usual soft limit of 1024.
+void raise_fd_limit() {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int serve(const Config& cfg) {
     setup_logging(cfg.log_level);
     apply_time_offset();
+    raise_fd_limit();
     asio::io_context io(1);
     auto queue = std::make_unique<Queue>(open_sqlite_store(cfg.store_path()));
     Scheduler scheduler(io, cfg, *queue);
