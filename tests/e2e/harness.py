@@ -186,11 +186,12 @@ class ScriptedPrimary:
     raw transactions (envelope + exact DATA bytes as received) are recorded; concurrency counted."""
 
     def __init__(self, answer=lambda rcpt: "250 2.1.5 Ok", pipelining=True, port=None,
-                 data_reply="250 2.0.0 Ok: queued"):
+                 data_reply="250 2.0.0 Ok: queued", data_delay=0.0):
         self.port = port or free_port()
         self.answer = answer
         self.pipelining = pipelining
         self.data_reply = data_reply
+        self.data_delay = data_delay  # seconds before the final reply: holds connections open
         self.transactions = []
         self.lock = threading.Lock()
         self.active = 0
@@ -287,6 +288,8 @@ class ScriptedPrimary:
                         if not chunk:
                             return
                         data += chunk
+                    if self.data_delay:
+                        time.sleep(self.data_delay)
                     with self.lock:
                         self.transactions.append({"mail": mail, "rcpts": list(accepted),
                                                   "data": data})

@@ -1,0 +1,167 @@
+"""What happens after an attempt: per-recipient results, backoff, probes, expiry and DSNs."""
+import time
+
+from harness import E2ETest, main, wait_until
+
+FAST = 'retry_min = "1s"\nretry_max = "4s"\nprobe_interval = "1s"'
+
+
+def dsns(sink):
+    return [m for m in sink.messages() if m["sender"] == ""]
+
+
+class RetryBounce(E2ETest):
+    def setup_pair(self, extra_queue=FAST, **primary_kw):
+        self.primary = self.scripted(**primary_kw)
+        self.senders = self.sink().start()  # the primary of sender.test: DSNs arrive here
+        self.b = self.backupmx({"example.test": f"127.0.0.1:{self.primary.port}",
+                                "sender.test": f"127.0.0.1:{self.senders.port}"},
+                               extra_queue=extra_queue)
+        return self.primary, self.senders, self.b
+
+    def test_per_recipient_results_and_dsn(self):
+        answers = {"ok@example.test": "250 2.1.5 Ok",
+                   "temp@example.test": "450 4.2.1 mailbox busy, try later",
+                   "perm@example.test": "550 5.1.1 <perm@example.test>: no such user"}
+        p, senders, b = self.setup_pair(answer=lambda r: answers[r])
+        p.start()
+        b.start()
+        s = b.smtp()
+        s.sendmail("alice@sender.test", list(answers),
+                   b"Subject: three recipients\r\nMessage-ID: <three@sender.test>\r\n\r\n"
+                   b"SECRET BODY TEXT\r\n")
+        s.quit()
+        wait_until(lambda: p.transactions, what="first delivery")
+        self.assertEqual(p.transactions[0]["rcpts"], ["ok@example.test"])
+        wait_until(lambda: dsns(senders), what="a DSN for perm@")
+        dsn = dsns(senders)[0]
+        self.assertEqual(dsn["recipients"], ["alice@sender.test"])
+        c = dsn["content"].decode()
+        self.assertIn("multipart/report; report-type=delivery-status", c)
+        self.assertIn("Content-Type: message/delivery-status", c)
+        self.assertIn("Final-Recipient: rfc822; perm@example.test", c)
+        self.assertIn("Action: failed", c)
+        self.assertIn("Status: 5.1.1", c)
+        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1 <perm@example.test>: no such user", c)
+        self.assertIn("Content-Type: text/rfc822-headers", c)
+        self.assertIn("Subject: three recipients", c)
+        self.assertIn("Message-ID: <three@sender.test>", c)
+        self.assertNotIn("SECRET BODY TEXT", c)
+        self.assertNotIn("ok@example.test", c.split("Content-Type: text/rfc822-headers")[0])
+        self.assertNotIn("temp@example.test", c.split("Content-Type: text/rfc822-headers")[0])
+        q = b.queue()
+        self.assertEqual(len(q), 1)
+        self.assertEqual(q[0]["recipients"], ["temp@example.test"])
+        self.assertIn("450 4.2.1", q[0]["last_error"])
+        answers["temp@example.test"] = "250 2.1.5 Ok now"
+        wait_until(lambda: len(p.transactions) == 2, what="retry of temp@")
+        self.assertEqual(p.transactions[1]["rcpts"], ["temp@example.test"])
+        wait_until(lambda: b.queue() == [], what="empty queue")
+        log = b.log()
+        self.assertRegex(log, r"delivered id=\S+ from=<alice@sender.test> to=<ok@example.test>")
+        self.assertRegex(log, r"bounced id=\S+ from=<alice@sender.test> to=<perm@example.test> "
+                              r"primary=\S+ delay=\S+ attempts=1 reply=\"550 5.1.1")
+        self.assertRegex(log, r"deferred id=\S+ from=<alice@sender.test> to=<temp@example.test> "
+                              r".*reply=\"450 4.2.1")
+        self.assertRegex(log, r"delivered id=\S+ .*to=<temp@example.test> .*attempts=2")
+        self.assertEqual(len(dsns(senders)), 1, "exactly one DSN")
+
+    def test_no_dsn_to_the_null_sender(self):
+        p, senders, b = self.setup_pair(answer=lambda r: "550 5.1.1 no such user")
+        p.start()
+        b.start()
+        s = b.smtp()
+        s.sendmail("", ["gone@example.test"], b"Subject: a bounce itself\r\n\r\nx\r\n")
+        s.quit()
+        b.wait_log(r"bounced id=\S+ from=<> to=<gone@example.test>")
+        wait_until(lambda: b.queue() == [], what="message gone")
+        time.sleep(0.5)
+        self.assertEqual(senders.messages(), [])
+
+    def test_backoff_doubles_up_to_retry_max(self):
+        p, senders, b = self.setup_pair(
+            extra_queue='retry_min = "2s"\nretry_max = "8s"\nprobe_interval = "1s"',
+            answer=lambda r: "451 4.3.0 try again later")
+        p.start()
+        b.start()
+        s = b.smtp()
+        s.sendmail("alice@sender.test", ["u@example.test"], b"Subject: backoff\r\n\r\nx\r\n")
+        s.quit()
+        seen = {}
+        deadline = time.monotonic() + 40
+        while len(seen) < 5 and time.monotonic() < deadline:
+            q = b.queue()
+            if q:
+                seen.setdefault(q[0]["attempts"], q[0]["next_attempt_at"])
+            time.sleep(0.1)
+        gaps = [seen[k] - seen[k - 1] for k in range(2, 5)]
+        # attempt k is made at next_attempt_at[k-1] and schedules the next one backoff(k) later:
+        # 2s, 4s, 8s, then capped at 8s (whole seconds in the store: allow one second either way)
+        for got, want in zip(gaps, [4, 8, 8]):
+            self.assertLessEqual(abs(got - want), 1, (seen, gaps))
+        self.assertTrue(p.connections >= 4)
+
+    def test_down_primary_probed_then_drained_with_bounded_concurrency(self):
+        p, senders, b = self.setup_pair(
+            extra_queue=FAST + '\nmax_concurrency = 3\ninitial_concurrency = 1',
+            data_delay=0.15)
+        b.start()  # the primary is down: its port is bound but not listening
+        s = b.smtp()
+        for i in range(30):
+            s.sendmail("alice@sender.test", [f"u{i}@example.test"], f"Subject: {i}\r\n\r\n{i}\r\n")
+        s.quit()
+        b.wait_log(r"primary for example.test is down")
+        wait_until(lambda: len(b.queue()) == 30, what="30 queued")
+        p.start()
+        b.wait_log(r"primary for example.test is up \(127.0.0.1\[127.0.0.1\]:\d+\) after \S+ "
+                   r"down; sending \d+ queued messages", timeout=10)
+        wait_until(lambda: len(p.transactions) == 30, timeout=60, what="30 delivered")
+        self.assertLessEqual(p.max_active, 3, "max_concurrency exceeded")
+        self.assertGreaterEqual(p.max_active, 2, "never grew past the slow start")
+        wait_until(lambda: b.queue() == [], what="empty queue")
+
+    def test_expiry_sends_dsn_after_max_age(self):
+        p, senders, b = self.setup_pair(extra_queue=FAST + '\nmax_age = "3s"')
+        b.start()  # primary never comes up
+        s = b.smtp()
+        s.sendmail("alice@sender.test", ["u@example.test", "v@example.test"],
+                   b"Subject: will expire\r\n\r\nx\r\n")
+        s.sendmail("", ["w@example.test"], b"Subject: null sender expires silently\r\n\r\nx\r\n")
+        s.quit()
+        wait_until(lambda: dsns(senders), timeout=20, what="expiry DSN")
+        c = dsns(senders)[0]["content"].decode()
+        self.assertIn("Status: 4.4.7", c)
+        self.assertIn("Final-Recipient: rfc822; u@example.test", c)
+        self.assertIn("Final-Recipient: rfc822; v@example.test", c)
+        self.assertIn("delivery time expired", c)
+        self.assertIn("Subject: will expire", c)
+        wait_until(lambda: b.queue() == [], what="queue empty after expiry")
+        log = b.log()
+        self.assertRegex(log, r"expired id=\S+ from=<alice@sender.test> to=<u@example.test>,"
+                              r"<v@example.test> domain=example.test age=\S+ attempts=\d+")
+        self.assertIn("(null sender: no DSN)", log)
+        self.assertEqual(len(dsns(senders)), 1)
+
+    def test_default_max_age_is_14_days(self):
+        p, senders, b = self.setup_pair(extra_queue='probe_interval = "1s"')
+        b.start()
+        s = b.smtp()
+        s.sendmail("alice@sender.test", ["u@example.test"], b"Subject: old\r\n\r\nx\r\n")
+        s.quit()
+        b.wait_log(r"deferred id=")
+        b.stop()
+        b.env["BACKUPMX_TIME_OFFSET"] = str(13 * 86400)  # 13 days later: still kept
+        b.start()
+        time.sleep(1.5)
+        self.assertEqual(len(b.queue()), 1)
+        self.assertEqual(dsns(senders), [])
+        b.stop()
+        b.env["BACKUPMX_TIME_OFFSET"] = str(14 * 86400 + 60)  # past 14 days: DSN, gone
+        b.start()
+        wait_until(lambda: dsns(senders), what="DSN after 14 days")
+        wait_until(lambda: b.queue() == [], what="queue empty")
+        self.assertIn("after 14d in queue", dsns(senders)[0]["content"].decode())
+
+
+if __name__ == "__main__":
+    main()
