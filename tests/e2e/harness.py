@@ -149,6 +149,8 @@ class SmtpSink:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
 
     def messages(self):
         """Parsed dumps: dicts with sender, recipients, mail_args, content (LF line ends)."""
