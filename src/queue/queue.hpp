@@ -11,6 +11,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -61,7 +62,7 @@ public:
             boost::asio::use_awaitable);
     }
 
-    std::uint64_t batches() const { return batches_; }  // group commits done (for tests/metrics)
+    std::uint64_t batches() const { return batches_.load(); }  // group commits (tests, metrics)
 
 private:
     struct Job {
@@ -76,7 +77,7 @@ private:
     std::condition_variable cv_;
     std::deque<Job> jobs_;
     bool stopping_ = false;
-    std::uint64_t batches_ = 0;
+    std::atomic<std::uint64_t> batches_{0};
     std::thread thread_;
 };
 

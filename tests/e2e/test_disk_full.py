@@ -1,0 +1,56 @@
+"""Disk full: the store refuses with 451 (never a false 250), the server lives on, and every
+message it did accept is delivered once space is back. Needs root for a small tmpfs."""
+import os
+import smtplib
+import subprocess
+
+from harness import E2ETest, main, wait_until
+
+
+class DiskFull(E2ETest):
+    def test_full_store_answers_451_and_keeps_what_it_took(self):
+        self.assertEqual(os.geteuid(), 0, "this test mounts a tmpfs: run make test as root")
+        store = os.path.join(self.dir, "store")
+        os.makedirs(store)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", store], check=True)
+        self.stoppers.insert(0, lambda: subprocess.run(["umount", "-l", store]))
+        sink = self.sink()
+        b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"},
+                          extra_queue='probe_interval = "1s"\nretry_min = "1h"\nretry_max = "2h"')
+        # the store lives on the small tmpfs
+        with open(b.config) as f:
+            cfg = f.read().replace(f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
+        with open(b.config, "w") as f:
+            f.write(cfg)
+        b.start()
+        accepted, refused = [], None
+        s = b.smtp()
+        for i in range(200):
+            body = f"Subject: fill-{i:03d}\r\n\r\n" + ("y" * 76 + "\r\n") * 400  # ~31 KB
+            try:
+                s.sendmail("a@sender.test", ["u@example.test"], body)
+                accepted.append(f"fill-{i:03d}")
+            except smtplib.SMTPDataError as e:
+                refused = (e.smtp_code, e.smtp_error.decode())
+                break
+        self.assertIsNotNone(refused, "the 1 MB store never filled up")
+        self.assertEqual(refused[0], 451, refused)
+        self.assertTrue(refused[1].startswith("4.3.0"), refused)
+        self.assertGreater(len(accepted), 5)
+        self.assertEqual(s.noop()[0], 250)  # the session and the server live on
+        self.assertIn("store failure, answering 451", b.log())
+        subprocess.run(["mount", "-o", "remount,size=64m", store], check=True)  # space is back
+        s.sendmail("a@sender.test", ["u@example.test"], "Subject: after\r\n\r\nafter\r\n")
+        accepted.append("after")
+        s.quit()
+        sink.start()
+        wait_until(lambda: b.queue() == [], timeout=60, what="queue drained")
+        got = set()
+        for m in sink.messages():
+            subject = [l for l in m["content"].split(b"\n") if l.startswith(b"Subject: ")][0]
+            got.add(subject[9:].decode())
+        self.assertEqual(set(accepted) - got, set(), "accepted messages lost")
+
+
+if __name__ == "__main__":
+    main()

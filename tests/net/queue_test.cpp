@@ -1,0 +1,114 @@
+// The queue's thread and group commit, driven by real coroutines on an io_context.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <filesystem>
+
+#include "queue/queue.hpp"
+
+using namespace bmx;
+namespace asio = boost::asio;
+
+namespace {
+
+struct TempDir {
+    TempDir() {
+        char tmpl[] = "/tmp/bmx-queue-XXXXXX";
+        path = mkdtemp(tmpl);
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+    std::string path;
+};
+
+NewMessage message(int i) {
+    NewMessage m;
+    m.id = new_queue_id();
+    m.domain = "example.test";
+    m.sender = "s@sender.test";
+    m.recipients = {"u" + std::to_string(i) + "@example.test"};
+    m.body = "Subject: " + std::to_string(i) + "\r\n\r\nbody\r\n";
+    m.received_at = m.next_attempt_at = now();
+    return m;
+}
+
+// A store whose disk is "full": every write fails.
+struct FullStore : Store {
+    void insert(const std::vector<const NewMessage*>&) override { throw StoreError("disk full"); }
+    std::vector<IndexEntry> load_index() override { return {}; }
+    std::optional<StoredMessage> load(const std::string&) override { return std::nullopt; }
+    int record_attempt(const AttemptUpdate&) override { throw StoreError("disk full"); }
+    std::vector<QueueRow> list() override { return {}; }
+    bool remove(const std::string&) override { return false; }
+};
+
+}  // namespace
+
+TEST(Queue, ConcurrentCommitsShareTransactions) {
+    TempDir dir;
+    const int n = 300;
+    int committed = 0;
+    std::uint64_t batches = 0;
+    {
+        Queue q(open_sqlite_store(dir.path + "/q.db"));
+        asio::io_context io;
+        for (int i = 0; i < n; ++i) {
+            asio::co_spawn(
+                io,
+                [&q, &committed, i]() -> asio::awaitable<void> {
+                    const std::vector<NewMessage> batch{message(i)};
+                    co_await q.commit(batch);
+                    ++committed;
+                },
+                asio::detached);
+        }
+        io.run();
+        batches = q.batches();
+    }
+    EXPECT_EQ(committed, n);
+    EXPECT_GE(batches, 1u);
+    EXPECT_LT(batches, static_cast<std::uint64_t>(n)) << "no commit was shared";
+    auto store = open_sqlite_store(dir.path + "/q.db");  // reopened: everything is on disk
+    EXPECT_EQ(store->load_index().size(), static_cast<std::size_t>(n));
+}
+
+TEST(Queue, CallRunsOnTheStoreThreadAndReturnsValues) {
+    TempDir dir;
+    Queue q(open_sqlite_store(dir.path + "/q.db"));
+    asio::io_context io;
+    std::size_t rows = 99;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            const std::vector<NewMessage> batch{message(1), message(2)};
+            co_await q.commit(batch);
+            const std::function<std::size_t(Store&)> count = [](Store& s) {
+                return s.list().size();
+            };
+            rows = co_await q.call(count);
+        },
+        asio::detached);
+    io.run();
+    EXPECT_EQ(rows, 2u);
+}
+
+TEST(Queue, StoreFailureReachesTheCaller) {
+    Queue q(std::make_unique<FullStore>());
+    asio::io_context io;
+    std::string error;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            const std::vector<NewMessage> batch{message(1)};
+            try {
+                co_await q.commit(batch);
+            } catch (const StoreError& e) {
+                error = e.what();
+            }
+        },
+        asio::detached);
+    io.run();
+    EXPECT_EQ(error, "disk full");
+}
