@@ -12,6 +12,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <istream>
 
 namespace bmx::control {
@@ -45,20 +46,35 @@ void Server::stop() {
     ::unlink(path_.c_str());
 }
 
+namespace {
+
+// One request per connection; a silent client gets 10 s, then is dropped.
+asio::awaitable<void> answer(stream_protocol::socket sock, Server::Handler& handler) {
+    asio::steady_timer deadline(sock.get_executor(), std::chrono::seconds(10));
+    deadline.async_wait([&sock](boost::system::error_code ec) {
+        if (!ec) sock.close();
+    });
+    asio::streambuf buf(4096);  // bounded: a control line is short
+    auto [rec, n] = co_await asio::async_read_until(sock, buf, '\n',
+                                                     asio::as_tuple(asio::use_awaitable));
+    if (!rec) {
+        std::istream is(&buf);
+        std::string line;
+        std::getline(is, line);
+        std::string reply = handler(line) + "\n";
+        co_await asio::async_write(sock, asio::buffer(reply), asio::as_tuple(asio::use_awaitable));
+    }
+    deadline.cancel();
+}
+
+}  // namespace
+
 asio::awaitable<void> Server::accept_loop() {
     auto* acceptor = acceptor_.get();
     for (;;) {
         auto [ec, sock] = co_await acceptor->async_accept(asio::as_tuple(asio::use_awaitable));
         if (ec) co_return;
-        asio::streambuf buf(4096);  // bounded: a control line is short
-        auto [rec, n] = co_await asio::async_read_until(sock, buf, '\n',
-                                                         asio::as_tuple(asio::use_awaitable));
-        if (rec) continue;
-        std::istream is(&buf);
-        std::string line;
-        std::getline(is, line);
-        std::string answer = handler_(line) + "\n";
-        co_await asio::async_write(sock, asio::buffer(answer), asio::as_tuple(asio::use_awaitable));
+        asio::co_spawn(io_, answer(std::move(sock), handler_), asio::detached);
     }
 }
 
