@@ -3,6 +3,7 @@
 // queue logic of its own: it only parses arguments, prints, and calls the parts.
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -11,8 +12,6 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/json.hpp>
-#include <sys/resource.h>
-
 #include <cstdlib>
 #include <iostream>
 
@@ -39,7 +38,8 @@ void setup_logging(const std::string& level) {
 
 void apply_time_offset() {
     // Tests move the clock forward (expiry after max_age) without waiting days.
-    if (const char* off = std::getenv("BACKUPMX_TIME_OFFSET")) set_time_offset(Seconds(std::atoll(off)));
+    if (const char* off = std::getenv("BACKUPMX_TIME_OFFSET"))
+        set_time_offset(Seconds(std::atoll(off)));
 }
 
 // One descriptor per session: thousands of sessions need more than the usual soft limit of 1024.
@@ -64,7 +64,8 @@ int serve(const Config& cfg) {
         if (line == "flush" || line.starts_with("flush ")) {
             std::string domain = line.size() > 6 ? line.substr(6) : "";
             auto n = scheduler.flush(domain);
-            spdlog::info("flush requested{}: {} messages due now", domain.empty() ? "" : " for " + domain, n);
+            spdlog::info("flush requested{}: {} messages due now",
+                         domain.empty() ? "" : " for " + domain, n);
             return "ok " + std::to_string(n);
         }
         if (line.starts_with("forget ")) {
@@ -96,16 +97,19 @@ int serve(const Config& cfg) {
             io.stop();
         });
         // When the last session and attempt end, nothing but the grace timer is left: drop it.
-        asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-            asio::steady_timer t(io);
-            while (smtp.sessions() > 0) {
-                t.expires_after(std::chrono::milliseconds(50));
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                asio::steady_timer t(io);
+                while (smtp.sessions() > 0) {
+                    t.expires_after(std::chrono::milliseconds(50));
+                    co_await t.async_wait(asio::use_awaitable);
+                }
+                t.expires_after(std::chrono::milliseconds(200));
                 co_await t.async_wait(asio::use_awaitable);
-            }
-            t.expires_after(std::chrono::milliseconds(200));
-            co_await t.async_wait(asio::use_awaitable);
-            grace.cancel();
-        }, asio::detached);
+                grace.cancel();
+            },
+            asio::detached);
     });
     io.run();
     queue.reset();  // drains: every commit in progress reaches the disk before we exit
@@ -205,10 +209,12 @@ int main(int argc, char** argv) {
         if (*serve_cmd) return serve(cfg);
         if (*list_cmd) return queue_list(cfg, json);
         if (*flush_cmd) {
-            auto r = control::request(cfg.control_socket,
-                                      flush_domain.empty() ? "flush" : "flush " + to_lower(flush_domain));
+            auto r = control::request(cfg.control_socket, flush_domain.empty()
+                                                              ? "flush"
+                                                              : "flush " + to_lower(flush_domain));
             if (!r) {
-                std::cerr << "backupmx is not running (no answer on " << cfg.control_socket << ")\n";
+                std::cerr << "backupmx is not running (no answer on " << cfg.control_socket
+                          << ")\n";
                 return 1;
             }
             std::cout << *r << "\n";

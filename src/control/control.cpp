@@ -7,12 +7,12 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <istream>
 
 namespace bmx::control {
@@ -23,7 +23,9 @@ using asio::local::stream_protocol;
 Server::Server(asio::io_context& io, std::string path, Handler handler)
     : io_(io), path_(std::move(path)), handler_(std::move(handler)) {}
 
-Server::~Server() { stop(); }
+Server::~Server() {
+    stop();
+}
 
 void Server::start() {
     // A stale socket from a killed server would block bind: replace it, but only if nobody answers.
@@ -55,8 +57,8 @@ asio::awaitable<void> answer(stream_protocol::socket sock, Server::Handler& hand
         if (!ec) sock.close();
     });
     asio::streambuf buf(4096);  // bounded: a control line is short
-    auto [rec, n] = co_await asio::async_read_until(sock, buf, '\n',
-                                                     asio::as_tuple(asio::use_awaitable));
+    auto [rec, n] =
+        co_await asio::async_read_until(sock, buf, '\n', asio::as_tuple(asio::use_awaitable));
     if (!rec) {
         std::istream is(&buf);
         std::string line;

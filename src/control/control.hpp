@@ -14,14 +14,14 @@
 namespace bmx::control {
 
 class Server {
-public:
+  public:
     using Handler = std::function<std::string(const std::string& line)>;
     Server(boost::asio::io_context& io, std::string path, Handler handler);
     ~Server();
     void start();  // throws when the socket cannot be bound
     void stop();
 
-private:
+  private:
     boost::asio::awaitable<void> accept_loop();
     boost::asio::io_context& io_;
     std::string path_;

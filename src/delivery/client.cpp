@@ -36,10 +36,12 @@ Extensions parse_ehlo(const Reply& r) {
     return e;
 }
 
-Reply local_reply(int code, std::string text) { return Reply{code, {std::move(text)}}; }
+Reply local_reply(int code, std::string text) {
+    return Reply{code, {std::move(text)}};
+}
 
 class Conn {
-public:
+  public:
     Conn(asio::any_io_executor ex, const Settings& s) : sock_(ex), deadline_(ex), s_(s) {}
 
     // Runs `body(*this)` under the deadline watchdog; a timeout ends it with `timed_out_`.
@@ -60,8 +62,8 @@ public:
     asio::awaitable<bool> connect(const HostPort& to) {
         doing_ = "connecting to " + to.text();
         tcp::resolver resolver(sock_.get_executor());
-        auto [ec, results] = co_await resolver.async_resolve(
-            to.host, std::to_string(to.port), asio::as_tuple(asio::use_awaitable));
+        auto [ec, results] = co_await resolver.async_resolve(to.host, std::to_string(to.port),
+                                                             asio::as_tuple(asio::use_awaitable));
         if (ec) {
             partial_.error = "cannot resolve " + to.host + ": " + ec.message();
             co_return false;
@@ -69,14 +71,15 @@ public:
         std::string last;
         for (const auto& ep : results) {
             sock_ = tcp::socket(sock_.get_executor());
-            auto [cec] = co_await sock_.async_connect(ep.endpoint(), asio::as_tuple(asio::use_awaitable));
+            auto [cec] =
+                co_await sock_.async_connect(ep.endpoint(), asio::as_tuple(asio::use_awaitable));
             if (!cec) {
-                partial_.remote = to.host + "[" + ep.endpoint().address().to_string() + "]:" +
-                                  std::to_string(to.port);
+                partial_.remote = to.host + "[" + ep.endpoint().address().to_string() +
+                                  "]:" + std::to_string(to.port);
                 co_return true;
             }
-            last = "connect to " + to.host + "[" + ep.endpoint().address().to_string() + "]:" +
-                   std::to_string(to.port) + ": " + cec.message();
+            last = "connect to " + to.host + "[" + ep.endpoint().address().to_string() +
+                   "]:" + std::to_string(to.port) + ": " + cec.message();
         }
         partial_.error = last.empty() ? "no address for " + to.host : last;
         co_return false;
@@ -154,7 +157,7 @@ public:
 
     Outcome partial_;
 
-private:
+  private:
     tcp::socket sock_;
     asio::steady_timer deadline_;
     const Settings& s_;

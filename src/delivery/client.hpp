@@ -28,8 +28,8 @@ struct Settings {
 };
 
 struct Outcome {
-    bool reached = false;     // a 2xx greeting came back: the primary is alive
-    std::string remote;       // "host[ip]:port" actually used
+    bool reached = false;  // a 2xx greeting came back: the primary is alive
+    std::string remote;    // "host[ip]:port" actually used
     // Set when the whole transaction failed (connect, greeting, MAIL, DATA, lost connection).
     std::string error;
     bool permanent = false;   // that failure was a 5xx: final for every recipient

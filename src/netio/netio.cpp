@@ -20,7 +20,8 @@ asio::awaitable<void> watchdog(asio::steady_timer& deadline) {
 
 asio::awaitable<bool> read_more(asio::ip::tcp::socket& s, std::string& buf) {
     char tmp[8192];
-    auto [ec, n] = co_await s.async_read_some(asio::buffer(tmp), asio::as_tuple(asio::use_awaitable));
+    auto [ec, n] =
+        co_await s.async_read_some(asio::buffer(tmp), asio::as_tuple(asio::use_awaitable));
     if (ec || n == 0) co_return false;
     buf.append(tmp, n);
     co_return true;

@@ -11,7 +11,8 @@ Decision check_recipient_domain(const Config& cfg, const std::string& domain) {
 Decision check_recipient_count(const Config& cfg, std::size_t count) {
     if (count < cfg.max_recipients) return {};
     return {false, "452 4.5.3 Too many recipients (smtp.max_recipients = " +
-                       std::to_string(cfg.max_recipients) + "); send the rest in another transaction"};
+                       std::to_string(cfg.max_recipients) +
+                       "); send the rest in another transaction"};
 }
 
 }  // namespace bmx::policy

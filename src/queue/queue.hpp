@@ -5,13 +5,13 @@
 // has returned from it.
 #pragma once
 
+#include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -26,7 +26,7 @@
 namespace bmx {
 
 class Queue {
-public:
+  public:
     explicit Queue(std::unique_ptr<Store> store);
     ~Queue();  // drains every job, then joins the thread
     Queue(const Queue&) = delete;
@@ -64,7 +64,7 @@ public:
 
     std::uint64_t batches() const { return batches_.load(); }  // group commits (tests, metrics)
 
-private:
+  private:
     struct Job {
         const std::vector<NewMessage>* insert;  // non-null: part of the next group commit
         std::function<void(Store*, std::exception_ptr)> run;

@@ -71,7 +71,9 @@ asio::awaitable<void> Scheduler::run() {
     }
 }
 
-void Scheduler::wake() { timer_.cancel(); }
+void Scheduler::wake() {
+    timer_.cancel();
+}
 
 void Scheduler::add(const std::vector<NewMessage>& msgs) {
     for (const auto& m : msgs) {
@@ -192,8 +194,10 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
     auto r = route(domain);
     delivery::Settings s{cfg_.hostname, cfg_.connect_timeout, cfg_.reply_timeout};
     delivery::Outcome o;
-    if (r) o = co_await delivery::probe(s, *r);
-    else o.error = "no route: " + domain + " is not configured and queue.relayhost is not set";
+    if (r)
+        o = co_await delivery::probe(s, *r);
+    else
+        o.error = "no route: " + domain + " is not configured and queue.relayhost is not set";
     if (stopping_) co_return;
     auto& d = dest(domain);
     d.probing = false;
@@ -246,9 +250,10 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
         auto dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, r ? r->text() : "", t);
         AttemptUpdate u{id, {}, t, "expired", false, dsn, true};
         for (auto& a : pending) u.outcomes.push_back({a, RcptStatus::Failed, "expired"});
-        spdlog::info("expired id={} from=<{}> to={} domain={} age={} attempts={} last_error=\"{}\"{}",
-                     id, msg->sender, angle_list(pending), domain, age(msg->received_at, t),
-                     msg->attempts, last, dsn ? " dsn=" + dsn->id : " (null sender: no DSN)");
+        spdlog::info(
+            "expired id={} from=<{}> to={} domain={} age={} attempts={} last_error=\"{}\"{}", id,
+            msg->sender, angle_list(pending), domain, age(msg->received_at, t), msg->attempts, last,
+            dsn ? " dsn=" + dsn->id : " (null sender: no DSN)");
         co_await finish(id, std::move(u), std::move(dsn));
         co_return;
     }
@@ -284,19 +289,25 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
             if (rep.positive()) {
                 u.outcomes.push_back({pending[i], RcptStatus::Delivered, text});
                 delivered.push_back(pending[i]);
-                spdlog::info("delivered id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
-                             "reply=\"{}\"", id, msg->sender, pending[i], primary, delay, attempts, text);
+                spdlog::info(
+                    "delivered id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
+                    "reply=\"{}\"",
+                    id, msg->sender, pending[i], primary, delay, attempts, text);
             } else if (rep.permanent()) {
                 u.outcomes.push_back({pending[i], RcptStatus::Failed, text});
                 failures.push_back({pending[i], bounce::status_of(text), text});
-                spdlog::info("bounced id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
-                             "reply=\"{}\"", id, msg->sender, pending[i], primary, delay, attempts, text);
+                spdlog::info(
+                    "bounced id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
+                    "reply=\"{}\"",
+                    id, msg->sender, pending[i], primary, delay, attempts, text);
             } else {
                 u.outcomes.push_back({pending[i], RcptStatus::Pending, text});
                 u.last_error = text;
-                spdlog::info("deferred id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
-                             "next={} reply=\"{}\"", id, msg->sender, pending[i], primary, delay,
-                             attempts, format_duration(backoff), text);
+                spdlog::info(
+                    "deferred id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
+                    "next={} reply=\"{}\"",
+                    id, msg->sender, pending[i], primary, delay, attempts, format_duration(backoff),
+                    text);
             }
         }
         if (o.reached) {
@@ -305,9 +316,11 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
         }
     } else {
         u.last_error = o.error;
-        spdlog::info("deferred id={} from=<{}> to={} primary={} delay={} attempts={} next={} "
-                     "error=\"{}\"", id, msg->sender, angle_list(pending), primary, delay, attempts,
-                     format_duration(backoff), o.error);
+        spdlog::info(
+            "deferred id={} from=<{}> to={} primary={} delay={} attempts={} next={} "
+            "error=\"{}\"",
+            id, msg->sender, angle_list(pending), primary, delay, attempts,
+            format_duration(backoff), o.error);
         if (!o.reached) mark_down(domain, o.error);
     }
     std::optional<NewMessage> dsn;

@@ -24,7 +24,7 @@
 namespace bmx {
 
 class Scheduler {
-public:
+  public:
     Scheduler(boost::asio::io_context& io, const Config& cfg, Queue& queue);
     // Loads the index from the store (every destination starts "unknown": probed at once) and runs.
     boost::asio::awaitable<void> run();
@@ -34,7 +34,7 @@ public:
     void forget(const std::string& id);  // an operator deleted it from the store
     void stop();                         // cancels attempts in flight; they stay queued
 
-private:
+  private:
     struct Entry {
         std::string domain;
         TimePoint received_at, next_attempt;
@@ -42,7 +42,7 @@ private:
         bool in_flight = false;
     };
     struct Dest {
-        bool up = true;        // unknown counts as up for fresh mail; restart marks it down
+        bool up = true;  // unknown counts as up for fresh mail; restart marks it down
         bool probing = false;
         TimePoint next_probe{}, down_since{};
         unsigned in_flight = 0;
@@ -50,8 +50,8 @@ private:
         std::set<std::pair<TimePoint, std::string>> due;
     };
 
-    void index(const std::string& id, const std::string& domain, TimePoint received,
-               TimePoint next, int attempts);
+    void index(const std::string& id, const std::string& domain, TimePoint received, TimePoint next,
+               int attempts);
     void pump();
     void wake();
     Dest& dest(const std::string& domain);

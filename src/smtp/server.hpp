@@ -21,7 +21,7 @@ namespace bmx::smtp {
 class Session;
 
 class Server {
-public:
+  public:
     using Accepted = std::function<void(const std::vector<NewMessage>&)>;
     Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, Accepted on_accepted);
     // Binds every listen address (throws on failure, before serving) and starts accepting.
@@ -30,7 +30,7 @@ public:
     void stop();
     std::size_t sessions() const { return sessions_.size(); }
 
-private:
+  private:
     boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
     friend class Session;
 

@@ -26,7 +26,8 @@ std::string join_rcpts(const std::vector<std::string>& v) {
 // HELO names end up in headers and logs: keep printable ASCII without spaces.
 std::string printable(std::string_view s) {
     std::string out;
-    for (unsigned char c : s.substr(0, 255)) out.push_back(c > 32 && c < 127 ? static_cast<char>(c) : '?');
+    for (unsigned char c : s.substr(0, 255))
+        out.push_back(c > 32 && c < 127 ? static_cast<char>(c) : '?');
     return out;
 }
 
@@ -40,7 +41,9 @@ Session::Session(Server& server, asio::ip::tcp::socket sock)
     server_.sessions_.insert(this);
 }
 
-Session::~Session() { server_.sessions_.erase(this); }
+Session::~Session() {
+    server_.sessions_.erase(this);
+}
 
 void Session::stop() {
     boost::system::error_code ec;
@@ -122,16 +125,28 @@ asio::awaitable<void> Session::converse() {
         Command c = parse_command(line->text);
         bool error = false;
         switch (c.verb) {
-            case Verb::Helo: on_helo(c, false); break;
-            case Verb::Ehlo: on_helo(c, true); break;
-            case Verb::Mail: on_mail(c); break;
-            case Verb::Rcpt: on_rcpt(c); break;
-            case Verb::Data: co_await on_data(c); break;
+            case Verb::Helo:
+                on_helo(c, false);
+                break;
+            case Verb::Ehlo:
+                on_helo(c, true);
+                break;
+            case Verb::Mail:
+                on_mail(c);
+                break;
+            case Verb::Rcpt:
+                on_rcpt(c);
+                break;
+            case Verb::Data:
+                co_await on_data(c);
+                break;
             case Verb::Rset:
                 reset_transaction();
                 reply("250 2.0.0 Ok");
                 break;
-            case Verb::Noop: reply("250 2.0.0 Ok"); break;
+            case Verb::Noop:
+                reply("250 2.0.0 Ok");
+                break;
             case Verb::Quit:
                 reply("221 2.0.0 Bye");
                 quit_ = true;
@@ -139,7 +154,11 @@ asio::awaitable<void> Session::converse() {
             case Verb::Vrfy:
                 reply("252 2.5.2 Cannot VRFY user; send mail and it will be relayed");
                 break;
-            case Verb::Help: reply("214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"); break;
+            case Verb::Help:
+                reply(
+                    "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT "
+                    "VRFY");
+                break;
             case Verb::Expn:
             case Verb::StartTls:
             case Verb::Bdat:
@@ -193,15 +212,19 @@ void Session::on_mail(const Command& c) {
         if (!esmtp_) return reply("555 5.5.4 Parameters need EHLO");
         if (k == "SIZE") {
             std::uint64_t n = 0;
-            if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+            if (v.empty() || v.size() > 19 ||
+                v.find_first_not_of("0123456789") != std::string::npos)
                 return reply("501 5.5.4 Bad SIZE parameter");
             n = std::stoull(v);
             if (n > cfg_.max_message_size)
-                return reply("552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
-                             std::to_string(cfg_.max_message_size) + ")");
+                return reply(
+                    "552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
+                    std::to_string(cfg_.max_message_size) + ")");
         } else if (k == "BODY") {
-            if (iequals(v, "8BITMIME")) eight = true;
-            else if (!iequals(v, "7BIT")) return reply("501 5.5.4 BODY must be 7BIT or 8BITMIME");
+            if (iequals(v, "8BITMIME"))
+                eight = true;
+            else if (!iequals(v, "7BIT"))
+                return reply("501 5.5.4 BODY must be 7BIT or 8BITMIME");
         } else if (k == "SMTPUTF8" && v.empty()) {
             utf8 = true;
         } else {
@@ -220,7 +243,8 @@ void Session::on_rcpt(const Command& c) {
     if (!sender_) return reply("503 5.5.1 Error: need MAIL command");
     auto p = parse_path_arg(c.arg, "TO", false);
     if (!p.addr) return reply(p.error);
-    if (!p.params.empty()) return reply("555 5.5.4 Unsupported RCPT parameter " + p.params[0].first);
+    if (!p.params.empty())
+        return reply("555 5.5.4 Unsupported RCPT parameter " + p.params[0].first);
     if (p.addr->utf8 && !smtputf8_)
         return reply("553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM");
     auto d = policy::check_recipient_domain(cfg_, p.addr->domain);
@@ -265,7 +289,8 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         deadline_.expires_after(cfg_.data_timeout);
         const bool ok13 = co_await netio::read_more(sock_, in_);
         if (!ok13) {
-            spdlog::info("lost connection from [{}] during DATA after {} bytes", peer_, scan.size());
+            spdlog::info("lost connection from [{}] during DATA after {} bytes", peer_,
+                         scan.size());
             quit_ = true;
             co_return;
         }
@@ -273,8 +298,9 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     deadline_.expires_after(cfg_.command_timeout);
     std::string why;
     if (scan.bare_lf() || scan.bare_cr())
-        why = "550 5.5.2 Message refused: bare <LF> or <CR> in message data (SMTP smuggling "
-              "defence; lines must end with <CR><LF>)";
+        why =
+            "550 5.5.2 Message refused: bare <LF> or <CR> in message data (SMTP smuggling "
+            "defence; lines must end with <CR><LF>)";
     else if (scan.line_too_long())
         why = "554 5.5.2 Message refused: text line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
     else if (scan.too_big())

@@ -14,13 +14,13 @@
 namespace bmx::smtp {
 
 class Session {
-public:
+  public:
     Session(Server& server, boost::asio::ip::tcp::socket sock);
     ~Session();
     boost::asio::awaitable<void> run();  // the whole session, deadline included
     void stop();                         // from Server::stop(): close now
 
-private:
+  private:
     boost::asio::awaitable<void> converse();
     boost::asio::awaitable<std::optional<CommandReader::Line>> read_command();
     boost::asio::awaitable<bool> flush();

@@ -1,4 +1,6 @@
 // The queue's thread and group commit, driven by real coroutines on an io_context.
+#include "queue/queue.hpp"
+
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -6,8 +8,6 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
-
-#include "queue/queue.hpp"
 
 using namespace bmx;
 namespace asio = boost::asio;

@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "util/util.hpp"
+
+#include <gtest/gtest.h>
 
 using namespace bmx;
 
