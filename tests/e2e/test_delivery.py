@@ -58,6 +58,9 @@ class Delivery(E2ETest):
         self.assertIn(b"by mx2.test.example (backupmx) with ESMTP id",
                       got["alice@sender.test"]["content"])
         log = b.log()
+        self.assertRegex(log, r"accepted id=[0-9A-F]{16} from=<carol@sender.test> "
+                              r"to=<dave@example.test>,<erin@example.test> size=\d+ "
+                              r"domain=example.test client=client.test.example\[127.0.0.1\]")
         self.assertRegex(log, r"delivered id=\S+ from=<carol@sender.test> to=<dave@example.test> "
                               r"primary=127.0.0.1\[127.0.0.1\]:\d+ delay=\S+ attempts=\d+ reply=\"250")
         self.assertEqual(b.cli("queue", "list").stdout.strip(), "Mail queue is empty")
