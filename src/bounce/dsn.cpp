@@ -11,18 +11,37 @@ std::string status_of(std::string_view reply) {
         auto rest = reply.substr(sp + 1);
         auto end = rest.find(' ');
         auto word = rest.substr(0, end);
+        // class "." 1*3digit "." 1*3digit (RFC 3463)
         int dots = 0;
+        std::size_t digits = 0;
         bool ok = word.size() >= 5 && (word[0] == '2' || word[0] == '4' || word[0] == '5') &&
                   word[1] == '.';
-        for (char c : word) {
-            if (c == '.') ++dots;
-            else if (!std::isdigit(static_cast<unsigned char>(c))) ok = false;
+        for (char c : word.substr(ok ? 2 : 0)) {
+            if (c == '.' && digits > 0) {
+                ++dots;
+                digits = 0;
+            } else if (!std::isdigit(static_cast<unsigned char>(c)) || ++digits > 3) {
+                ok = false;
+            }
         }
-        if (ok && dots == 2) return std::string(word);
+        if (ok && dots == 1 && digits > 0) return std::string(word);
     }
     if (!reply.empty() && reply[0] == '4') return "4.0.0";
     return "5.0.0";
 }
+
+namespace {
+
+// Text from a remote reply or our own words, made safe for one line of a header field: control
+// characters (a stray CR or LF would break or inject lines) become spaces, at most `max` octets.
+std::string one_line(std::string_view text, std::size_t max) {
+    std::string out(text.substr(0, max));
+    for (auto& c : out)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+    return out;
+}
+
+}  // namespace
 
 std::optional<NewMessage> make_dsn(const StoredMessage& original,
                                    const std::vector<Failure>& failures,
@@ -43,7 +62,8 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     std::string boundary = dsn.id + "/" + hostname;
     std::string headers_part;
     auto end = original.body.find("\r\n\r\n");
-    headers_part = original.body.substr(0, end == std::string::npos ? original.body.size() : end + 2);
+    headers_part =
+        original.body.substr(0, end == std::string::npos ? original.body.size() : end + 2);
     if (!headers_part.ends_with("\r\n")) headers_part += "\r\n";
 
     std::string b;
@@ -63,7 +83,10 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     b += "This is the mail system at host " + hostname + ".\r\n\r\n";
     b += "I'm sorry to have to inform you that your message could not\r\n";
     b += "be delivered to one or more recipients. It's attached below.\r\n\r\n";
-    for (const auto& f : failures) b += "<" + f.recipient + ">: " + f.diagnostic.substr(0, 900) + "\r\n";
+    for (const auto& f : failures) {  // each line within 1000 octets, whatever the recipient
+        std::string head = "<" + f.recipient + ">: ";
+        b += head + one_line(f.diagnostic, head.size() < 900 ? 900 - head.size() : 0) + "\r\n";
+    }
     b += "\r\n--" + boundary + "\r\n";
     b += "Content-Description: Delivery report\r\n";
     b += "Content-Type: message/delivery-status\r\n\r\n";
@@ -76,7 +99,7 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
         b += "Action: failed\r\n";
         b += "Status: " + f.status + "\r\n";
         if (!remote_mta.empty()) b += "Remote-MTA: dns; " + remote_mta + "\r\n";
-        b += "Diagnostic-Code: smtp; " + f.diagnostic.substr(0, 900) + "\r\n";
+        b += "Diagnostic-Code: smtp; " + one_line(f.diagnostic, 900) + "\r\n";
         b += "Last-Attempt-Date: " + rfc5322_date(now) + "\r\n";
     }
     b += "\r\n--" + boundary + "\r\n";

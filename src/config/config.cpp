@@ -1,11 +1,12 @@
 #include "config/config.hpp"
 
+#include <toml++/toml.h>
+
 #include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "util/util.hpp"
 
@@ -72,7 +73,8 @@ namespace {
     throw ConfigError("config: " + key + ": " + why);
 }
 
-void check_keys(const toml::table& t, const std::string& where, const std::set<std::string>& allowed) {
+void check_keys(const toml::table& t, const std::string& where,
+                const std::set<std::string>& allowed) {
     for (auto&& [k, v] : t) {
         std::string key(k.str());
         if (!allowed.count(key)) fail(where.empty() ? key : where + "." + key, "unknown key");
@@ -160,7 +162,8 @@ Config parse_config(std::string_view text) {
                     "command_timeout", "data_timeout", "max_errors"});
         if (auto node = s->get("listen")) {
             auto* arr = node->as_array();
-            if (!arr || arr->empty()) fail("smtp.listen", "must be a non-empty array of \"ip:port\"");
+            if (!arr || arr->empty())
+                fail("smtp.listen", "must be a non-empty array of \"ip:port\"");
             c.listen.clear();
             for (auto& el : *arr) {
                 auto str = el.value<std::string>();
@@ -216,7 +219,8 @@ Config parse_config(std::string_view text) {
         check_keys(*l, "log", {"level"});
         c.log_level = get_string(*l, "log.", "level", c.log_level);
         static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
-        if (!levels.count(c.log_level)) fail("log.level", "must be trace, debug, info, warn or error");
+        if (!levels.count(c.log_level))
+            fail("log.level", "must be trace, debug, info, warn or error");
     }
     if (auto node = root.get("domain")) {
         auto* arr = node->as_array();
@@ -240,7 +244,8 @@ Config parse_config(std::string_view text) {
     }
     if (c.control_socket.empty()) {
         auto dir = std::filesystem::path(c.store_path()).parent_path();
-        c.control_socket = (dir.empty() ? std::filesystem::path(".") : dir).string() + "/control.sock";
+        c.control_socket =
+            (dir.empty() ? std::filesystem::path(".") : dir).string() + "/control.sock";
     }
     return c;
 }

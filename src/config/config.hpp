@@ -33,18 +33,18 @@ struct Config {
     std::uint32_t max_recipients = 100;
     std::uint32_t max_connections = 2000;
     std::chrono::seconds command_timeout{300};  // RFC 5321 4.5.3.2.7: at least 5 minutes
-    std::chrono::seconds data_timeout{600};     // between DATA chunks (4.5.3.2.6 asks 3m client side)
-    std::uint32_t max_errors = 20;              // protocol errors before the session is dropped
+    std::chrono::seconds data_timeout{600};  // between DATA chunks (4.5.3.2.6 asks 3m client side)
+    std::uint32_t max_errors = 20;           // protocol errors before the session is dropped
     // [queue]
     std::string store = "sqlite:var/queue.db";
     std::chrono::seconds max_age{14 * 86400};
     std::chrono::seconds retry_min{60};
     std::chrono::seconds retry_max{1800};
     std::chrono::seconds probe_interval{30};
-    std::uint32_t max_concurrency = 10;  // connections per primary at once
+    std::uint32_t max_concurrency = 10;     // connections per primary at once
     std::uint32_t initial_concurrency = 2;  // slow start: grows while the primary keeps up
-    std::string control_socket;          // default: beside the store, "<dir>/control.sock"
-    std::optional<HostPort> relayhost;   // where mail for other domains (DSNs) goes
+    std::string control_socket;             // default: beside the store, "<dir>/control.sock"
+    std::optional<HostPort> relayhost;      // where mail for other domains (DSNs) goes
     // [delivery]
     std::chrono::seconds connect_timeout{30};
     std::chrono::seconds reply_timeout{300};
@@ -61,7 +61,7 @@ struct ConfigError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-Config load_config_file(const std::string& path);    // throws ConfigError
-Config parse_config(std::string_view toml_text);       // throws ConfigError
+Config load_config_file(const std::string& path);  // throws ConfigError
+Config parse_config(std::string_view toml_text);   // throws ConfigError
 
 }  // namespace bmx

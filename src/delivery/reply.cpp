@@ -24,6 +24,11 @@ std::optional<Reply> ReplyParser::next(std::string& buf) {
             }
             return std::nullopt;
         }
+        if (lf > 2048) {  // the same limit when the LF arrived in the same read
+            buf.erase(0, lf + 1);
+            partial_ = {};
+            return Reply{};
+        }
         std::string line = buf.substr(0, lf);
         buf.erase(0, lf + 1);
         if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -43,10 +48,11 @@ std::optional<Reply> ReplyParser::next(std::string& buf) {
         partial_.code = code;
         partial_.lines.push_back(line.size() > 4 ? line.substr(4) : "");
         bool last = line.size() == 3 || line[3] == ' ';
-        if (last || partial_.lines.size() > 100) {
+        bool too_many = partial_.lines.size() > 100;
+        if (last || too_many) {
             Reply r = std::move(partial_);
             partial_ = {};
-            if (!last) r.code = 0;
+            if (too_many) r.code = 0;
             return r;
         }
     }

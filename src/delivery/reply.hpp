@@ -19,12 +19,13 @@ struct Reply {
 };
 
 class ReplyParser {
-public:
+  public:
     // Takes complete lines from `buf`; returns a reply when its last line has arrived.
-    // A line over 2048 octets or a reply over 100 lines is malformed (code 0), never buffered whole.
+    // A line over 2048 octets or a reply over 100 lines is malformed (code 0), never buffered
+    // whole.
     std::optional<Reply> next(std::string& buf);
 
-private:
+  private:
     Reply partial_;
 };
 

@@ -43,10 +43,11 @@ Command parse_command(std::string_view line) {
     c.verb_text = std::string(line.substr(0, sp));
     if (sp != std::string_view::npos) c.arg = std::string(line.substr(sp + 1));
     static const std::pair<const char*, Verb> verbs[] = {
-        {"HELO", Verb::Helo}, {"EHLO", Verb::Ehlo}, {"MAIL", Verb::Mail}, {"RCPT", Verb::Rcpt},
-        {"DATA", Verb::Data}, {"RSET", Verb::Rset}, {"NOOP", Verb::Noop}, {"QUIT", Verb::Quit},
-        {"VRFY", Verb::Vrfy}, {"EXPN", Verb::Expn}, {"HELP", Verb::Help},
-        {"STARTTLS", Verb::StartTls}, {"BDAT", Verb::Bdat}, {"AUTH", Verb::Auth}};
+        {"HELO", Verb::Helo}, {"EHLO", Verb::Ehlo}, {"MAIL", Verb::Mail},
+        {"RCPT", Verb::Rcpt}, {"DATA", Verb::Data}, {"RSET", Verb::Rset},
+        {"NOOP", Verb::Noop}, {"QUIT", Verb::Quit}, {"VRFY", Verb::Vrfy},
+        {"EXPN", Verb::Expn}, {"HELP", Verb::Help}, {"STARTTLS", Verb::StartTls},
+        {"BDAT", Verb::Bdat}, {"AUTH", Verb::Auth}};
     if (line.empty()) {
         c.verb = Verb::Empty;
         return c;
@@ -144,7 +145,8 @@ PathResult parse_path_arg(std::string_view arg, std::string_view keyword, bool r
             ++i;
             continue;
         }
-        if (rest[i] == '"') quoted = !quoted;
+        if (rest[i] == '"')
+            quoted = !quoted;
         else if (!quoted && rest[i] == '>') {
             close = i;
             break;
@@ -226,6 +228,7 @@ std::size_t DataScanner::feed(std::string_view in, std::string& out) {
         switch (state_) {
             case State::Bol:
                 if (c == '.') {
+                    --line_len_;  // the dot added for transparency is not counted (4.5.3.1.6)
                     state_ = State::Dot;
                     continue;
                 }

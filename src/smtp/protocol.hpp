@@ -20,7 +20,7 @@ inline constexpr std::size_t kMaxTextLine = 1000;    // RFC 5321 4.5.3.1.6, CRLF
 // Frames command lines out of a byte buffer. A line longer than the limit is reported once as
 // `too_long` and its bytes are discarded up to the next LF, never buffered.
 class CommandReader {
-public:
+  public:
     struct Line {
         std::string text;  // without CRLF
         bool too_long = false;
@@ -29,13 +29,29 @@ public:
     // Takes what it can from `buf` (erasing it); returns one line when one is complete.
     std::optional<Line> next(std::string& buf);
 
-private:
+  private:
     std::size_t max_;
     bool discarding_ = false;
 };
 
-enum class Verb { Helo, Ehlo, Mail, Rcpt, Data, Rset, Noop, Quit, Vrfy, Expn, Help, StartTls, Bdat,
-                  Auth, Unknown, Empty };
+enum class Verb {
+    Helo,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Expn,
+    Help,
+    StartTls,
+    Bdat,
+    Auth,
+    Unknown,
+    Empty
+};
 
 struct Command {
     Verb verb = Verb::Unknown;
@@ -49,14 +65,14 @@ struct Address {
     std::string local;   // local part as sent (quoted form kept)
     std::string domain;  // lower-cased; empty only for the null sender
     bool null_sender() const { return local.empty() && domain.empty(); }
-    bool utf8 = false;   // contains octets >= 0x80
+    bool utf8 = false;  // contains octets >= 0x80
     std::string str() const { return null_sender() ? std::string() : local + "@" + domain; }
 };
 
 struct PathResult {
     std::optional<Address> addr;
     std::vector<std::pair<std::string, std::string>> params;  // ESMTP keyword=value, keyword upper
-    std::string error;                                       // reply text when !addr
+    std::string error;                                        // reply text when !addr
 };
 // `arg` is what follows "MAIL" / "RCPT": "FROM:<a@b> SIZE=10". `reverse` allows "<>".
 PathResult parse_path_arg(std::string_view arg, std::string_view keyword, bool reverse);
@@ -64,7 +80,7 @@ PathResult parse_path_arg(std::string_view arg, std::string_view keyword, bool r
 // Scans the DATA stream. The only end of data is CRLF "." CRLF; a bare LF or CR never ends a line
 // for dot handling (SMTP smuggling defence), it is only recorded so the message can be refused.
 class DataScanner {
-public:
+  public:
     explicit DataScanner(std::uint64_t max_size) : max_size_(max_size) {}
     // Consumes bytes from `in`, appending unstuffed body to `out` unless the message is already
     // refused. Returns the number of bytes consumed; stops right after the end-of-data marker.
@@ -77,7 +93,7 @@ public:
     bool refused() const { return bare_lf_ || bare_cr_ || too_long_ || too_big(); }
     std::uint64_t size() const { return size_; }  // unstuffed body bytes seen
 
-private:
+  private:
     enum class State { Bol, Mid, Cr, Dot, DotCr, End };
     void emit(char c, std::string& out);
     State state_ = State::Bol;

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS recipients (
 )sql";
 
 class Stmt {
-public:
+  public:
     Stmt(sqlite3* db, const char* sql) {
         if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK)
             throw StoreError(std::string("sqlite prepare: ") + sqlite3_errmsg(db));
@@ -80,12 +80,12 @@ public:
     }
     std::int64_t integer(int i) { return sqlite3_column_int64(s_, i); }
 
-private:
+  private:
     sqlite3_stmt* s_ = nullptr;
 };
 
 class SqliteStore final : public Store {
-public:
+  public:
     explicit SqliteStore(const std::string& path) {
         auto dir = std::filesystem::path(path).parent_path();
         if (!dir.empty()) std::filesystem::create_directories(dir);
@@ -97,12 +97,18 @@ public:
             sqlite3_close(db_);
             throw StoreError("cannot open store " + path + ": " + err);
         }
-        sqlite3_busy_timeout(db_, 10000);
-        exec("PRAGMA journal_mode=WAL");
-        exec("PRAGMA synchronous=FULL");
-        exec("PRAGMA foreign_keys=ON");
-        exec(kSchema);
-        if (fresh) sync_dir(dir.empty() ? "." : dir.string());  // the new file's entry is durable too
+        try {  // the destructor does not run when the constructor throws: close here
+            sqlite3_busy_timeout(db_, 10000);
+            exec("PRAGMA journal_mode=WAL");
+            exec("PRAGMA synchronous=FULL");
+            exec("PRAGMA foreign_keys=ON");
+            exec(kSchema);
+        } catch (...) {
+            sqlite3_close(db_);
+            throw;
+        }
+        if (fresh)
+            sync_dir(dir.empty() ? "." : dir.string());  // the new file's entry is durable too
     }
     ~SqliteStore() override { sqlite3_close(db_); }
 
@@ -139,12 +145,12 @@ public:
         m.smtputf8 = s.integer(8) != 0;
         m.eightbit = s.integer(9) != 0;
         m.body = s.text(10);
-        Stmt r(db_, "SELECT address, status, last_reply FROM recipients WHERE message_id = ? "
-                    "ORDER BY rowid");
+        Stmt r(db_,
+               "SELECT address, status, last_reply FROM recipients WHERE message_id = ? "
+               "ORDER BY rowid");
         r.bind(1, id);
         while (r.step())
-            m.recipients.push_back(
-                {r.text(0), static_cast<RcptStatus>(r.integer(1)), r.text(2)});
+            m.recipients.push_back({r.text(0), static_cast<RcptStatus>(r.integer(1)), r.text(2)});
         return m;
     }
 
@@ -155,10 +161,14 @@ public:
             exists.bind(1, u.id);
             if (!exists.step()) return 0;  // deleted meanwhile: nothing to record
         }
-        Stmt r(db_, "UPDATE recipients SET status = ?, last_reply = ? WHERE message_id = ? AND "
-                    "address = ?");
+        Stmt r(db_,
+               "UPDATE recipients SET status = ?, last_reply = ? WHERE message_id = ? AND "
+               "address = ?");
         for (const auto& o : u.outcomes) {
-            r.bind(1, static_cast<std::int64_t>(o.status)).bind(2, o.reply).bind(3, u.id).bind(4, o.address);
+            r.bind(1, static_cast<std::int64_t>(o.status))
+                .bind(2, o.reply)
+                .bind(3, u.id)
+                .bind(4, o.address);
             r.run();
         }
         if (u.dsn) insert_in_tx(*u.dsn);
@@ -175,8 +185,9 @@ public:
             d.run();
             pending = 0;
         } else {
-            Stmt m(db_, "UPDATE messages SET attempts = attempts + ?, next_attempt_at = ?, "
-                        "last_error = ? WHERE id = ?");
+            Stmt m(db_,
+                   "UPDATE messages SET attempts = attempts + ?, next_attempt_at = ?, "
+                   "last_error = ? WHERE id = ?");
             m.bind(1, std::int64_t{u.count_attempt})
                 .bind(2, to_unix(u.next_attempt_at))
                 .bind(3, u.last_error)
@@ -190,11 +201,19 @@ public:
     std::vector<QueueRow> list() override {
         std::map<std::string, QueueRow> rows;
         std::vector<std::string> order;
-        Stmt s(db_, "SELECT id, domain, sender, size, received_at, next_attempt_at, attempts, "
-                    "last_error FROM messages ORDER BY received_at, id");
+        Stmt s(db_,
+               "SELECT id, domain, sender, size, received_at, next_attempt_at, attempts, "
+               "last_error FROM messages ORDER BY received_at, id");
         while (s.step()) {
-            QueueRow q{s.text(0),  s.text(1), s.text(2), {}, s.integer(3), from_unix(s.integer(4)),
-                       from_unix(s.integer(5)), static_cast<int>(s.integer(6)), s.text(7)};
+            QueueRow q{s.text(0),
+                       s.text(1),
+                       s.text(2),
+                       {},
+                       s.integer(3),
+                       from_unix(s.integer(4)),
+                       from_unix(s.integer(5)),
+                       static_cast<int>(s.integer(6)),
+                       s.text(7)};
             order.push_back(q.id);
             rows.emplace(q.id, std::move(q));
         }
@@ -216,7 +235,7 @@ public:
         return sqlite3_changes(db_) > 0;
     }
 
-private:
+  private:
     struct Tx {
         explicit Tx(SqliteStore& s) : s(s) { s.exec("BEGIN IMMEDIATE"); }
         void commit() {

@@ -85,7 +85,7 @@ struct StoreError : std::runtime_error {
 };
 
 class Store {
-public:
+  public:
     virtual ~Store() = default;
     // All messages in one transaction: one durable commit for the batch. Throws StoreError.
     virtual void insert(const std::vector<const NewMessage*>& batch) = 0;

@@ -11,12 +11,18 @@ namespace {
 std::atomic<std::int64_t> g_offset{0};
 }
 
-TimePoint now() { return Clock::now() + Seconds(g_offset.load(std::memory_order_relaxed)); }
-void set_time_offset(Seconds offset) { g_offset.store(offset.count()); }
+TimePoint now() {
+    return Clock::now() + Seconds(g_offset.load(std::memory_order_relaxed));
+}
+void set_time_offset(Seconds offset) {
+    g_offset.store(offset.count());
+}
 std::int64_t to_unix(TimePoint t) {
     return std::chrono::duration_cast<Seconds>(t.time_since_epoch()).count();
 }
-TimePoint from_unix(std::int64_t s) { return TimePoint(Seconds(s)); }
+TimePoint from_unix(std::int64_t s) {
+    return TimePoint(Seconds(s));
+}
 
 std::optional<Seconds> parse_duration(std::string_view text) {
     if (text.empty() || text.size() > 20) return std::nullopt;
@@ -31,11 +37,20 @@ std::optional<Seconds> parse_duration(std::string_view text) {
     if (i < text.size()) {
         if (i + 1 != text.size()) return std::nullopt;
         switch (text[i]) {
-            case 's': unit = 1; break;
-            case 'm': unit = 60; break;
-            case 'h': unit = 3600; break;
-            case 'd': unit = 86400; break;
-            default: return std::nullopt;
+            case 's':
+                unit = 1;
+                break;
+            case 'm':
+                unit = 60;
+                break;
+            case 'h':
+                unit = 3600;
+                break;
+            case 'd':
+                unit = 86400;
+                break;
+            default:
+                return std::nullopt;
         }
     }
     return Seconds(value * unit);
@@ -60,8 +75,7 @@ std::string format_duration(Seconds s) {
 std::string new_queue_id() {
     static thread_local std::mt19937_64 rng{std::random_device{}()};
     static std::atomic<std::uint32_t> counter{0};
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-                  Clock::now().time_since_epoch())
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch())
                   .count();
     std::uint64_t hi = static_cast<std::uint64_t>(us) & 0xffffffffffULL;  // 40 bits of time
     std::uint64_t lo = (rng() ^ counter.fetch_add(1)) & 0xffffffULL;      // 24 bits

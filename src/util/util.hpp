@@ -1,5 +1,5 @@
-// util: small helpers every part shares — the one clock, duration text, queue ids, address case rules.
-// Must never do I/O or hold state beyond what a test can replace (the clock is injectable).
+// util: small helpers every part shares — the one clock, duration text, queue ids, address case
+// rules. Must never do I/O or hold state beyond what a test can replace (the clock is injectable).
 #pragma once
 
 #include <chrono>

@@ -1,0 +1,366 @@
+#include "config/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+using namespace bmx;
+using std::chrono::seconds;
+
+namespace {
+
+const char* kFullExample = R"toml(
+hostname = "MX2.Example.Test"
+
+[smtp]
+listen = ["127.0.0.1:2525", "[::1]:2525"]
+max_message_size = 10485760
+max_recipients = 50
+
+[queue]
+store = "sqlite:/var/spool/backupmx/queue.db"
+max_age = "5d"
+retry_min = "2m"
+retry_max = "1h"
+probe_interval = "45s"
+
+[[domain]]
+name = "example.test"
+primary = "127.0.0.1:2526"
+
+[[domain]]
+name = "Other.Example.TEST."
+primary = "[::1]:2526"
+)toml";
+
+// Expects parse_config to throw a ConfigError naming `key` ("config: KEY: why").
+void expect_error(const std::string& toml, const std::string& key) {
+    try {
+        parse_config(toml);
+        ADD_FAILURE() << "accepted, expected an error naming " << key << ":\n" << toml;
+    } catch (const ConfigError& e) {
+        std::string msg = e.what();
+        EXPECT_TRUE(msg.starts_with("config: " + key + ": ")) << "message: " << msg;
+    }
+}
+
+std::string with_domain(const std::string& primary) {
+    return "[[domain]]\nname = \"example.test\"\nprimary = \"" + primary + "\"\n";
+}
+
+}  // namespace
+
+// =============================================================================================
+// parse_config: values
+
+TEST(ConfigParse, FullExample) {
+    Config c = parse_config(kFullExample);
+    EXPECT_EQ(c.hostname, "mx2.example.test");
+    ASSERT_EQ(c.listen.size(), 2u);
+    EXPECT_EQ(c.listen[0].host, "127.0.0.1");
+    EXPECT_EQ(c.listen[0].port, 2525);
+    EXPECT_EQ(c.listen[1].host, "::1");
+    EXPECT_EQ(c.listen[1].port, 2525);
+    EXPECT_EQ(c.max_message_size, 10485760u);
+    EXPECT_EQ(c.max_recipients, 50u);
+    EXPECT_EQ(c.store, "sqlite:/var/spool/backupmx/queue.db");
+    EXPECT_EQ(c.store_path(), "/var/spool/backupmx/queue.db");
+    EXPECT_EQ(c.max_age, seconds(5 * 86400));
+    EXPECT_EQ(c.retry_min, seconds(120));
+    EXPECT_EQ(c.retry_max, seconds(3600));
+    EXPECT_EQ(c.probe_interval, seconds(45));
+    EXPECT_EQ(c.control_socket, "/var/spool/backupmx/control.sock");
+    ASSERT_EQ(c.domains.size(), 2u);
+    EXPECT_EQ(c.domains[0].name, "example.test");
+    EXPECT_EQ(c.domains[0].primary.host, "127.0.0.1");
+    EXPECT_EQ(c.domains[0].primary.port, 2526);
+    EXPECT_EQ(c.domains[1].name, "other.example.test");
+    EXPECT_EQ(c.domains[1].primary.host, "::1");
+    EXPECT_EQ(c.domains[1].primary.port, 2526);
+}
+
+TEST(ConfigParse, EveryOptionalKey) {
+    Config c = parse_config(R"toml(
+[smtp]
+max_connections = 77
+command_timeout = "6m"
+data_timeout = 900
+max_errors = 5
+[queue]
+max_concurrency = 4
+initial_concurrency = 3
+control_socket = "/run/bmx.sock"
+relayhost = "smarthost.test:587"
+[delivery]
+connect_timeout = "10s"
+reply_timeout = "2m"
+[log]
+level = "debug"
+)toml");
+    EXPECT_EQ(c.max_connections, 77u);
+    EXPECT_EQ(c.command_timeout, seconds(360));
+    EXPECT_EQ(c.data_timeout, seconds(900));
+    EXPECT_EQ(c.max_errors, 5u);
+    EXPECT_EQ(c.max_concurrency, 4u);
+    EXPECT_EQ(c.initial_concurrency, 3u);
+    EXPECT_EQ(c.control_socket, "/run/bmx.sock");
+    ASSERT_TRUE(c.relayhost);
+    EXPECT_EQ(c.relayhost->host, "smarthost.test");
+    EXPECT_EQ(c.relayhost->port, 587);
+    EXPECT_EQ(c.connect_timeout, seconds(10));
+    EXPECT_EQ(c.reply_timeout, seconds(120));
+    EXPECT_EQ(c.log_level, "debug");
+}
+
+TEST(ConfigParse, DefaultsWhenEmpty) {
+    Config c = parse_config("");
+    EXPECT_EQ(c.hostname, "localhost");
+    ASSERT_EQ(c.listen.size(), 1u);
+    EXPECT_EQ(c.listen[0].host, "127.0.0.1");
+    EXPECT_EQ(c.listen[0].port, 2525);
+    EXPECT_EQ(c.max_message_size, 52428800u);
+    EXPECT_EQ(c.max_recipients, 100u);
+    EXPECT_EQ(c.max_connections, 2000u);
+    EXPECT_EQ(c.command_timeout, seconds(300));
+    EXPECT_EQ(c.data_timeout, seconds(600));
+    EXPECT_EQ(c.max_errors, 20u);
+    EXPECT_EQ(c.store, "sqlite:var/queue.db");
+    EXPECT_EQ(c.store_path(), "var/queue.db");
+    EXPECT_EQ(c.max_age, seconds(14 * 86400));
+    EXPECT_EQ(c.retry_min, seconds(60));
+    EXPECT_EQ(c.retry_max, seconds(1800));
+    EXPECT_EQ(c.probe_interval, seconds(30));
+    EXPECT_EQ(c.max_concurrency, 10u);
+    EXPECT_EQ(c.initial_concurrency, 2u);
+    EXPECT_EQ(c.control_socket, "var/control.sock");
+    EXPECT_FALSE(c.relayhost);
+    EXPECT_EQ(c.connect_timeout, seconds(30));
+    EXPECT_EQ(c.reply_timeout, seconds(300));
+    EXPECT_EQ(c.log_level, "info");
+    EXPECT_TRUE(c.domains.empty());
+}
+
+TEST(ConfigParse, DefaultsForKeysMissingFromPresentTables) {
+    Config c = parse_config("[smtp]\nmax_recipients = 5\n[queue]\nstore = \"sqlite:q.db\"\n");
+    EXPECT_EQ(c.max_recipients, 5u);
+    EXPECT_EQ(c.max_message_size, 52428800u);
+    ASSERT_EQ(c.listen.size(), 1u);
+    EXPECT_EQ(c.listen[0].port, 2525);
+    EXPECT_EQ(c.max_age, seconds(14 * 86400));
+    EXPECT_EQ(c.retry_min, seconds(60));
+    EXPECT_EQ(c.retry_max, seconds(1800));
+    EXPECT_EQ(c.probe_interval, seconds(30));
+    EXPECT_EQ(c.control_socket, "./control.sock");
+}
+
+TEST(ConfigParse, DurationAsIntegerSeconds) {
+    Config c = parse_config("[queue]\nmax_age = 3600\nretry_min = 30\nretry_max = 30\n");
+    EXPECT_EQ(c.max_age, seconds(3600));
+    EXPECT_EQ(c.retry_min, seconds(30));
+    EXPECT_EQ(c.retry_max, seconds(30));
+}
+
+TEST(ConfigParse, InitialConcurrencyClampedToMax) {
+    Config c = parse_config("[queue]\nmax_concurrency = 3\ninitial_concurrency = 8\n");
+    EXPECT_EQ(c.initial_concurrency, 3u);
+}
+
+// =============================================================================================
+// parse_config: errors name the key
+
+TEST(ConfigErrors, UnknownKeyAtEveryLevel) {
+    expect_error("bogus = 1\n", "bogus");
+    expect_error("[smtp]\nbogus = 1\n", "smtp.bogus");
+    expect_error("[queue]\nbogus = \"x\"\n", "queue.bogus");
+    expect_error("[delivery]\nbogus = true\n", "delivery.bogus");
+    expect_error("[log]\nbogus = 1\n", "log.bogus");
+    expect_error("[[domain]]\nname = \"a.test\"\nprimary = \"h:25\"\nbogus = 1\n",
+                 "domain[0].bogus");
+    expect_error(
+        with_domain("h:25") + "[[domain]]\nname = \"b.test\"\nprimary = \"h\"\nbogus = 1\n",
+        "domain[1].bogus");
+    expect_error("[smtp.tls]\ncert = \"x\"\n", "smtp.tls");
+    expect_error("[bogus]\nx = 1\n", "bogus");
+}
+
+TEST(ConfigErrors, MisspelledKeyIsNotIgnored) {
+    expect_error("[queue]\nmaxage = \"1d\"\n", "queue.maxage");
+    expect_error("[smtp]\nmax_recipient = 5\n", "smtp.max_recipient");
+}
+
+TEST(ConfigErrors, BadDurationsNameTheKey) {
+    const char* keys[][2] = {
+        {"smtp", "command_timeout"},     {"smtp", "data_timeout"},     {"queue", "max_age"},
+        {"queue", "retry_min"},          {"queue", "retry_max"},       {"queue", "probe_interval"},
+        {"delivery", "connect_timeout"}, {"delivery", "reply_timeout"}};
+    for (auto& [table, key] : keys) {
+        std::string name = std::string(table) + "." + key;
+        for (const char* bad : {"\"5x\"", "\"-1m\"", "-1", "\"\"", "\"0s\"", "0", "1.5", "true",
+                                "\"1.5h\"", "\"5 m\""}) {
+            SCOPED_TRACE(name + " = " + bad);
+            expect_error("[" + std::string(table) + "]\n" + key + " = " + bad + "\n", name);
+        }
+    }
+}
+
+TEST(ConfigErrors, RetryMaxBelowRetryMin) {
+    expect_error("[queue]\nretry_min = \"10m\"\nretry_max = \"5m\"\n", "queue.retry_max");
+    expect_error("[queue]\nretry_min = \"1h\"\n", "queue.retry_max");  // default retry_max 30m
+}
+
+TEST(ConfigErrors, DomainListedTwice) {
+    expect_error(with_domain("a:25") + "[[domain]]\nname = \"EXAMPLE.test.\"\nprimary = \"b:25\"\n",
+                 "domain[1].name");
+}
+
+TEST(ConfigErrors, BadDomainEntries) {
+    expect_error("[[domain]]\nprimary = \"h:25\"\n", "domain[0].name");
+    expect_error("[[domain]]\nname = \"bad domain\"\nprimary = \"h:25\"\n", "domain[0].name");
+    expect_error("[[domain]]\nname = \"a..test\"\nprimary = \"h:25\"\n", "domain[0].name");
+    expect_error("[[domain]]\nname = \"example.test\"\n", "domain[0].primary");
+    expect_error("[[domain]]\nname = \"example.test\"\nprimary = 25\n", "domain[0].primary");
+    expect_error("domain = \"example.test\"\n", "domain");
+}
+
+TEST(ConfigErrors, BadPrimaryForms) {
+    for (const char* bad : {"::1:25", "host:0", "host:99999", "", "host:", ":25", "[::1",
+                            "[::1]:", "[::1]25", "host:25x", "ho st:25", "host:-1"}) {
+        SCOPED_TRACE(bad);
+        expect_error(with_domain(bad), "domain[0].primary");
+    }
+}
+
+TEST(ConfigErrors, BadValuesNameTheKey) {
+    expect_error("hostname = \"not a host\"\n", "hostname");
+    expect_error("hostname = 5\n", "hostname");
+    expect_error("[smtp]\nlisten = []\n", "smtp.listen");
+    expect_error("[smtp]\nlisten = \"127.0.0.1:25\"\n", "smtp.listen");
+    expect_error("[smtp]\nlisten = [\"::1:25\"]\n", "smtp.listen");
+    expect_error("[smtp]\nlisten = [25]\n", "smtp.listen");
+    expect_error("[smtp]\nmax_recipients = 0\n", "smtp.max_recipients");
+    expect_error("[smtp]\nmax_recipients = \"10\"\n", "smtp.max_recipients");
+    expect_error("[smtp]\nmax_message_size = 100\n", "smtp.max_message_size");
+    expect_error("[queue]\nstore = \"postgres://x\"\n", "queue.store");
+    expect_error("[queue]\nstore = \"sqlite:\"\n", "queue.store");
+    expect_error("[queue]\nrelayhost = \"::1:25\"\n", "queue.relayhost");
+    expect_error("[log]\nlevel = \"loud\"\n", "log.level");
+    expect_error("smtp = 5\n", "smtp");
+}
+
+TEST(ConfigErrors, TomlSyntaxError) {
+    try {
+        parse_config("[smtp\nlisten = 1\n");
+        ADD_FAILURE() << "accepted broken TOML";
+    } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("TOML syntax error at line "), std::string::npos)
+            << e.what();
+    }
+}
+
+TEST(ConfigErrors, MissingFile) {
+    EXPECT_THROW(load_config_file("/nonexistent/backupmx-test/config.toml"), ConfigError);
+}
+
+// =============================================================================================
+// primary forms
+
+TEST(ConfigParse, PrimaryForms) {
+    struct Case {
+        const char* text;
+        const char* host;
+        std::uint16_t port;
+    };
+    for (const Case& c :
+         {Case{"127.0.0.1:2526", "127.0.0.1", 2526}, Case{"[::1]:2526", "::1", 2526},
+          Case{"mail.example.test", "mail.example.test", 25},
+          Case{"mail.example.test:2525", "mail.example.test", 2525},
+          Case{"Mail.Example.Test:65535", "mail.example.test", 65535},
+          Case{"[2001:db8::25]", "2001:db8::25", 25}}) {
+        SCOPED_TRACE(c.text);
+        Config cfg = parse_config(with_domain(c.text));
+        ASSERT_EQ(cfg.domains.size(), 1u);
+        EXPECT_EQ(cfg.domains[0].primary.host, c.host);
+        EXPECT_EQ(cfg.domains[0].primary.port, c.port);
+    }
+}
+
+// =============================================================================================
+// find_domain
+
+TEST(FindDomain, CaseInsensitive) {
+    Config c = parse_config(kFullExample);
+    auto* d = c.find_domain("EXAMPLE.Test");
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(d->name, "example.test");
+    auto* o = c.find_domain("other.EXAMPLE.test");
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->name, "other.example.test");
+}
+
+TEST(FindDomain, ExactMatchOnly) {
+    Config c = parse_config(with_domain("h:25"));
+    EXPECT_NE(c.find_domain("example.test"), nullptr);
+    EXPECT_EQ(c.find_domain("sub.example.test"), nullptr);
+    EXPECT_EQ(c.find_domain("xexample.test"), nullptr);
+    EXPECT_EQ(c.find_domain("example.test.evil"), nullptr);
+    EXPECT_EQ(c.find_domain("test"), nullptr);
+    EXPECT_EQ(c.find_domain(""), nullptr);
+}
+
+TEST(FindDomain, NoDomainsMatchesNothing) {
+    Config c;
+    EXPECT_EQ(c.find_domain("localhost"), nullptr);
+}
+
+// =============================================================================================
+// parse_host_port
+
+TEST(ParseHostPort, Forms) {
+    auto a = parse_host_port("127.0.0.1:2526", 25);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->host, "127.0.0.1");
+    EXPECT_EQ(a->port, 2526);
+
+    auto b = parse_host_port("[::1]:2526", 25);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->host, "::1");
+    EXPECT_EQ(b->port, 2526);
+
+    auto c = parse_host_port("Mail.Example.Test", 587);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->host, "mail.example.test");
+    EXPECT_EQ(c->port, 587);
+
+    auto d = parse_host_port("[fe80::1]", 2525);
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->host, "fe80::1");
+    EXPECT_EQ(d->port, 2525);
+
+    auto e = parse_host_port("mail.example.test:1", 25);
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->port, 1);
+}
+
+TEST(ParseHostPort, Rejects) {
+    for (const char* bad :
+         {"",       "::1:25",   "::1",      "host:0", "host:99999", "host:65536", "host:",
+          ":25",    "[::1",     "[::1]:",   "[::1]x", "[]:25",      "[]",         "host:25x",
+          "host:x", "host:+25", "host:-25", "ho st",  "host/x:25",  "a:b:c",      "host:25:26"}) {
+        EXPECT_FALSE(parse_host_port(bad, 25).has_value()) << bad;
+    }
+}
+
+TEST(ParseHostPort, HostTooLong) {
+    EXPECT_TRUE(parse_host_port(std::string(253, 'a'), 25));
+    EXPECT_FALSE(parse_host_port(std::string(254, 'a'), 25));
+}
+
+TEST(HostPortText, Format) {
+    EXPECT_EQ((HostPort{"::1", 2526}).text(), "[::1]:2526");
+    EXPECT_EQ((HostPort{"mail.example.test", 25}).text(), "mail.example.test:25");
+    EXPECT_EQ((HostPort{"127.0.0.1", 2525}).text(), "127.0.0.1:2525");
+    auto rt = parse_host_port((HostPort{"2001:db8::1", 587}).text(), 25);
+    ASSERT_TRUE(rt);
+    EXPECT_EQ(rt->host, "2001:db8::1");
+    EXPECT_EQ(rt->port, 587);
+}

@@ -1,0 +1,491 @@
+#include "store/store.hpp"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using namespace bmx;
+using namespace std::string_literals;
+
+namespace {
+
+// The connection the store opened last, caught through SQLite's auto-extension hook, so the
+// per-connection PRAGMAs can be checked on the store's own handle.
+sqlite3* g_last_db = nullptr;
+int remember_db(sqlite3* db, char**, const sqlite3_api_routines*) {
+    g_last_db = db;
+    return SQLITE_OK;
+}
+
+// Runs a one-value query on a handle.
+std::string query(sqlite3* db, const char* sql) {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) return "prepare failed";
+    std::string out = "no row";
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        auto p = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+        out = p ? p : "NULL";
+    }
+    sqlite3_finalize(s);
+    return out;
+}
+
+NewMessage msg(const std::string& id, const std::vector<std::string>& rcpts,
+               std::string body = "Subject: t\r\n\r\nbody\r\n") {
+    NewMessage m;
+    m.id = id;
+    m.domain = "example.test";
+    m.sender = "alice@sender.test";
+    m.recipients = rcpts;
+    m.body = std::move(body);
+    m.received_at = from_unix(1700000000);
+    m.next_attempt_at = from_unix(1700000060);
+    m.client = "client.test [192.0.2.1]";
+    return m;
+}
+
+class StoreTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/bmx_store_test_XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        dir_ = tmpl;
+        path_ = dir_ + "/queue.db";
+        store_ = open_sqlite_store(path_);
+    }
+    void TearDown() override {
+        store_.reset();
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+    void reopen() {
+        store_.reset();
+        store_ = open_sqlite_store(path_);
+    }
+    void insert(const std::vector<NewMessage>& msgs) {
+        std::vector<const NewMessage*> batch;
+        for (const auto& m : msgs) batch.push_back(&m);
+        store_->insert(batch);
+    }
+    std::vector<std::string> ids() {
+        std::vector<std::string> out;
+        for (const auto& e : store_->load_index()) out.push_back(e.id);
+        std::sort(out.begin(), out.end());
+        return out;
+    }
+    // Count of recipient rows in the file, seen through a second connection.
+    std::string recipient_rows(const std::string& id) {
+        sqlite3* db = nullptr;
+        EXPECT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+        std::string sql = "SELECT count(*) FROM recipients WHERE message_id = '" + id + "'";
+        auto n = query(db, sql.c_str());
+        sqlite3_close(db);
+        return n;
+    }
+
+    std::string dir_, path_;
+    std::unique_ptr<Store> store_;
+};
+
+std::vector<RcptStatus> statuses(const StoredMessage& m) {
+    std::vector<RcptStatus> out;
+    for (const auto& r : m.recipients) out.push_back(r.status);
+    return out;
+}
+
+}  // namespace
+
+// =============================================================================================
+// insert, load_index, load
+
+TEST_F(StoreTest, FreshStoreIsEmpty) {
+    EXPECT_TRUE(store_->load_index().empty());
+    EXPECT_TRUE(store_->list().empty());
+    EXPECT_TRUE(std::filesystem::exists(path_));
+}
+
+TEST_F(StoreTest, InsertBatchThenLoadIndex) {
+    auto a = msg("A000000000000001", {"x@example.test"});
+    auto b = msg("B000000000000002", {"y@example.test", "z@example.test"});
+    auto c = msg("C000000000000003", {"w@other.test"});
+    c.domain = "other.test";
+    c.next_attempt_at = from_unix(1700009999);
+    insert({a, b, c});
+
+    auto index = store_->load_index();
+    ASSERT_EQ(index.size(), 3u);
+    std::sort(index.begin(), index.end(), [](auto& l, auto& r) { return l.id < r.id; });
+    EXPECT_EQ(index[0].id, "A000000000000001");
+    EXPECT_EQ(index[0].domain, "example.test");
+    EXPECT_EQ(index[0].received_at, from_unix(1700000000));
+    EXPECT_EQ(index[0].next_attempt_at, from_unix(1700000060));
+    EXPECT_EQ(index[0].attempts, 0);
+    EXPECT_EQ(index[2].id, "C000000000000003");
+    EXPECT_EQ(index[2].domain, "other.test");
+    EXPECT_EQ(index[2].next_attempt_at, from_unix(1700009999));
+}
+
+TEST_F(StoreTest, BatchIsAllOrNothing) {
+    auto a = msg("A000000000000001", {"x@example.test"});
+    auto b = msg("B000000000000002", {"y@example.test"});
+    auto dup = msg("A000000000000001", {"q@example.test"});
+    std::vector<const NewMessage*> batch{&a, &b, &dup};
+    EXPECT_THROW(store_->insert(batch), StoreError);
+    EXPECT_TRUE(store_->load_index().empty());
+    insert({a, b});  // the store is still usable afterwards
+    EXPECT_EQ(ids(), (std::vector<std::string>{"A000000000000001", "B000000000000002"}));
+}
+
+TEST_F(StoreTest, LoadReturnsEveryField) {
+    auto m = msg("M000000000000001", {"one@example.test", "two@example.test"});
+    m.sender = "";
+    m.smtputf8 = true;
+    m.eightbit = true;
+    insert({m});
+
+    auto got = store_->load("M000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->id, "M000000000000001");
+    EXPECT_EQ(got->domain, "example.test");
+    EXPECT_EQ(got->sender, "");
+    EXPECT_EQ(got->body, m.body);
+    EXPECT_EQ(got->size, static_cast<std::int64_t>(m.body.size()));
+    EXPECT_EQ(got->received_at, from_unix(1700000000));
+    EXPECT_EQ(got->next_attempt_at, from_unix(1700000060));
+    EXPECT_EQ(got->attempts, 0);
+    EXPECT_EQ(got->last_error, "");
+    EXPECT_TRUE(got->smtputf8);
+    EXPECT_TRUE(got->eightbit);
+    ASSERT_EQ(got->recipients.size(), 2u);
+    EXPECT_EQ(got->recipients[0].address, "one@example.test");
+    EXPECT_EQ(got->recipients[1].address, "two@example.test");
+    EXPECT_EQ(statuses(*got), (std::vector<RcptStatus>{RcptStatus::Pending, RcptStatus::Pending}));
+    EXPECT_EQ(got->recipients[0].last_reply, "");
+}
+
+TEST_F(StoreTest, BodyIsByteForByteWithNulAnd8Bit) {
+    std::string body = "Subject: \xff\xfe\r\n\r\nnul:\0:here\r\n\x80\x81\xc3\xa9\r\n\0"s;
+    ASSERT_EQ(body.size(), 34u);
+    std::string all;
+    for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+    auto a = msg("A000000000000001", {"x@example.test"}, body);
+    auto b = msg("B000000000000002", {"x@example.test"}, all);
+    insert({a, b});
+    auto ga = store_->load("A000000000000001");
+    auto gb = store_->load("B000000000000002");
+    ASSERT_TRUE(ga);
+    ASSERT_TRUE(gb);
+    EXPECT_EQ(ga->body.size(), body.size());
+    EXPECT_EQ(ga->body, body);
+    EXPECT_EQ(gb->body, all);
+    EXPECT_EQ(gb->size, 256);
+}
+
+TEST_F(StoreTest, LargeBody) {
+    std::string body(5 * 1024 * 1024, 'x');
+    body[12345] = '\0';
+    insert({msg("A000000000000001", {"x@example.test"}, body)});
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->body, body);
+}
+
+TEST_F(StoreTest, DuplicateRecipientsStoredOnce) {
+    insert({msg("A000000000000001", {"x@example.test", "x@example.test", "y@example.test"})});
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->recipients.size(), 2u);
+}
+
+TEST_F(StoreTest, LoadUnknownIsNullopt) {
+    EXPECT_FALSE(store_->load("NOPE"));
+}
+
+// =============================================================================================
+// list
+
+TEST_F(StoreTest, ListShowsOnlyPendingRecipients) {
+    insert({msg("A000000000000001", {"a@example.test", "b@example.test", "c@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"a@example.test", RcptStatus::Delivered, "250 ok"},
+                  {"c@example.test", RcptStatus::Failed, "550 no"}};
+    u.next_attempt_at = from_unix(1700000600);
+    u.last_error = "451 later";
+    store_->record_attempt(u);
+
+    auto rows = store_->list();
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_EQ(rows[0].id, "A000000000000001");
+    EXPECT_EQ(rows[0].domain, "example.test");
+    EXPECT_EQ(rows[0].sender, "alice@sender.test");
+    EXPECT_EQ(rows[0].recipients, (std::vector<std::string>{"b@example.test"}));
+    EXPECT_EQ(rows[0].attempts, 1);
+    EXPECT_EQ(rows[0].last_error, "451 later");
+    EXPECT_EQ(rows[0].next_attempt_at, from_unix(1700000600));
+    EXPECT_EQ(rows[0].received_at, from_unix(1700000000));
+}
+
+TEST_F(StoreTest, ListOrderedByArrival) {
+    auto late = msg("A000000000000001", {"x@example.test"});
+    late.received_at = from_unix(1700000500);
+    auto early = msg("B000000000000002", {"y@example.test", "z@example.test"}, "tiny");
+    early.received_at = from_unix(1700000100);
+    insert({late, early});
+    auto rows = store_->list();
+    ASSERT_EQ(rows.size(), 2u);
+    EXPECT_EQ(rows[0].id, "B000000000000002");
+    EXPECT_EQ(rows[0].recipients, (std::vector<std::string>{"y@example.test", "z@example.test"}));
+    EXPECT_EQ(rows[0].size, 4);
+    EXPECT_EQ(rows[1].id, "A000000000000001");
+}
+
+// =============================================================================================
+// record_attempt
+
+TEST_F(StoreTest, MixedOutcomesKeepMessageWithPendingRecipients) {
+    insert({msg("A000000000000001", {"d@example.test", "f@example.test", "p@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"d@example.test", RcptStatus::Delivered, "250 2.0.0 ok"},
+                  {"f@example.test", RcptStatus::Failed, "550 5.1.1 unknown"},
+                  {"p@example.test", RcptStatus::Pending, "451 4.3.0 try later"}};
+    u.next_attempt_at = from_unix(1700000900);
+    u.last_error = "451 4.3.0 try later";
+    EXPECT_EQ(store_->record_attempt(u), 1);
+
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(statuses(*got), (std::vector<RcptStatus>{RcptStatus::Delivered, RcptStatus::Failed,
+                                                       RcptStatus::Pending}));
+    EXPECT_EQ(got->recipients[0].last_reply, "250 2.0.0 ok");
+    EXPECT_EQ(got->recipients[1].last_reply, "550 5.1.1 unknown");
+    EXPECT_EQ(got->recipients[2].last_reply, "451 4.3.0 try later");
+    EXPECT_EQ(got->attempts, 1);
+    EXPECT_EQ(got->next_attempt_at, from_unix(1700000900));
+    EXPECT_EQ(got->last_error, "451 4.3.0 try later");
+
+    auto index = store_->load_index();
+    ASSERT_EQ(index.size(), 1u);
+    EXPECT_EQ(index[0].attempts, 1);
+    EXPECT_EQ(index[0].next_attempt_at, from_unix(1700000900));
+}
+
+TEST_F(StoreTest, AttemptsAccumulate) {
+    insert({msg("A000000000000001", {"p@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"p@example.test", RcptStatus::Pending, "421 busy"}};
+    for (int i = 1; i <= 3; ++i) {
+        u.next_attempt_at = from_unix(1700000000 + i * 100);
+        u.last_error = "try " + std::to_string(i);
+        EXPECT_EQ(store_->record_attempt(u), 1);
+    }
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->attempts, 3);
+    EXPECT_EQ(got->last_error, "try 3");
+    EXPECT_EQ(got->next_attempt_at, from_unix(1700000300));
+}
+
+TEST_F(StoreTest, AttemptNotCountedWhenAsked) {
+    insert({msg("A000000000000001", {"p@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.count_attempt = false;
+    u.next_attempt_at = from_unix(1700000777);
+    u.last_error = "primary down";
+    EXPECT_EQ(store_->record_attempt(u), 1);
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->attempts, 0);
+    EXPECT_EQ(got->next_attempt_at, from_unix(1700000777));
+    EXPECT_EQ(got->last_error, "primary down");
+}
+
+TEST_F(StoreTest, DeletedWhenNothingPending) {
+    insert({msg("A000000000000001", {"d@example.test", "f@example.test"}),
+            msg("B000000000000002", {"x@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"d@example.test", RcptStatus::Delivered, "250 ok"},
+                  {"f@example.test", RcptStatus::Failed, "550 no"}};
+    EXPECT_EQ(store_->record_attempt(u), 0);
+    EXPECT_FALSE(store_->load("A000000000000001"));
+    EXPECT_EQ(ids(), (std::vector<std::string>{"B000000000000002"}));
+    EXPECT_EQ(recipient_rows("A000000000000001"), "0");  // recipients went with the message
+    EXPECT_EQ(recipient_rows("B000000000000002"), "1");
+}
+
+TEST_F(StoreTest, DsnInsertedInSameCall) {
+    insert({msg("A000000000000001", {"d@example.test", "f@example.test"})});
+    NewMessage dsn = msg("D000000000000009", {"alice@sender.test"}, "DSN body\r\n");
+    dsn.sender = "";
+    dsn.domain = "sender.test";
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"f@example.test", RcptStatus::Failed, "550 no"}};
+    u.dsn = dsn;
+    EXPECT_EQ(store_->record_attempt(u), 1);
+
+    auto got = store_->load("D000000000000009");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->sender, "");
+    EXPECT_EQ(got->domain, "sender.test");
+    EXPECT_EQ(got->body, "DSN body\r\n");
+    ASSERT_EQ(got->recipients.size(), 1u);
+    EXPECT_EQ(got->recipients[0].address, "alice@sender.test");
+    EXPECT_EQ(ids(), (std::vector<std::string>{"A000000000000001", "D000000000000009"}));
+}
+
+TEST_F(StoreTest, DsnInsertedWhenOriginalDeleted) {
+    insert({msg("A000000000000001", {"f@example.test"})});
+    NewMessage dsn = msg("D000000000000009", {"alice@sender.test"});
+    dsn.sender = "";
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"f@example.test", RcptStatus::Failed, "550 no"}};
+    u.dsn = dsn;
+    EXPECT_EQ(store_->record_attempt(u), 0);
+    EXPECT_EQ(ids(), (std::vector<std::string>{"D000000000000009"}));
+}
+
+TEST_F(StoreTest, FailedDsnInsertRollsBackTheUpdate) {
+    insert({msg("A000000000000001", {"f@example.test", "p@example.test"}),
+            msg("D000000000000009", {"someone@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"f@example.test", RcptStatus::Failed, "550 no"}};
+    u.dsn = msg("D000000000000009", {"alice@sender.test"});  // id already taken
+    EXPECT_THROW(store_->record_attempt(u), StoreError);
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(statuses(*got), (std::vector<RcptStatus>{RcptStatus::Pending, RcptStatus::Pending}));
+    EXPECT_EQ(got->attempts, 0);
+}
+
+TEST_F(StoreTest, RemoveFlagDeletesWithPendingRecipients) {
+    insert({msg("A000000000000001", {"p1@example.test", "p2@example.test"})});
+    NewMessage dsn = msg("D000000000000009", {"alice@sender.test"});
+    dsn.sender = "";
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"p1@example.test", RcptStatus::Pending, "451 later"}};
+    u.remove = true;
+    u.dsn = dsn;
+    EXPECT_EQ(store_->record_attempt(u), 0);
+    EXPECT_FALSE(store_->load("A000000000000001"));
+    EXPECT_TRUE(store_->load("D000000000000009"));
+    EXPECT_EQ(recipient_rows("A000000000000001"), "0");
+}
+
+TEST_F(StoreTest, RecordAttemptOnMissingIdReturnsZero) {
+    insert({msg("A000000000000001", {"p@example.test"})});
+    AttemptUpdate u;
+    u.id = "NOTTHERE00000000";
+    u.outcomes = {{"p@example.test", RcptStatus::Delivered, "250 ok"}};
+    EXPECT_EQ(store_->record_attempt(u), 0);
+    EXPECT_FALSE(store_->load("NOTTHERE00000000"));
+    auto other = store_->load("A000000000000001");
+    ASSERT_TRUE(other);
+    EXPECT_EQ(other->recipients[0].status, RcptStatus::Pending);
+}
+
+TEST_F(StoreTest, UnknownRecipientInOutcomesIgnored) {
+    insert({msg("A000000000000001", {"p@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"stranger@example.test", RcptStatus::Delivered, "250 ok"}};
+    EXPECT_EQ(store_->record_attempt(u), 1);
+    EXPECT_EQ(store_->load("A000000000000001")->recipients.size(), 1u);
+}
+
+// =============================================================================================
+// remove
+
+TEST_F(StoreTest, RemoveUnknownReturnsFalse) {
+    EXPECT_FALSE(store_->remove("NOPE"));
+}
+
+TEST_F(StoreTest, RemoveKnownDeletesIt) {
+    insert({msg("A000000000000001", {"p@example.test"}), msg("B000000000000002", {"q@x.test"})});
+    EXPECT_TRUE(store_->remove("A000000000000001"));
+    EXPECT_FALSE(store_->load("A000000000000001"));
+    EXPECT_EQ(ids(), (std::vector<std::string>{"B000000000000002"}));
+    EXPECT_EQ(recipient_rows("A000000000000001"), "0");
+    EXPECT_FALSE(store_->remove("A000000000000001"));
+}
+
+// =============================================================================================
+// durability
+
+TEST_F(StoreTest, DataSurvivesReopen) {
+    std::string body = "reopen\0\xff\r\n"s;
+    insert({msg("A000000000000001", {"d@example.test", "p@example.test"}, body),
+            msg("B000000000000002", {"x@example.test"})});
+    AttemptUpdate u;
+    u.id = "A000000000000001";
+    u.outcomes = {{"d@example.test", RcptStatus::Delivered, "250 ok"}};
+    u.next_attempt_at = from_unix(1700001234);
+    u.last_error = "451 later";
+    store_->record_attempt(u);
+
+    reopen();
+    EXPECT_EQ(ids(), (std::vector<std::string>{"A000000000000001", "B000000000000002"}));
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->body, body);
+    EXPECT_EQ(statuses(*got),
+              (std::vector<RcptStatus>{RcptStatus::Delivered, RcptStatus::Pending}));
+    EXPECT_EQ(got->attempts, 1);
+    EXPECT_EQ(got->last_error, "451 later");
+    EXPECT_EQ(got->next_attempt_at, from_unix(1700001234));
+}
+
+TEST_F(StoreTest, CreatesMissingParentDirectories) {
+    auto nested = dir_ + "/a/b/queue.db";
+    auto s = open_sqlite_store(nested);
+    auto m = msg("A000000000000001", {"p@example.test"});
+    s->insert({&m});
+    EXPECT_TRUE(std::filesystem::exists(nested));
+    EXPECT_TRUE(s->load("A000000000000001"));
+}
+
+TEST_F(StoreTest, JournalModeIsWal) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+    EXPECT_EQ(query(db, "PRAGMA journal_mode"), "wal");
+    sqlite3_close(db);
+}
+
+TEST_F(StoreTest, StoreConnectionIsSynchronousFullWithForeignKeys) {
+    store_.reset();
+    g_last_db = nullptr;
+    ASSERT_EQ(sqlite3_auto_extension(reinterpret_cast<void (*)(void)>(&remember_db)), SQLITE_OK);
+    store_ = open_sqlite_store(path_);
+    sqlite3_reset_auto_extension();
+    ASSERT_NE(g_last_db, nullptr);
+    EXPECT_EQ(query(g_last_db, "PRAGMA synchronous"), "2");  // FULL
+    EXPECT_EQ(query(g_last_db, "PRAGMA journal_mode"), "wal");
+    EXPECT_EQ(query(g_last_db, "PRAGMA foreign_keys"), "1");
+    g_last_db = nullptr;
+}
+
+TEST_F(StoreTest, OpenFailsOnDirectory) {
+    EXPECT_THROW(open_sqlite_store(dir_), StoreError);
+}
+
+TEST_F(StoreTest, OpenFailsOnFileThatIsNotADatabase) {
+    auto junk = dir_ + "/junk.db";
+    {
+        std::ofstream out(junk, std::ios::binary);
+        out << std::string(4096, 'J');
+    }
+    EXPECT_THROW(open_sqlite_store(junk), StoreError);  // and leaks nothing (ASan build checks)
+}
