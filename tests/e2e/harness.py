@@ -68,11 +68,13 @@ class Backupmx:
             f.write("\n".join(lines) + "\n")
 
     def start(self, wait=True):
+        ready_before = self.log().count("backupmx ready") if os.path.exists(self.log_path) else 0
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.logf,
                                      stderr=subprocess.STDOUT, env=self.env)
         if wait:
-            wait_until(lambda: self.proc.poll() is not None or "backupmx ready" in self.log(),
+            wait_until(lambda: self.proc.poll() is not None
+                       or self.log().count("backupmx ready") > ready_before,
                        what="backupmx to start")
             assert self.proc.poll() is None, "backupmx exited at start:\n" + self.log()
         return self
