@@ -7,8 +7,8 @@ set -euo pipefail
 PACKAGES=(
   g++ cmake ninja-build pkg-config make
   libboost1.81-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
-  libsqlite3-dev libssl-dev libgtest-dev
-  python3 swaks postfix procps iproute2
+  libsqlite3-dev libssl-dev libgtest-dev libunbound-dev
+  python3 swaks postfix procps iproute2 openssl unbound nsd ldnsutils
 )
 
 missing=()

@@ -17,6 +17,7 @@
 
 #include "config/config.hpp"
 #include "control/control.hpp"
+#include "dns/resolver.hpp"
 #include "queue/queue.hpp"
 #include "scheduler/scheduler.hpp"
 #include "smtp/server.hpp"
@@ -57,7 +58,8 @@ int serve(const Config& cfg) {
     raise_fd_limit();
     asio::io_context io(1);
     auto queue = std::make_unique<Queue>(open_sqlite_store(cfg.store_path()));
-    Scheduler scheduler(io, cfg, *queue);
+    dns::Resolver resolver(io, dns::Settings{cfg.dns_resolver, cfg.dns_trust_anchor, cfg.dns_timeout});
+    Scheduler scheduler(io, cfg, *queue, resolver);
     smtp::Server smtp(io, cfg, *queue, [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
     control::Server ctl(io, cfg.control_socket, [&](const std::string& line) -> std::string {
         if (line == "ping") return "pong";
@@ -89,6 +91,7 @@ int serve(const Config& cfg) {
         smtp.stop();
         ctl.stop();
         scheduler.stop();
+        resolver.stop();
         grace.expires_after(std::chrono::seconds(20));
         grace.async_wait([&](const boost::system::error_code& e) {
             if (e) return;

@@ -56,6 +56,22 @@ std::optional<HostPort> parse_host_port(std::string_view text, std::uint16_t def
     return hp;
 }
 
+const char* to_string(TlsPolicy p) {
+    switch (p) {
+        case TlsPolicy::May: return "may";
+        case TlsPolicy::Encrypt: return "encrypt";
+        case TlsPolicy::Verify: return "verify";
+        case TlsPolicy::Dane: return "dane";
+    }
+    return "?";
+}
+
+std::vector<std::string> Config::our_names() const {
+    std::vector<std::string> out{hostname};
+    out.insert(out.end(), also_known_as.begin(), also_known_as.end());
+    return out;
+}
+
 std::string Config::store_path() const {
     if (store.starts_with("sqlite:")) return store.substr(7);
     return store;
@@ -144,7 +160,7 @@ Config parse_config(std::string_view text) {
         throw ConfigError(os.str());
     }
     Config c;
-    check_keys(root, "", {"hostname", "smtp", "queue", "delivery", "log", "domain"});
+    check_keys(root, "", {"hostname", "smtp", "queue", "delivery", "dns", "log", "domain"});
     c.hostname = to_lower(get_string(root, "", "hostname", c.hostname));
     if (!valid_domain_name(c.hostname)) fail("hostname", "must be a host name");
 
@@ -159,7 +175,8 @@ Config parse_config(std::string_view text) {
         const std::string w = "smtp.";
         check_keys(*s, "smtp",
                    {"listen", "max_message_size", "max_recipients", "max_connections",
-                    "command_timeout", "data_timeout", "max_errors"});
+                    "command_timeout", "data_timeout", "max_errors", "also_known_as", "tls_cert",
+                    "tls_key"});
         if (auto node = s->get("listen")) {
             auto* arr = node->as_array();
             if (!arr || arr->empty())
@@ -182,6 +199,22 @@ Config parse_config(std::string_view text) {
         c.max_errors =
             static_cast<std::uint32_t>(get_int(*s, w, "max_errors", c.max_errors, 1, 100000));
         c.command_timeout = get_duration(*s, w, "command_timeout", c.command_timeout);
+        if (auto node = s->get("also_known_as")) {
+            auto* arr = node->as_array();
+            if (!arr) fail("smtp.also_known_as", "must be an array of host names");
+            for (auto& el : *arr) {
+                auto str = el.value<std::string>();
+                std::string name = str ? to_lower(*str) : "";
+                if (name.ends_with('.')) name.pop_back();
+                if (!valid_domain_name(name)) fail("smtp.also_known_as", "bad host name");
+                c.also_known_as.push_back(name);
+            }
+        }
+        c.tls_cert = get_string(*s, w, "tls_cert", "");
+        c.tls_key = get_string(*s, w, "tls_key", "");
+        if (c.tls_cert.empty() != c.tls_key.empty())
+            fail(c.tls_cert.empty() ? "smtp.tls_cert" : "smtp.tls_key",
+                 "tls_cert and tls_key go together");
         c.data_timeout = get_duration(*s, w, "data_timeout", c.data_timeout);
     }
     if (auto* q = table_of("queue")) {
@@ -211,9 +244,30 @@ Config parse_config(std::string_view text) {
     }
     if (auto* d = table_of("delivery")) {
         const std::string w = "delivery.";
-        check_keys(*d, "delivery", {"connect_timeout", "reply_timeout"});
+        check_keys(*d, "delivery", {"connect_timeout", "reply_timeout", "port"});
+        c.delivery_port = static_cast<std::uint16_t>(get_int(*d, w, "port", 25, 1, 65535));
         c.connect_timeout = get_duration(*d, w, "connect_timeout", c.connect_timeout);
         c.reply_timeout = get_duration(*d, w, "reply_timeout", c.reply_timeout);
+    }
+    if (auto* d = table_of("dns")) {
+        const std::string w = "dns.";
+        check_keys(*d, "dns", {"resolver", "trust_anchor", "timeout"});
+        c.dns_resolver = get_string(*d, w, "resolver", "");
+        if (!c.dns_resolver.empty()) {
+            auto at = c.dns_resolver.find('@');
+            auto ip = c.dns_resolver.substr(0, at);
+            bool ok = !ip.empty() && ip.find_first_not_of("0123456789abcdefABCDEF.:") ==
+                                          std::string::npos;
+            if (ok && at != std::string::npos) {
+                auto port = c.dns_resolver.substr(at + 1);
+                ok = !port.empty() && port.size() <= 5 &&
+                     port.find_first_not_of("0123456789") == std::string::npos &&
+                     std::stoi(port) > 0 && std::stoi(port) < 65536;
+            }
+            if (!ok) fail("dns.resolver", "must be \"ip\" or \"ip@port\", e.g. \"127.0.0.1@5353\"");
+        }
+        c.dns_trust_anchor = get_string(*d, w, "trust_anchor", "");
+        c.dns_timeout = get_duration(*d, w, "timeout", c.dns_timeout);
     }
     if (auto* l = table_of("log")) {
         check_keys(*l, "log", {"level"});
@@ -229,16 +283,28 @@ Config parse_config(std::string_view text) {
             auto* t = (*arr)[i].as_table();
             std::string w = "domain[" + std::to_string(i) + "].";
             if (!t) fail("domain", "must be an array of tables ([[domain]])");
-            check_keys(*t, w.substr(0, w.size() - 1), {"name", "primary"});
+            check_keys(*t, w.substr(0, w.size() - 1), {"name", "primary", "tls", "tls_ca_file"});
             DomainConfig dc;
             dc.name = to_lower(get_string(*t, w, "name", ""));
             if (dc.name.ends_with('.')) dc.name.pop_back();
             if (!valid_domain_name(dc.name)) fail(w + "name", "must be a domain name");
             if (c.find_domain(dc.name)) fail(w + "name", "domain " + dc.name + " listed twice");
-            if (!t->get("primary")) fail(w + "primary", "is required (host:port of the primary)");
-            auto hp = parse_host_port(get_string(*t, w, "primary", ""), 25);
-            if (!hp) fail(w + "primary", "must be \"host:port\", \"ip:port\" or \"[v6]:port\"");
-            dc.primary = *hp;
+            if (t->get("primary")) {
+                auto hp = parse_host_port(get_string(*t, w, "primary", ""), 25);
+                if (!hp)
+                    fail(w + "primary",
+                         "must be \"host\", \"host:port\", \"ip:port\" or \"[host]:port\"");
+                dc.primary = *hp;
+            }
+            std::string tls = get_string(*t, w, "tls", "may");
+            if (tls == "may") dc.tls = TlsPolicy::May;
+            else if (tls == "encrypt") dc.tls = TlsPolicy::Encrypt;
+            else if (tls == "verify") dc.tls = TlsPolicy::Verify;
+            else if (tls == "dane") dc.tls = TlsPolicy::Dane;
+            else fail(w + "tls", "must be \"may\", \"encrypt\", \"verify\" or \"dane\"");
+            if (dc.tls == TlsPolicy::Dane && c.dns_trust_anchor.empty())
+                fail(w + "tls", "\"dane\" needs DNSSEC: set [dns] trust_anchor");
+            dc.tls_ca_file = get_string(*t, w, "tls_ca_file", "");
             c.domains.push_back(std::move(dc));
         }
     }

@@ -20,9 +20,14 @@ struct HostPort {
 // "host", "host:port", "1.2.3.4:25", "[::1]:2526"; nullopt on bad syntax.
 std::optional<HostPort> parse_host_port(std::string_view text, std::uint16_t default_port);
 
+enum class TlsPolicy { May, Encrypt, Verify, Dane };
+const char* to_string(TlsPolicy p);
+
 struct DomainConfig {
-    std::string name;  // lower case, no trailing dot
-    HostPort primary;
+    std::string name;                // lower case, no trailing dot
+    std::optional<HostPort> primary;  // none: route by the domain's MX records (RFC 5321 5.1)
+    TlsPolicy tls = TlsPolicy::May;   // outbound STARTTLS to the primary
+    std::string tls_ca_file;          // for "verify": CAs to trust instead of the system's
 };
 
 struct Config {
@@ -35,6 +40,8 @@ struct Config {
     std::chrono::seconds command_timeout{300};  // RFC 5321 4.5.3.2.7: at least 5 minutes
     std::chrono::seconds data_timeout{600};  // between DATA chunks (4.5.3.2.6 asks 3m client side)
     std::uint32_t max_errors = 20;           // protocol errors before the session is dropped
+    std::vector<std::string> also_known_as;  // our other names, for MX self-recognition
+    std::string tls_cert, tls_key;           // inbound STARTTLS; both or neither
     // [queue]
     std::string store = "sqlite:var/queue.db";
     std::chrono::seconds max_age{14 * 86400};
@@ -46,14 +53,20 @@ struct Config {
     std::string control_socket;             // default: beside the store, "<dir>/control.sock"
     std::optional<HostPort> relayhost;      // where mail for other domains (DSNs) goes
     // [delivery]
+    std::uint16_t delivery_port = 25;  // port for MX-routed delivery (Postfix: smtp_tcp_port)
     std::chrono::seconds connect_timeout{30};
     std::chrono::seconds reply_timeout{300};
+    // [dns]
+    std::string dns_resolver;      // "" = system; "ip" or "ip@port"
+    std::string dns_trust_anchor;  // DS/DNSKEY file: DNSSEC validation (needed for tls = "dane")
+    std::chrono::seconds dns_timeout{15};
     // [log]
     std::string log_level = "info";
 
     std::vector<DomainConfig> domains;
 
     std::string store_path() const;  // "sqlite:var/queue.db" -> "var/queue.db"
+    std::vector<std::string> our_names() const;  // hostname + also_known_as
     const DomainConfig* find_domain(std::string_view domain) const;  // case-insensitive, exact
 };
 

@@ -1,7 +1,9 @@
 #include "delivery/client.hpp"
 
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/connect.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -10,6 +12,7 @@
 #include <optional>
 
 #include "netio/netio.hpp"
+#include "netio/stream.hpp"
 #include "util/util.hpp"
 
 namespace bmx::delivery {
@@ -18,10 +21,22 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 using namespace asio::experimental::awaitable_operators;
 
+asio::ssl::context& TlsContexts::get(const std::string& ca_file) {
+    auto& c = contexts_[ca_file];
+    if (!c) {
+        c = netio::client_context();
+        boost::system::error_code ec;
+        if (ca_file.empty()) c->set_default_verify_paths(ec);
+        else c->load_verify_file(ca_file, ec);
+        // A bad CA file surfaces as a verification failure on every attempt, logged per message.
+    }
+    return *c;
+}
+
 namespace {
 
 struct Extensions {
-    bool pipelining = false, size = false, eightbit = false, smtputf8 = false;
+    bool pipelining = false, size = false, eightbit = false, smtputf8 = false, starttls = false;
 };
 
 Extensions parse_ehlo(const Reply& r) {
@@ -32,19 +47,18 @@ Extensions parse_ehlo(const Reply& r) {
         if (iequals(kw, "SIZE")) e.size = true;
         if (iequals(kw, "8BITMIME")) e.eightbit = true;
         if (iequals(kw, "SMTPUTF8")) e.smtputf8 = true;
+        if (iequals(kw, "STARTTLS")) e.starttls = true;
     }
     return e;
 }
 
-Reply local_reply(int code, std::string text) {
-    return Reply{code, {std::move(text)}};
-}
+Reply local_reply(int code, std::string text) { return Reply{code, {std::move(text)}}; }
 
 class Conn {
-  public:
-    Conn(asio::any_io_executor ex, const Settings& s) : sock_(ex), deadline_(ex), s_(s) {}
+public:
+    Conn(asio::any_io_executor ex, const Settings& s) : ex_(ex), deadline_(ex), s_(s) {}
 
-    // Runs `body(*this)` under the deadline watchdog; a timeout ends it with `timed_out_`.
+    // Runs `body(*this)` under the deadline watchdog; a timeout ends it with an error.
     template <class F>
     asio::awaitable<Outcome> run(F body) {
         deadline_.expires_after(s_.connect_timeout);
@@ -59,29 +73,24 @@ class Conn {
         co_return std::get<0>(std::move(r));
     }
 
-    asio::awaitable<bool> connect(const HostPort& to) {
-        doing_ = "connecting to " + to.text();
-        tcp::resolver resolver(sock_.get_executor());
-        auto [ec, results] = co_await resolver.async_resolve(to.host, std::to_string(to.port),
-                                                             asio::as_tuple(asio::use_awaitable));
-        if (ec) {
-            partial_.error = "cannot resolve " + to.host + ": " + ec.message();
-            co_return false;
-        }
-        std::string last;
-        for (const auto& ep : results) {
-            sock_ = tcp::socket(sock_.get_executor());
-            auto [cec] =
-                co_await sock_.async_connect(ep.endpoint(), asio::as_tuple(asio::use_awaitable));
-            if (!cec) {
-                partial_.remote = to.host + "[" + ep.endpoint().address().to_string() +
-                                  "]:" + std::to_string(to.port);
+    // Tries every target in order (RFC 5321 5.1: every address of a host, then the next host).
+    asio::awaitable<bool> connect(const std::vector<Target>& targets) {
+        std::string errors;
+        for (const auto& t : targets) {
+            doing_ = "connecting to " + t.text();
+            deadline_.expires_after(s_.connect_timeout);
+            tcp::socket sock(ex_);
+            auto [ec] = co_await sock.async_connect(tcp::endpoint(t.address, t.port),
+                                                    asio::as_tuple(asio::use_awaitable));
+            if (!ec) {
+                stream_.emplace(std::move(sock));
+                target_ = t;
+                partial_.remote = t.text();
                 co_return true;
             }
-            last = "connect to " + to.host + "[" + ep.endpoint().address().to_string() +
-                   "]:" + std::to_string(to.port) + ": " + cec.message();
+            errors += (errors.empty() ? "" : "; ") + ("connect to " + t.text() + ": " + ec.message());
         }
-        partial_.error = last.empty() ? "no address for " + to.host : last;
+        partial_.error = targets.empty() ? "no address to connect to" : errors;
         co_return false;
     }
 
@@ -96,7 +105,7 @@ class Conn {
                 }
                 co_return r;
             }
-            bool more = co_await netio::read_more(sock_, in_);
+            const bool more = co_await stream_->read_more(in_);
             if (!more) {
                 partial_.error = "lost connection with " + partial_.remote + " " + doing_;
                 co_return std::nullopt;
@@ -107,13 +116,32 @@ class Conn {
     asio::awaitable<bool> send(std::string_view data, std::string_view doing) {
         doing_ = std::string(doing);
         deadline_.expires_after(s_.reply_timeout);
-        bool ok = co_await netio::write_all(sock_, data);
+        const bool ok = co_await stream_->write_all(data);
         if (ok) co_return true;
         partial_.error = "lost connection with " + partial_.remote + " " + doing_;
         co_return false;
     }
 
-    // Greeting and EHLO (HELO fallback). nullopt: the session could not start; partial_ says why.
+    asio::awaitable<std::optional<Extensions>> ehlo() {
+        const std::string ehlo_cmd = "EHLO " + s_.helo_name + "\r\n";
+        const bool sent = co_await send(ehlo_cmd, "after EHLO");
+        if (!sent) co_return std::nullopt;
+        auto r = co_await reply("after EHLO");
+        if (!r) co_return std::nullopt;
+        if (r->positive()) co_return parse_ehlo(*r);
+        const std::string helo_cmd = "HELO " + s_.helo_name + "\r\n";
+        const bool sent2 = co_await send(helo_cmd, "after HELO");
+        if (!sent2) co_return std::nullopt;
+        auto helo = co_await reply("after HELO");
+        if (!helo) co_return std::nullopt;
+        if (!helo->positive()) {
+            partial_.error = partial_.remote + " refused HELO: " + helo->text();
+            co_return std::nullopt;
+        }
+        co_return Extensions{};
+    }
+
+    // Greeting and EHLO. nullopt: the session could not start; partial_ says why.
     asio::awaitable<std::optional<Extensions>> hello() {
         auto greet = co_await reply("waiting for the greeting");
         if (!greet) co_return std::nullopt;
@@ -121,59 +149,157 @@ class Conn {
             partial_.error = partial_.remote + " greeted with: " + greet->text();
             co_return std::nullopt;
         }
-        const std::string ehlo_cmd = "EHLO " + s_.helo_name + "\r\n";
-        const bool ok1 = co_await send(ehlo_cmd, "after EHLO");
-        if (!ok1) co_return std::nullopt;
-        auto ehlo = co_await reply("after EHLO");
-        if (!ehlo) co_return std::nullopt;
-        if (ehlo->positive()) {
-            partial_.reached = true;
-            co_return parse_ehlo(*ehlo);
+        auto ext = co_await ehlo();
+        if (ext) partial_.reached = true;
+        co_return ext;
+    }
+
+    // STARTTLS as the policy says. Returns the extensions to use next (after the second EHLO),
+    // or nullopt when the policy forbids going on; `retry_plain` when "may" should reconnect
+    // without TLS after a failed handshake.
+    asio::awaitable<std::optional<Extensions>> secure(const Extensions& ext, bool& retry_plain) {
+        TlsPolicy policy = s_.tls;
+        std::vector<dns::Tlsa> tlsa;
+        if (policy == TlsPolicy::Dane) {
+            if (!s_.resolver) {
+                partial_.error = "tls = dane without a resolver";
+                co_return std::nullopt;
+            }
+            const std::string host = target_.host;
+            auto a = co_await s_.resolver->tlsa(host, target_.port);
+            if (a.status == dns::Status::TempFail || a.status == dns::Status::Bogus) {
+                partial_.error = "TLSA lookup for _" + std::to_string(target_.port) + "._tcp." +
+                                 host + ": " + dns::to_string(a.status) + " (" + a.error +
+                                 "); deferring (tls = dane)";
+                co_return std::nullopt;
+            }
+            if (a.status == dns::Status::Ok && a.secure && !a.records.empty()) {
+                tlsa = std::move(a.records);
+            } else {
+                policy = TlsPolicy::May;  // RFC 7672 2.2: no secure TLSA, opportunistic TLS
+                dane_note_ = a.status == dns::Status::Ok && !a.secure ? " (TLSA not DNSSEC-signed)"
+                                                                       : " (no TLSA)";
+            }
         }
-        const std::string helo_cmd = "HELO " + s_.helo_name + "\r\n";
-        const bool ok2 = co_await send(helo_cmd, "after HELO");
-        if (!ok2) co_return std::nullopt;
-        auto helo = co_await reply("after HELO");
-        if (!helo) co_return std::nullopt;
-        if (!helo->positive()) {
-            partial_.error = partial_.remote + " refused HELO: " + helo->text();
+        if (!ext.starttls) {
+            if (policy == TlsPolicy::May) co_return ext;
+            partial_.error = partial_.remote + " does not offer STARTTLS, required by tls = " +
+                             to_string(s_.tls);
             co_return std::nullopt;
         }
-        partial_.reached = true;
-        co_return Extensions{};
+        const bool sent = co_await send("STARTTLS\r\n", "after STARTTLS");
+        if (!sent) co_return std::nullopt;
+        auto r = co_await reply("after STARTTLS");
+        if (!r) co_return std::nullopt;
+        if (r->code != 220) {
+            if (policy == TlsPolicy::May) co_return ext;  // the server changed its mind: go plain
+            partial_.error = partial_.remote + " refused STARTTLS: " + r->text();
+            co_return std::nullopt;
+        }
+        in_.clear();  // nothing sent before the handshake may be read after it
+        auto& ctx = s_.contexts->get(policy == TlsPolicy::Verify ? s_.tls_ca_file : "");
+        const Target t = target_;
+        auto prepare = [&](SSL* ssl) {
+            boost::system::error_code ec;
+            (void)asio::ip::make_address(t.host, ec);  // ec set: a name, not an IP literal
+            if (ec) SSL_set_tlsext_host_name(ssl, t.host.c_str());
+            if (policy == TlsPolicy::Verify) {
+                SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
+                if (!ec) return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t.host.c_str()) == 1;
+                return SSL_set1_host(ssl, t.host.c_str()) == 1;
+            }
+            if (policy == TlsPolicy::Dane) {
+                SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
+                if (SSL_dane_enable(ssl, t.host.c_str()) <= 0) return false;
+                int usable = 0;
+                for (auto& rec : tlsa)
+                    if (SSL_dane_tlsa_add(ssl, rec.usage, rec.selector, rec.matching,
+                                          rec.data.data(), rec.data.size()) > 0)
+                        ++usable;
+                return usable > 0;
+            }
+            SSL_set_verify(ssl, SSL_VERIFY_NONE, nullptr);
+            return true;
+        };
+        std::string error;
+        deadline_.expires_after(s_.reply_timeout);
+        doing_ = "during the TLS handshake";
+        const bool ok = co_await stream_->handshake_client(ctx, prepare, error);
+        if (!ok) {
+            if (policy == TlsPolicy::May) {
+                retry_plain = true;
+                partial_.error = "TLS handshake with " + partial_.remote + " failed: " + error;
+            } else {
+                partial_.error = "TLS handshake with " + partial_.remote + " failed (tls = " +
+                                 std::string(to_string(s_.tls)) + "): " + error;
+            }
+            co_return std::nullopt;
+        }
+        std::string how = policy == TlsPolicy::Dane     ? "dane"
+                          : policy == TlsPolicy::Verify ? "verified"
+                                                        : "unverified";
+        partial_.tls = stream_->tls_version() + " cipher=" + stream_->tls_cipher() +
+                       " peer=" + how + dane_note_;
+        auto again = co_await ehlo();  // RFC 3207: forget what was said before TLS
+        co_return again;
     }
 
     asio::awaitable<void> quit() {
         quitting_ = true;
-        const bool ok3 = co_await send("QUIT\r\n", "after QUIT");
-        if (ok3) {
+        const bool sent = co_await send("QUIT\r\n", "after QUIT");
+        if (sent) {
             deadline_.expires_after(std::chrono::seconds(5));
             co_await reply("after QUIT");
         }
-        boost::system::error_code ec;
-        sock_.shutdown(tcp::socket::shutdown_both, ec);
-        sock_.close(ec);
+        stream_->close();
+    }
+
+    void drop() {
+        if (stream_) stream_->close();
+        stream_.reset();
+        in_.clear();
+        parser_ = ReplyParser{};
     }
 
     Outcome partial_;
 
-  private:
-    tcp::socket sock_;
+private:
+    asio::any_io_executor ex_;
     asio::steady_timer deadline_;
     const Settings& s_;
+    std::optional<netio::Stream> stream_;
+    Target target_;
     std::string in_;
     ReplyParser parser_;
     std::string doing_;
+    std::string dane_note_;
     bool quitting_ = false;
 };
 
-asio::awaitable<Outcome> transaction(Conn& c, const HostPort& to, const Envelope& env,
-                                     std::string_view body) {
+// Connect, greet, STARTTLS by policy; nullopt when the transaction cannot go on.
+asio::awaitable<std::optional<Extensions>> open_session(Conn& c, const std::vector<Target>& targets,
+                                                        const Settings& s) {
+    for (int round = 0; round < 2; ++round) {
+        const bool connected = co_await c.connect(targets);
+        if (!connected) co_return std::nullopt;
+        auto ext = co_await c.hello();
+        if (!ext) co_return std::nullopt;
+        if (round == 1) co_return ext;  // "may" after a failed handshake: plaintext this time
+        bool retry_plain = false;
+        auto secured = co_await c.secure(*ext, retry_plain);
+        if (secured) co_return secured;
+        if (!retry_plain || s.tls != TlsPolicy::May) co_return std::nullopt;
+        c.drop();  // and reconnect once without TLS (tls = may is opportunistic)
+    }
+    co_return std::nullopt;
+}
+
+asio::awaitable<Outcome> transaction(Conn& c, const Settings& s, const std::vector<Target>& targets,
+                                     const Envelope& env, std::string_view body) {
     auto fail = [&c] { return std::move(c.partial_); };
-    const bool ok4 = co_await c.connect(to);
-    if (!ok4) co_return fail();
-    auto ext = co_await c.hello();
+    auto ext = co_await open_session(c, targets, s);
     if (!ext) co_return fail();
+    c.partial_.error.clear();  // a failed TLS try that fell back to plaintext is not the outcome
     const std::size_t n = env.recipients.size();
     if (env.smtputf8 && !ext->smtputf8) {
         c.partial_.rcpt.assign(
@@ -196,8 +322,8 @@ asio::awaitable<Outcome> transaction(Conn& c, const HostPort& to, const Envelope
         std::string batch = mail;
         for (auto& r : rcpt_cmds) batch += r;
         batch += "DATA\r\n";
-        const bool ok5 = co_await c.send(batch, "after MAIL FROM");
-        if (!ok5) co_return fail();
+        const bool sent = co_await c.send(batch, "after MAIL FROM");
+        if (!sent) co_return fail();
         mail_reply = co_await c.reply("after MAIL FROM");
         if (!mail_reply) co_return fail();
         for (std::size_t i = 0; i < n; ++i) {
@@ -209,15 +335,15 @@ asio::awaitable<Outcome> transaction(Conn& c, const HostPort& to, const Envelope
         data_reply = co_await c.reply("after DATA");
         if (!data_reply) co_return fail();
     } else {
-        const bool ok6 = co_await c.send(mail, "after MAIL FROM");
-        if (!ok6) co_return fail();
+        const bool sent = co_await c.send(mail, "after MAIL FROM");
+        if (!sent) co_return fail();
         mail_reply = co_await c.reply("after MAIL FROM");
         if (!mail_reply) co_return fail();
         if (mail_reply->positive()) {
             for (std::size_t i = 0; i < n; ++i) {
-                std::string doing = "after RCPT TO:<" + env.recipients[i] + ">";
-                const bool ok7 = co_await c.send(rcpt_cmds[i], doing);
-                if (!ok7) co_return fail();
+                const std::string doing = "after RCPT TO:<" + env.recipients[i] + ">";
+                const bool rcpt_sent = co_await c.send(rcpt_cmds[i], doing);
+                if (!rcpt_sent) co_return fail();
                 auto r = co_await c.reply(doing);
                 if (!r) co_return fail();
                 rcpt_replies.push_back(*r);
@@ -232,8 +358,8 @@ asio::awaitable<Outcome> transaction(Conn& c, const HostPort& to, const Envelope
     bool any = false;
     for (auto& r : rcpt_replies) any = any || r.positive();
     if (!ext->pipelining && any) {
-        const bool ok8 = co_await c.send("DATA\r\n", "after DATA");
-        if (!ok8) co_return fail();
+        const bool sent = co_await c.send("DATA\r\n", "after DATA");
+        if (!sent) co_return fail();
         data_reply = co_await c.reply("after DATA");
         if (!data_reply) co_return fail();
     }
@@ -241,8 +367,8 @@ asio::awaitable<Outcome> transaction(Conn& c, const HostPort& to, const Envelope
     if (data_reply && data_reply->code == 354) {
         // With no accepted recipient a (misbehaving) server may still say 354: end it empty.
         std::string data = any ? stuff_body(body) : std::string(".\r\n");
-        const bool ok9 = co_await c.send(data, "after end of data");
-        if (!ok9) co_return fail();
+        const bool sent = co_await c.send(data, "after end of data");
+        if (!sent) co_return fail();
         final_reply = co_await c.reply("after end of data");
         if (!final_reply) co_return fail();
     } else if (data_reply) {
@@ -256,27 +382,29 @@ asio::awaitable<Outcome> transaction(Conn& c, const HostPort& to, const Envelope
     co_return fail();
 }
 
-}  // namespace
-
-asio::awaitable<Outcome> deliver(const Settings& s, const HostPort& to, const Envelope& env,
-                                 std::string_view body) {
-    Conn c(co_await asio::this_coro::executor, s);
-    // Named, not a temporary inside co_await: GCC 12 may destroy such temporaries twice.
-    auto work = [&](Conn& conn) { return transaction(conn, to, env, body); };
-    co_return co_await c.run(work);
-}
-
-static asio::awaitable<Outcome> probe_session(Conn& c, const HostPort& to) {
-    bool connected = co_await c.connect(to);
+asio::awaitable<Outcome> probe_session(Conn& c, const Settings& s,
+                                       const std::vector<Target>& targets) {
+    (void)s;  // a probe asks "are you up?", not "is your TLS right?": no STARTTLS
+    const bool connected = co_await c.connect(targets);
     if (!connected) co_return std::move(c.partial_);
     auto ext = co_await c.hello();
     if (ext) co_await c.quit();
     co_return std::move(c.partial_);
 }
 
-asio::awaitable<Outcome> probe(const Settings& s, const HostPort& to) {
+}  // namespace
+
+asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& targets,
+                                 const Envelope& env, std::string_view body) {
     Conn c(co_await asio::this_coro::executor, s);
-    auto work = [&to](Conn& conn) { return probe_session(conn, to); };
+    // Named, not a temporary inside co_await: GCC 12 may destroy such temporaries twice.
+    auto work = [&](Conn& conn) { return transaction(conn, s, targets, env, body); };
+    co_return co_await c.run(work);
+}
+
+asio::awaitable<Outcome> probe(const Settings& s, const std::vector<Target>& targets) {
+    Conn c(co_await asio::this_coro::executor, s);
+    auto work = [&](Conn& conn) { return probe_session(conn, s, targets); };
     co_return co_await c.run(work);
 }
 

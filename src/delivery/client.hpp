@@ -1,16 +1,23 @@
 // delivery/client: speaks SMTP to a primary for one queued message — EHLO (HELO fallback),
-// PIPELINING when offered, per-recipient results, SIZE/8BITMIME/SMTPUTF8 as the message needs —
-// and probes a primary for liveness. It must never decide what happens to a message afterwards
-// (the scheduler does) and never alter the envelope or a byte of the body beyond dot-stuffing.
+// STARTTLS by the domain's policy (may, encrypt, verify, dane), PIPELINING when offered,
+// per-recipient results, SIZE/8BITMIME/SMTPUTF8 as the message needs — and probes a primary for
+// liveness. It must never decide what happens to a message afterwards (the scheduler does), never
+// alter the envelope or a byte of the body beyond dot-stuffing, and never send in plaintext when
+// the policy asks for TLS.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <chrono>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "config/config.hpp"
 #include "delivery/reply.hpp"
+#include "delivery/route.hpp"
+#include "dns/resolver.hpp"
 
 namespace bmx::delivery {
 
@@ -21,25 +28,39 @@ struct Envelope {
     bool eightbit = false;
 };
 
+// Client TLS contexts, one per trust store ("" = the system's CAs).
+class TlsContexts {
+public:
+    boost::asio::ssl::context& get(const std::string& ca_file);
+
+private:
+    std::map<std::string, std::unique_ptr<boost::asio::ssl::context>> contexts_;
+};
+
 struct Settings {
     std::string helo_name;
     std::chrono::seconds connect_timeout{30};
     std::chrono::seconds reply_timeout{300};
+    TlsPolicy tls = TlsPolicy::May;
+    std::string tls_ca_file;
+    TlsContexts* contexts = nullptr;   // required
+    dns::Resolver* resolver = nullptr;  // required for tls = dane (TLSA lookups)
 };
 
 struct Outcome {
-    bool reached = false;  // a 2xx greeting came back: the primary is alive
-    std::string remote;    // "host[ip]:port" actually used
-    // Set when the whole transaction failed (connect, greeting, MAIL, DATA, lost connection).
+    bool reached = false;     // a 2xx greeting came back: the primary is alive
+    std::string remote;       // "host[ip]:port" actually used
+    std::string tls = "none";  // "TLSv1.3 cipher=... verify=dane|ok|none" once encrypted
+    // Set when the whole transaction failed (connect, greeting, TLS policy, MAIL, DATA, lost
+    // connection); rcpt is then empty and every recipient is deferred.
     std::string error;
-    bool permanent = false;   // that failure was a 5xx: final for every recipient
     std::vector<Reply> rcpt;  // per recipient, in envelope order, when the transaction ran
 };
 
-boost::asio::awaitable<Outcome> deliver(const Settings& s, const HostPort& to, const Envelope& env,
-                                        std::string_view body);
+boost::asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& targets,
+                                        const Envelope& env, std::string_view body);
 
 // Connects, waits for the greeting, EHLO, QUIT. reached == true means the primary is up.
-boost::asio::awaitable<Outcome> probe(const Settings& s, const HostPort& to);
+boost::asio::awaitable<Outcome> probe(const Settings& s, const std::vector<Target>& targets);
 
 }  // namespace bmx::delivery

@@ -12,7 +12,9 @@
 // House rule for every coroutine in backupmx: never put `co_await` inside an `if`/`while`
 // condition; bind the result to a local first. GCC 12 (Debian 12's compiler) miscompiles
 // `if (co_await f()) co_return x;` into a frame that resumes at a bad state (SIGILL); found here
-// with a probe of smtp-sink, fixed by this rule.
+// with a probe of smtp-sink, fixed by this rule. Likewise, never pass a temporary with a destructor
+// (a std::string or std::function built in the call) as a by-value argument of a coroutine inside
+// a co_await: GCC 12 may destroy it twice (found with ASan). Name it first, or take a reference.
 namespace bmx::netio {
 
 // Completes when `deadline` has passed. Use as `co_await (work() || watchdog(deadline))`: the

@@ -30,8 +30,9 @@ std::string age(TimePoint from, TimePoint to) {
 
 }  // namespace
 
-Scheduler::Scheduler(asio::io_context& io, const Config& cfg, Queue& queue)
-    : io_(io), cfg_(cfg), queue_(queue), timer_(io) {}
+Scheduler::Scheduler(asio::io_context& io, const Config& cfg, Queue& queue,
+                     dns::Resolver& resolver)
+    : io_(io), cfg_(cfg), queue_(queue), resolver_(resolver), timer_(io) {}
 
 Scheduler::Dest& Scheduler::dest(const std::string& domain) {
     auto [it, fresh] = dests_.try_emplace(domain);
@@ -39,9 +40,21 @@ Scheduler::Dest& Scheduler::dest(const std::string& domain) {
     return it->second;
 }
 
-std::optional<HostPort> Scheduler::route(const std::string& domain) const {
-    if (auto* d = cfg_.find_domain(domain)) return d->primary;
-    return cfg_.relayhost;  // DSNs and other foreign mail; MX routing comes with issue 3
+asio::awaitable<delivery::Route> Scheduler::route(const std::string& domain) {
+    auto r = co_await delivery::route(resolver_, cfg_, domain);
+    for (const auto& w : r.warnings) spdlog::warn("routing {}: {}", domain, w);
+    co_return r;
+}
+
+delivery::Settings Scheduler::settings(const std::string& domain) {
+    delivery::Settings s{cfg_.hostname, cfg_.connect_timeout, cfg_.reply_timeout};
+    if (auto* d = cfg_.find_domain(domain)) {
+        s.tls = d->tls;
+        s.tls_ca_file = d->tls_ca_file;
+    }
+    s.contexts = &tls_;
+    s.resolver = &resolver_;
+    return s;
 }
 
 void Scheduler::index(const std::string& id, const std::string& domain, TimePoint received,
@@ -191,13 +204,11 @@ void Scheduler::mark_down(const std::string& domain, const std::string& why) {
 }
 
 asio::awaitable<void> Scheduler::probe(std::string domain) {
-    auto r = route(domain);
-    delivery::Settings s{cfg_.hostname, cfg_.connect_timeout, cfg_.reply_timeout};
+    auto r = co_await route(domain);
+    const auto s = settings(domain);
     delivery::Outcome o;
-    if (r)
-        o = co_await delivery::probe(s, *r);
-    else
-        o.error = "no route: " + domain + " is not configured and queue.relayhost is not set";
+    if (r.kind == delivery::Route::Kind::Ok) o = co_await delivery::probe(s, r.targets);
+    else o.error = r.error;
     if (stopping_) co_return;
     auto& d = dest(domain);
     d.probing = false;
@@ -238,7 +249,6 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
     for (auto& r : msg->recipients)
         if (r.status == RcptStatus::Pending) pending.push_back(r.address);
     auto t = now();
-    auto r = route(domain);
 
     if (msg->received_at + cfg_.max_age <= t || pending.empty()) {  // expired: DSN, then gone
         std::vector<bounce::Failure> failures;
@@ -247,7 +257,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
             failures.push_back({a, "4.4.7",
                                 "delivery time expired after " + format_duration(cfg_.max_age) +
                                     " in queue; last error: " + last});
-        auto dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, r ? r->text() : "", t);
+        auto dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, "", t);
         AttemptUpdate u{id, {}, t, "expired", false, dsn, true};
         for (auto& a : pending) u.outcomes.push_back({a, RcptStatus::Failed, "expired"});
         spdlog::info(
@@ -258,20 +268,26 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
         co_return;
     }
 
+    auto r = co_await route(domain);
     delivery::Outcome o;
-    if (r) {
-        delivery::Settings s{cfg_.hostname, cfg_.connect_timeout, cfg_.reply_timeout};
-        delivery::Envelope env{msg->sender, pending, msg->smtputf8, msg->eightbit};
-        o = co_await delivery::deliver(s, *r, env, msg->body);
+    if (r.kind == delivery::Route::Kind::Ok) {
+        const auto s = settings(domain);
+        const delivery::Envelope env{msg->sender, pending, msg->smtputf8, msg->eightbit};
+        const std::string_view body = msg->body;
+        o = co_await delivery::deliver(s, r.targets, env, body);
+    } else if (r.kind == delivery::Route::Kind::NullMx) {
+        o.reached = true;  // a final answer from DNS: every recipient bounces
+        o.rcpt.assign(pending.size(),
+                      delivery::Reply{556, {"5.1.10 " + r.error}});
     } else {
-        o.error = "no route: " + domain + " is not configured and queue.relayhost is not set";
+        o.error = r.error;
     }
     if (stopping_) co_return;  // cancelled by shutdown: the message stays as it was
     it = entries_.find(id);
     if (it == entries_.end()) co_return;
     t = now();
     auto delay = age(msg->received_at, t);
-    std::string primary = o.remote.empty() ? (r ? r->text() : "none") : o.remote;
+    std::string primary = o.remote.empty() ? "none" : o.remote;
 
     AttemptUpdate u;
     u.id = id;

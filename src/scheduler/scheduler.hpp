@@ -19,13 +19,17 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "delivery/client.hpp"
+#include "delivery/route.hpp"
+#include "dns/resolver.hpp"
 #include "queue/queue.hpp"
 
 namespace bmx {
 
 class Scheduler {
   public:
-    Scheduler(boost::asio::io_context& io, const Config& cfg, Queue& queue);
+    Scheduler(boost::asio::io_context& io, const Config& cfg, Queue& queue,
+              dns::Resolver& resolver);
     // Loads the index from the store (every destination starts "unknown": probed at once) and runs.
     boost::asio::awaitable<void> run();
     void add(const std::vector<NewMessage>& msgs);  // newly committed messages
@@ -55,7 +59,8 @@ class Scheduler {
     void pump();
     void wake();
     Dest& dest(const std::string& domain);
-    std::optional<HostPort> route(const std::string& domain) const;
+    boost::asio::awaitable<delivery::Route> route(const std::string& domain);
+    delivery::Settings settings(const std::string& domain);
     void mark_down(const std::string& domain, const std::string& why);
     void spawn(boost::asio::awaitable<void> work);
     boost::asio::awaitable<void> attempt(std::string id);
@@ -66,6 +71,8 @@ class Scheduler {
     boost::asio::io_context& io_;
     const Config& cfg_;
     Queue& queue_;
+    dns::Resolver& resolver_;
+    delivery::TlsContexts tls_;
     boost::asio::steady_timer timer_;
     std::unordered_map<std::string, Entry> entries_;
     std::map<std::string, Dest> dests_;

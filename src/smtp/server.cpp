@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "netio/netio.hpp"
+#include "netio/stream.hpp"
 #include "smtp/session.hpp"
 
 namespace bmx::smtp {
@@ -19,6 +20,7 @@ Server::Server(asio::io_context& io, const Config& cfg, Queue& queue, Accepted o
     : io_(io), cfg_(cfg), queue_(queue), on_accepted_(std::move(on_accepted)) {}
 
 void Server::start() {
+    if (!cfg_.tls_cert.empty()) tls_ = netio::server_context(cfg_.tls_cert, cfg_.tls_key);
     for (const auto& hp : cfg_.listen) {
         auto addr = asio::ip::make_address(hp.host);
         tcp::endpoint ep(addr, hp.port);

@@ -8,6 +8,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <functional>
 #include <memory>
 #include <set>
@@ -24,7 +25,8 @@ class Server {
   public:
     using Accepted = std::function<void(const std::vector<NewMessage>&)>;
     Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, Accepted on_accepted);
-    // Binds every listen address (throws on failure, before serving) and starts accepting.
+    // Loads the TLS certificate, binds every listen address (throws on failure, before serving)
+    // and starts accepting.
     void start();
     // Stops accepting and closes every session; a session waiting for its commit still finishes it.
     void stop();
@@ -40,6 +42,7 @@ class Server {
     Accepted on_accepted_;
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::set<Session*> sessions_;
+    std::unique_ptr<boost::asio::ssl::context> tls_;  // set when smtp.tls_cert/tls_key are
     bool stopping_ = false;
 };
 

@@ -34,9 +34,12 @@ std::string printable(std::string_view s) {
 }  // namespace
 
 Session::Session(Server& server, asio::ip::tcp::socket sock)
-    : server_(server), cfg_(server.cfg_), sock_(std::move(sock)), deadline_(sock_.get_executor()) {
+    : server_(server),
+      cfg_(server.cfg_),
+      stream_(std::move(sock)),
+      deadline_(stream_.socket().get_executor()) {
     boost::system::error_code ec;
-    auto ep = sock_.remote_endpoint(ec);
+    auto ep = stream_.socket().remote_endpoint(ec);
     peer_ = ec ? "unknown" : ep.address().to_string();
     server_.sessions_.insert(this);
 }
@@ -46,8 +49,7 @@ Session::~Session() {
 }
 
 void Session::stop() {
-    boost::system::error_code ec;
-    sock_.close(ec);
+    stream_.close();
     deadline_.cancel();
 }
 
@@ -55,7 +57,7 @@ asio::awaitable<void> Session::run() {
     spdlog::debug("connect from [{}]", peer_);
     deadline_.expires_after(cfg_.command_timeout);
     auto r = co_await (converse() || netio::watchdog(deadline_));
-    if (r.index() == 1 && sock_.is_open()) {
+    if (r.index() == 1 && stream_.socket().is_open()) {
         spdlog::info("timeout from [{}] helo={} after {}", peer_, printable(helo_),
                      sender_ ? "MAIL FROM" : "connect");
         out_.clear();
@@ -63,9 +65,7 @@ asio::awaitable<void> Session::run() {
         deadline_.expires_after(std::chrono::seconds(10));
         co_await (flush() || netio::watchdog(deadline_));
     }
-    boost::system::error_code ec;
-    sock_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
-    sock_.close(ec);
+    stream_.close();
     spdlog::debug("disconnect from [{}]", peer_);
 }
 
@@ -79,7 +79,8 @@ asio::awaitable<bool> Session::flush() {
     if (out_.empty()) co_return true;
     std::string data;
     data.swap(out_);
-    co_return co_await netio::write_all(sock_, data);
+    const bool ok = co_await stream_.write_all(data);
+    co_return ok;
 }
 
 asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
@@ -88,7 +89,7 @@ asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
         const bool ok10 = co_await flush();
         if (!ok10) co_return std::nullopt;  // the client waits: send what we owe
         deadline_.expires_after(cfg_.command_timeout);
-        const bool ok11 = co_await netio::read_more(sock_, in_);
+        const bool ok11 = co_await stream_.read_more(in_);
         if (!ok11) co_return std::nullopt;
     }
 }
@@ -159,8 +160,8 @@ asio::awaitable<void> Session::converse() {
                     "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT "
                     "VRFY");
                 break;
+            case Verb::StartTls: co_await on_starttls(c); break;
             case Verb::Expn:
-            case Verb::StartTls:
             case Verb::Bdat:
             case Verb::Auth:
                 reply("502 5.5.1 Error: command not implemented");
@@ -177,7 +178,7 @@ asio::awaitable<void> Session::converse() {
         }
         if (last_code_ == '5') error = true;
         if (error && c.verb != Verb::Quit && protocol_error()) break;
-        if (!sock_.is_open()) co_return;
+        if (!stream_.socket().is_open()) co_return;
     }
     co_await flush();
 }
@@ -199,6 +200,7 @@ void Session::on_helo(const Command& c, bool extended) {
     reply("250-SIZE " + std::to_string(cfg_.max_message_size));
     reply("250-8BITMIME");
     reply("250-ENHANCEDSTATUSCODES");
+    if (server_.tls_ && !stream_.tls()) reply("250-STARTTLS");
     reply("250 SMTPUTF8");
 }
 
@@ -260,10 +262,50 @@ void Session::on_rcpt(const Command& c) {
     reply("250 2.1.5 Ok");
 }
 
+asio::awaitable<void> Session::on_starttls(const Command& c) {
+    if (!server_.tls_) co_return reply("502 5.5.1 Error: command not implemented");
+    if (stream_.tls()) co_return reply("503 5.5.1 Error: TLS already active");
+    if (!c.arg.empty()) co_return reply("501 5.5.4 Syntax: STARTTLS");
+    if (!in_.empty()) {
+        // CVE-2011-0411 class: plaintext sent after STARTTLS would be read as if it came
+        // through TLS. Refuse the whole session rather than guess.
+        spdlog::warn("[{}] pipelined {} bytes after STARTTLS: plaintext injection refused", peer_,
+                     in_.size());
+        in_.clear();
+        reply("554 5.5.1 Error: commands pipelined after STARTTLS refused, closing connection");
+        quit_ = true;
+        co_return;
+    }
+    reply("220 2.0.0 Ready to start TLS");
+    const bool flushed = co_await flush();
+    if (!flushed) {
+        quit_ = true;
+        co_return;
+    }
+    deadline_.expires_after(cfg_.command_timeout);
+    std::string error;
+    const bool ok = co_await stream_.handshake_server(*server_.tls_, error);
+    if (!ok) {
+        spdlog::info("TLS handshake with [{}] failed: {}", peer_, error);
+        quit_ = true;
+        stream_.close();
+        co_return;
+    }
+    spdlog::debug("TLS from [{}]: {} {}", peer_, stream_.tls_version(), stream_.tls_cipher());
+    // RFC 3207 4.2: forget everything learnt before TLS; the client must EHLO again.
+    reset_transaction();
+    helo_.clear();
+    esmtp_ = false;
+}
+
 std::string Session::received_header(const std::string& id) const {
     std::string with = smtputf8_ ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
-    std::string h = "Received: from " + helo_ + " ([" + peer_ + "])\r\n\tby " + cfg_.hostname +
-                    " (backupmx) with " + with + " id " + id + "\r\n\t";
+    if (stream_.tls()) with += "S";  // RFC 3848 / RFC 6531: ESMTPS, UTF8SMTPS
+    std::string h = "Received: from " + helo_ + " ([" + peer_ + "])\r\n";
+    if (stream_.tls())
+        h += "\t(using " + stream_.tls_version() + " with cipher " + stream_.tls_cipher() + " (" +
+             std::to_string(stream_.tls_bits()) + " bits))\r\n";
+    h += "\tby " + cfg_.hostname + " (backupmx) with " + with + " id " + id + "\r\n\t";
     if (rcpts_.size() == 1) h += "for <" + rcpts_[0].str() + ">";
     h += "; " + rfc5322_date(now()) + "\r\n";
     return h;
@@ -287,7 +329,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         in_.erase(0, used);
         if (scan.done()) break;
         deadline_.expires_after(cfg_.data_timeout);
-        const bool ok13 = co_await netio::read_more(sock_, in_);
+        const bool ok13 = co_await stream_.read_more(in_);
         if (!ok13) {
             spdlog::info("lost connection from [{}] during DATA after {} bytes", peer_,
                          scan.size());

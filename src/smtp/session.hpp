@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "netio/stream.hpp"
 #include "smtp/protocol.hpp"
 #include "smtp/server.hpp"
 
@@ -31,13 +32,14 @@ class Session {
     void on_mail(const Command& c);
     void on_rcpt(const Command& c);
     boost::asio::awaitable<void> on_data(const Command& c);
+    boost::asio::awaitable<void> on_starttls(const Command& c);
     boost::asio::awaitable<std::string> commit(const std::string& id, std::string body);
     std::string received_header(const std::string& id) const;
     bool protocol_error();  // counts an error; true when the session must end
 
     Server& server_;
     const Config& cfg_;
-    boost::asio::ip::tcp::socket sock_;
+    netio::Stream stream_;
     boost::asio::steady_timer deadline_;
     std::string peer_;  // client IP
     std::string in_, out_;

@@ -74,7 +74,7 @@ class ConfigErrors(E2ETest):
         self.check('[queue]\nretry_min = "10m"\nretry_max = "1m"\n', "queue.retry_max")
         self.check('[smtp]\nmax_recipients = 0\n', "smtp.max_recipients")
         self.check('[smtp]\nlisten = ["nonsense:port"]\n', "smtp.listen")
-        self.check('[[domain]]\nname = "a.test"\n', "domain[0].primary", "required")
+        self.check('[[domain]]\nname = "a.test"\ntls = "dane"\n', "domain[0].tls", "trust_anchor")
         self.check('[[domain]]\nname = "bad domain"\nprimary = "x:25"\n', "domain[0].name")
         self.check('[[domain]]\nname = "a.test"\nprimary = "host:99999"\n', "domain[0].primary")
         self.check('hostname = "a.test"\n[smtp\n', "TOML syntax error at line 2")

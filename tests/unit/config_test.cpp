@@ -72,11 +72,11 @@ TEST(ConfigParse, FullExample) {
     EXPECT_EQ(c.control_socket, "/var/spool/backupmx/control.sock");
     ASSERT_EQ(c.domains.size(), 2u);
     EXPECT_EQ(c.domains[0].name, "example.test");
-    EXPECT_EQ(c.domains[0].primary.host, "127.0.0.1");
-    EXPECT_EQ(c.domains[0].primary.port, 2526);
+    EXPECT_EQ(c.domains[0].primary->host, "127.0.0.1");
+    EXPECT_EQ(c.domains[0].primary->port, 2526);
     EXPECT_EQ(c.domains[1].name, "other.example.test");
-    EXPECT_EQ(c.domains[1].primary.host, "::1");
-    EXPECT_EQ(c.domains[1].primary.port, 2526);
+    EXPECT_EQ(c.domains[1].primary->host, "::1");
+    EXPECT_EQ(c.domains[1].primary->port, 2526);
 }
 
 TEST(ConfigParse, EveryOptionalKey) {
@@ -217,7 +217,6 @@ TEST(ConfigErrors, BadDomainEntries) {
     expect_error("[[domain]]\nprimary = \"h:25\"\n", "domain[0].name");
     expect_error("[[domain]]\nname = \"bad domain\"\nprimary = \"h:25\"\n", "domain[0].name");
     expect_error("[[domain]]\nname = \"a..test\"\nprimary = \"h:25\"\n", "domain[0].name");
-    expect_error("[[domain]]\nname = \"example.test\"\n", "domain[0].primary");
     expect_error("[[domain]]\nname = \"example.test\"\nprimary = 25\n", "domain[0].primary");
     expect_error("domain = \"example.test\"\n", "domain");
 }
@@ -279,8 +278,8 @@ TEST(ConfigParse, PrimaryForms) {
         SCOPED_TRACE(c.text);
         Config cfg = parse_config(with_domain(c.text));
         ASSERT_EQ(cfg.domains.size(), 1u);
-        EXPECT_EQ(cfg.domains[0].primary.host, c.host);
-        EXPECT_EQ(cfg.domains[0].primary.port, c.port);
+        EXPECT_EQ(cfg.domains[0].primary->host, c.host);
+        EXPECT_EQ(cfg.domains[0].primary->port, c.port);
     }
 }
 
@@ -363,4 +362,47 @@ TEST(HostPortText, Format) {
     ASSERT_TRUE(rt);
     EXPECT_EQ(rt->host, "2001:db8::1");
     EXPECT_EQ(rt->port, 587);
+}
+
+TEST(ConfigRouting, DomainWithoutPrimaryRoutesByMx) {
+    auto c = parse_config("[[domain]]\nname = \"example.test\"\n");
+    ASSERT_EQ(c.domains.size(), 1u);
+    EXPECT_FALSE(c.domains[0].primary.has_value());
+    EXPECT_EQ(c.domains[0].tls, TlsPolicy::May);
+}
+
+TEST(ConfigRouting, TlsPoliciesDnsAndNames) {
+    auto c = parse_config(
+        "hostname = \"mx2.a.test\"\n[smtp]\nalso_known_as = [\"MX2.B.test.\"]\n"
+        "[dns]\nresolver = \"127.0.0.1@5353\"\ntrust_anchor = \"/tmp/ta\"\ntimeout = \"3s\"\n"
+        "[delivery]\nport = 2525\n"
+        "[[domain]]\nname = \"a.test\"\ntls = \"verify\"\ntls_ca_file = \"/tmp/ca.pem\"\n"
+        "[[domain]]\nname = \"b.test\"\nprimary = \"mail.b.test\"\ntls = \"dane\"\n");
+    EXPECT_EQ(c.our_names(), (std::vector<std::string>{"mx2.a.test", "mx2.b.test"}));
+    EXPECT_EQ(c.dns_resolver, "127.0.0.1@5353");
+    EXPECT_EQ(c.dns_timeout, std::chrono::seconds(3));
+    EXPECT_EQ(c.delivery_port, 2525);
+    EXPECT_EQ(c.domains[0].tls, TlsPolicy::Verify);
+    EXPECT_EQ(c.domains[0].tls_ca_file, "/tmp/ca.pem");
+    EXPECT_EQ(c.domains[1].tls, TlsPolicy::Dane);
+    EXPECT_EQ(c.domains[1].primary->host, "mail.b.test");
+    EXPECT_EQ(c.domains[1].primary->port, 25);
+}
+
+TEST(ConfigRouting, BadRoutingValuesAreNamed) {
+    auto expect = [](const std::string& toml, const std::string& key) {
+        try {
+            parse_config(toml);
+            FAIL() << "accepted: " << toml;
+        } catch (const ConfigError& e) {
+            EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+        }
+    };
+    expect("[[domain]]\nname = \"a.test\"\ntls = \"always\"\n", "domain[0].tls");
+    expect("[[domain]]\nname = \"a.test\"\ntls = \"dane\"\n", "trust_anchor");
+    expect("[dns]\nresolver = \"localhost:53\"\n", "dns.resolver");
+    expect("[dns]\nresolver = \"127.0.0.1@0\"\n", "dns.resolver");
+    expect("[smtp]\ntls_cert = \"/x.pem\"\n", "smtp.tls_key");
+    expect("[smtp]\nalso_known_as = [\"bad name\"]\n", "smtp.also_known_as");
+    expect("[delivery]\nport = 0\n", "delivery.port");
 }
