@@ -4,6 +4,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -18,6 +19,7 @@
 #include "config/config.hpp"
 #include "control/control.hpp"
 #include "dns/resolver.hpp"
+#include "dnscheck/dnscheck.hpp"
 #include "queue/queue.hpp"
 #include "scheduler/scheduler.hpp"
 #include "smtp/server.hpp"
@@ -166,6 +168,33 @@ int queue_list(const Config& cfg, bool json) {
     return 0;
 }
 
+int dns_check(const std::string& domain, const Config* cfg, std::string hostname, bool json) {
+    Config defaults;
+    const Config& c = cfg ? *cfg : defaults;
+    if (hostname.empty()) hostname = cfg ? cfg->hostname : "";
+    if (hostname.empty()) {
+        char buf[256] = {};
+        gethostname(buf, sizeof buf - 1);
+        hostname = buf;
+    }
+    asio::io_context io(1);
+    dns::Resolver resolver(io, dns::Settings{c.dns_resolver, c.dns_trust_anchor, c.dns_timeout});
+    dnscheck::Options opt;
+    opt.hostname = to_lower(hostname);
+    opt.our_names = cfg ? cfg->our_names() : std::vector<std::string>{opt.hostname};
+    if (cfg && !iequals(opt.hostname, cfg->hostname)) opt.our_names.push_back(opt.hostname);
+    opt.config = cfg;
+    opt.smtp_port = c.delivery_port;
+    dnscheck::Report report;
+    const std::string d = to_lower(domain);
+    asio::co_spawn(
+        io, [&]() -> asio::awaitable<void> { report = co_await dnscheck::check(resolver, d, opt); },
+        asio::detached);
+    io.run();
+    std::cout << (json ? report.json() + "\n" : report.text());
+    return report.ok() ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,7 +223,23 @@ int main(int argc, char** argv) {
     delete_cmd->add_option("--config", config_path, "config file")->required();
     delete_cmd->add_option("id", delete_id, "queue id")->required();
 
+    std::string check_domain, check_hostname;
+    bool check_json = false;
+    auto* dns_cmd = app.add_subcommand("dns-check", "check a domain's DNS for backup MX service");
+    dns_cmd->add_option("domain", check_domain, "the mail domain")->required();
+    dns_cmd->add_option("--config", config_path, "config file (resolver, hostname, domains)");
+    dns_cmd->add_option("--hostname", check_hostname, "this backup's host name (default: config)");
+    dns_cmd->add_flag("--json", check_json, "print JSON");
+
     CLI11_PARSE(app, argc, argv);
+    if (*dns_cmd && dns_cmd->count("--config") == 0) {
+        try {
+            return dns_check(check_domain, nullptr, check_hostname, check_json);
+        } catch (const std::exception& e) {
+            std::cerr << "backupmx: " << e.what() << "\n";
+            return 2;
+        }
+    }
 
     Config cfg;
     try {
@@ -210,6 +255,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (*serve_cmd) return serve(cfg);
+        if (*dns_cmd) return dns_check(check_domain, &cfg, check_hostname, check_json);
         if (*list_cmd) return queue_list(cfg, json);
         if (*flush_cmd) {
             auto r = control::request(cfg.control_socket, flush_domain.empty()
