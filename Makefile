@@ -16,9 +16,16 @@ $(BUILD)/build.ninja: CMakeLists.txt
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD) -j $(JOBS)
 
+# A self-signed certificate for the demo's STARTTLS, made once under var/tls/.
+var/tls/cert.pem:
+	mkdir -p var/tls
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+	  -subj "/CN=mx2.demo.test" -addext "subjectAltName=DNS:mx2.demo.test" \
+	  -keyout var/tls/key.pem -out var/tls/cert.pem 2>/dev/null
+	chmod 600 var/tls/key.pem
+
 # Starts backupmx in the foreground on the demo config (SMTP on 127.0.0.1:2525, SQLite under var/).
-run: build
-	mkdir -p var
+run: build var/tls/cert.pem
 	./$(BUILD)/backupmx check-config --config $(CONFIG)
 	exec ./$(BUILD)/backupmx serve --config $(CONFIG)
 

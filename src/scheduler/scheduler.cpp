@@ -307,8 +307,8 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
                 delivered.push_back(pending[i]);
                 spdlog::info(
                     "delivered id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
-                    "reply=\"{}\"",
-                    id, msg->sender, pending[i], primary, delay, attempts, text);
+                    "tls=\"{}\" reply=\"{}\"",
+                    id, msg->sender, pending[i], primary, delay, attempts, o.tls, text);
             } else if (rep.permanent()) {
                 u.outcomes.push_back({pending[i], RcptStatus::Failed, text});
                 failures.push_back({pending[i], bounce::status_of(text), text});
