@@ -62,8 +62,12 @@ class Backupmx:
         lines = [f'hostname = "{hostname}"', extra_toml, "[smtp]",
                  f'listen = ["127.0.0.1:{self.port}"]', extra_smtp, "[queue]",
                  f'store = "sqlite:{workdir}/queue.db"', extra_queue]
-        for name, primary in domains.items():
-            lines += ["[[domain]]", f'name = "{name}"', f'primary = "{primary}"']
+        for name, spec in domains.items():
+            # spec: "host:port" (the primary), None (route by MX), or a dict of domain keys
+            if not isinstance(spec, dict):
+                spec = {} if spec is None else {"primary": spec}
+            lines += ["[[domain]]", f'name = "{name}"']
+            lines += [f'{k} = "{v}"' for k, v in spec.items()]
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -127,9 +131,10 @@ class Backupmx:
 class SmtpSink:
     """Postfix's smtp-sink as the primary: accepts everything, dumps each message to a file."""
 
-    def __init__(self, workdir, port=None, extra=()):
+    def __init__(self, workdir, port=None, extra=(), host="127.0.0.1"):
+        self.host = host
         self.port = port or free_port()
-        self.dump = os.path.join(workdir, f"sink-{self.port}")
+        self.dump = os.path.join(workdir, f"sink-{host}-{self.port}")
         os.makedirs(self.dump, exist_ok=True)
         os.chmod(self.dump, 0o777)
         self.extra = list(extra)
@@ -140,9 +145,9 @@ class SmtpSink:
         args = [exe, "-d", self.dump + "/msg.", *self.extra]
         if os.geteuid() == 0:
             args += ["-u", "nobody"]
-        args += [f"127.0.0.1:{self.port}", "256"]
+        args += [f"{self.host}:{self.port}", "256"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(lambda: port_open(self.port) or self.proc.poll() is not None,
+        wait_until(lambda: port_open(self.port, self.host) or self.proc.poll() is not None,
                    what="smtp-sink to listen")
         assert self.proc.poll() is None, self.proc.stderr.read()
         return self
@@ -190,7 +195,14 @@ class ScriptedPrimary:
     raw transactions (envelope + exact DATA bytes as received) are recorded; concurrency counted."""
 
     def __init__(self, answer=lambda rcpt: "250 2.1.5 Ok", pipelining=True, port=None,
-                 data_reply="250 2.0.0 Ok: queued", data_delay=0.0):
+                 data_reply="250 2.0.0 Ok: queued", data_delay=0.0, host="127.0.0.1", tls=None,
+                 family=socket.AF_INET):
+        self.host = host
+        self.tls = None  # (cert, key): offer STARTTLS with this certificate
+        if tls:
+            import ssl
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
         self.port = port or free_port()
         self.answer = answer
         self.pipelining = pipelining
@@ -203,9 +215,9 @@ class ScriptedPrimary:
         self.connections = 0
         self.reads_with_mail_and_data = 0
         self.stopping = False
-        self.sock = socket.socket()
+        self.sock = socket.socket(family)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.bind((host, self.port))
 
     def start(self):
         self.sock.listen(128)
@@ -253,6 +265,7 @@ class ScriptedPrimary:
             conn.settimeout(30)
             send("220 scripted.primary ESMTP")
             mail, accepted = None, []
+            secure = None  # TLS version once STARTTLS is done
             while True:
                 line = readline()
                 if not line:
@@ -263,6 +276,8 @@ class ScriptedPrimary:
                     send("250-scripted.primary")
                     if self.pipelining:
                         send("250-PIPELINING")
+                    if self.tls and not secure:
+                        send("250-STARTTLS")
                     send("250-8BITMIME")
                     send("250-SMTPUTF8")
                     send("250 SIZE 100000000")
@@ -296,8 +311,13 @@ class ScriptedPrimary:
                         time.sleep(self.data_delay)
                     with self.lock:
                         self.transactions.append({"mail": mail, "rcpts": list(accepted),
-                                                  "data": data})
+                                                  "data": data, "tls": secure})
                     send(self.data_reply)
+                elif cmd.upper() == "STARTTLS" and self.tls and not secure:
+                    send("220 2.0.0 go ahead")
+                    buf = b""
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                    secure = conn.version()
                 elif verb == "QUIT":
                     send("221 2.0.0 Bye")
                     return
