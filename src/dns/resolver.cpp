@@ -99,12 +99,13 @@ Resolver::Resolver(asio::io_context& io, const Settings& s) : io_(io), settings_
         check(ub_ctx_hosts(ctx_, nullptr), "reading /etc/hosts");
     } else {
         check(ub_ctx_set_fwd(ctx_, s.resolver.c_str()), "resolver " + s.resolver);
-        // libunbound answers NXDOMAIN for the reserved "test." TLD itself (RFC 6761 default
-        // local zone). With an explicit resolver, ask it instead: test zones live under .test.
-        ub_ctx_zone_remove(ctx_, "test.");
     }
     if (!s.trust_anchor.empty())
         check(ub_ctx_add_ta_file(ctx_, s.trust_anchor.c_str()), "trust anchor " + s.trust_anchor);
+    // libunbound answers NXDOMAIN for the reserved "test." TLD itself (RFC 6761 default local
+    // zone). With an explicit resolver, ask it instead: test zones live under .test. (This
+    // finalizes the context, so it comes after every other setting.)
+    if (!s.resolver.empty()) ub_ctx_zone_remove(ctx_, "test.");
     impl_ = std::make_unique<Impl>(io, ub_fd(ctx_));
 }
 

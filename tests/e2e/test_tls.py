@@ -1,0 +1,198 @@
+"""TLS in and out: inbound STARTTLS (and the CVE-2011-0411 injection refused), the Received:
+header's TLS record, and outbound policies may / encrypt / verify / dane against real DNS
+(unbound; nsd with a DNSSEC-signed zone for DANE) and certificates from a test CA."""
+import socket
+import ssl
+import time
+
+from dnsserver import DnsServer, SignedZoneServer
+from harness import E2ETest, Raw, free_port, main, swaks, wait_until
+from pki import TestCA, tlsa_rdata
+
+
+class InboundTls(E2ETest):
+    def setUp(self):
+        super().setUp()
+        self.ca = TestCA(self.dir)
+        leaf = self.ca.issue(["mx2.test.example"])
+        self.primary = self.scripted().start()
+        self.b = self.backupmx({"example.test": f"127.0.0.1:{self.primary.port}"},
+                               extra_smtp=f'tls_cert = "{leaf.chain}"\ntls_key = "{leaf.key}"').start()
+
+    def tls_session(self, **ctx_kw):
+        r = Raw(self.b.port)
+        r.reply()
+        ehlo = r.cmd("EHLO client.test")
+        self.assertIn("250-STARTTLS", ehlo)
+        self.assertTrue(r.cmd("STARTTLS").startswith("220 2.0.0"))
+        ctx = ssl.create_default_context(cafile=self.ca.cert)
+        for k, v in ctx_kw.items():
+            setattr(ctx, k, v)
+        r.s = ctx.wrap_socket(r.s, server_hostname="mx2.test.example")
+        return r
+
+    def test_starttls_then_mail_records_tls_in_received(self):
+        r = self.tls_session()
+        self.assertIn(r.s.version(), ("TLSv1.2", "TLSv1.3"))
+        self.assertIsNone(r.s.compression())
+        ehlo = r.cmd("EHLO client.test")
+        self.assertNotIn("STARTTLS", ehlo)  # not offered twice
+        self.assertTrue(r.cmd("MAIL FROM:<a@sender.test>").startswith("250"))
+        r.cmd("RCPT TO:<bob@example.test>")
+        r.cmd("DATA")
+        r.send(b"Subject: over tls\r\n\r\nsecret\r\n.\r\n")
+        self.assertTrue(r.reply().startswith("250"))
+        wait_until(lambda: self.primary.transactions, what="delivery")
+        data = self.primary.transactions[0]["data"].decode()
+        self.assertRegex(data, r"\(using TLSv1\.[23] with cipher \S+ \(\d+ bits\)\)\r\n\tby "
+                               r"mx2.test.example \(backupmx\) with ESMTPS id")
+
+    def test_state_is_forgotten_after_starttls(self):
+        r = self.tls_session()
+        self.assertTrue(r.cmd("MAIL FROM:<a@sender.test>").startswith("503 5.5.1"))  # EHLO again
+        r.cmd("EHLO client.test")
+        self.assertTrue(r.cmd("STARTTLS").startswith("503 5.5.1"))  # already active
+
+    def test_old_protocols_refused(self):
+        with self.assertRaises(ssl.SSLError):
+            self.tls_session(minimum_version=ssl.TLSVersion.TLSv1, maximum_version=ssl.TLSVersion.TLSv1_1)
+
+    def test_plaintext_pipelined_after_starttls_is_refused(self):
+        r = Raw(self.b.port)
+        r.reply()
+        r.cmd("EHLO client.test")
+        r.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")  # CVE-2011-0411
+        reply = r.reply()
+        self.assertTrue(reply.startswith("554 5.5.1"), reply)
+        self.assertIn("pipelined after STARTTLS", reply)
+        self.assertEqual(r.reply(), "")  # closed, no TLS, nothing executed
+        self.assertIn("plaintext injection refused", self.b.log())
+
+    def test_swaks_with_tls(self):
+        code, out = swaks(self.b.port, "--tls", "--from", "a@sender.test", "--to",
+                          "bob@example.test")
+        self.assertEqual(code, 0, out)
+        self.assertIn(" ~> MAIL FROM:<a@sender.test>", out)  # "~>": sent inside TLS
+        wait_until(lambda: self.primary.transactions, what="delivery")
+
+
+class OutboundTls(E2ETest):
+    def setUp(self):
+        super().setUp()
+        self.ca = TestCA(self.dir)
+        self.port = free_port()
+
+    def run_policy(self, policy, primary_kw, dns_records=(), ca_file=None, primary_host=None,
+                   expect_delivery=True):
+        primary = self.scripted(host="127.0.0.21", port=self.port, **primary_kw).start()
+        dns = DnsServer(self.dir, records=list(dns_records) or
+                        ["mail.example.test. 300 IN A 127.0.0.21"]).start()
+        self.stoppers.append(dns.stop)
+        spec = {"primary": f"{primary_host or 'mail.example.test'}:{self.port}", "tls": policy}
+        if ca_file:
+            spec["tls_ca_file"] = ca_file
+        b = self.backupmx({"example.test": spec},
+                          extra_toml=f'[dns]\nresolver = "{dns.address}"',
+                          extra_queue='retry_min = "1s"\nretry_max = "2s"\nprobe_interval = "1s"').start()
+        s = b.smtp()
+        s.sendmail("a@sender.test", ["bob@example.test"], "Subject: tls\r\n\r\nbody\r\n")
+        s.quit()
+        if expect_delivery:
+            wait_until(lambda: primary.transactions, what="delivery")
+        else:
+            b.wait_log(r"deferred id=", count=2)  # tried, and tried again: never falls back
+            self.assertEqual(primary.transactions, [])
+            self.assertEqual(len(b.queue()), 1)
+        return primary, b
+
+    def test_may_without_starttls_goes_plain(self):
+        p, b = self.run_policy("may", {})
+        self.assertIsNone(p.transactions[0]["tls"])
+        self.assertIn('tls="none"', b.log())
+
+    def test_may_with_untrusted_certificate_encrypts(self):
+        leaf = self.ca.self_signed("whatever.test")
+        p, b = self.run_policy("may", {"tls": (leaf.cert, leaf.key)})
+        self.assertIn(p.transactions[0]["tls"], ("TLSv1.2", "TLSv1.3"))
+        self.assertRegex(b.log(), r'tls="TLSv1\.[23] cipher=\S+ peer=unverified"')
+
+    def test_encrypt_refuses_plaintext(self):
+        p, b = self.run_policy("encrypt", {}, expect_delivery=False)
+        self.assertIn("does not offer STARTTLS, required by tls = encrypt", b.queue()[0]["last_error"])
+
+    def test_encrypt_accepts_any_certificate(self):
+        leaf = self.ca.self_signed("whatever.test")
+        p, b = self.run_policy("encrypt", {"tls": (leaf.cert, leaf.key)})
+        self.assertIsNotNone(p.transactions[0]["tls"])
+
+    def test_verify_with_the_right_ca_and_name(self):
+        leaf = self.ca.issue(["mail.example.test"])
+        p, b = self.run_policy("verify", {"tls": (leaf.chain, leaf.key)}, ca_file=self.ca.cert)
+        self.assertRegex(b.log(), r'tls="TLSv1\.[23] cipher=\S+ peer=verified"')
+
+    def test_verify_refuses_a_wrong_name(self):
+        leaf = self.ca.issue(["other.example.test"])
+        p, b = self.run_policy("verify", {"tls": (leaf.chain, leaf.key)}, ca_file=self.ca.cert,
+                               expect_delivery=False)
+        self.assertIn("TLS handshake with mail.example.test[127.0.0.21]", b.queue()[0]["last_error"])
+        self.assertIn("tls = verify", b.queue()[0]["last_error"])
+
+    def test_verify_refuses_an_unknown_ca(self):
+        other = TestCA(self.dir, name="other-ca")
+        leaf = other.issue(["mail.example.test"])
+        p, b = self.run_policy("verify", {"tls": (leaf.chain, leaf.key)}, ca_file=self.ca.cert,
+                               expect_delivery=False)
+        self.assertIn("certificate", b.queue()[0]["last_error"])
+
+    def test_verify_refuses_plaintext(self):
+        self.run_policy("verify", {}, ca_file=self.ca.cert, expect_delivery=False)
+
+
+class Dane(E2ETest):
+    def run_dane(self, tlsa_cert, served_cert, bogus=False, expect_delivery=True):
+        port = free_port()
+        records = ["secure.test. 300 IN MX 10 mail.secure.test.",
+                   "mail.secure.test. 300 IN A 127.0.0.22",
+                   f"_{port}._tcp.mail.secure.test. 300 IN TLSA {tlsa_rdata(tlsa_cert)}"]
+        zone = SignedZoneServer(self.dir, zone="secure.test.", records=records,
+                                bogus=[(f"_{port}._tcp.mail.secure.test.", "TLSA")] if bogus else False)
+        anchor = zone.trust_anchor_file()
+        zone.start()
+        self.stoppers.append(zone.stop)
+        primary = self.scripted(host="127.0.0.22", port=port, tls=served_cert).start()
+        b = self.backupmx({"secure.test": {"tls": "dane"}},
+                          extra_toml=f'[dns]\nresolver = "{zone.address}"\ntrust_anchor = "{anchor}"\n'
+                                     f'[delivery]\nport = {port}',
+                          extra_queue='retry_min = "1s"\nretry_max = "2s"\nprobe_interval = "1s"').start()
+        s = b.smtp()
+        s.sendmail("a@sender.test", ["bob@secure.test"], "Subject: dane\r\n\r\nbody\r\n")
+        s.quit()
+        if expect_delivery:
+            wait_until(lambda: primary.transactions, what="delivery")
+        else:
+            b.wait_log(r"deferred id=", count=2)
+            self.assertEqual(primary.transactions, [])
+        return primary, b
+
+    def test_dane_ee_matching_key_delivers(self):
+        ca = TestCA(self.dir)
+        leaf = ca.self_signed("mail.secure.test")  # DANE-EE: no CA needed, the key is pinned
+        p, b = self.run_dane(leaf.cert, (leaf.cert, leaf.key))
+        self.assertRegex(b.log(), r'tls="TLSv1\.[23] cipher=\S+ peer=dane"')
+
+    def test_dane_mismatch_defers(self):
+        ca = TestCA(self.dir)
+        pinned = ca.self_signed("mail.secure.test")
+        served = ca.self_signed("mail.secure.test")  # another key
+        p, b = self.run_dane(pinned.cert, (served.cert, served.key), expect_delivery=False)
+        self.assertIn("tls = dane", b.queue()[0]["last_error"])
+
+    def test_dane_bogus_tlsa_defers(self):
+        ca = TestCA(self.dir)
+        leaf = ca.self_signed("mail.secure.test")
+        p, b = self.run_dane(leaf.cert, (leaf.cert, leaf.key), bogus=True, expect_delivery=False)
+        self.assertIn("DNSSEC bogus", b.queue()[0]["last_error"])
+
+
+if __name__ == "__main__":
+    main()
