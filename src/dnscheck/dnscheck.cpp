@@ -35,9 +35,9 @@ std::string Report::text() const {
         std::string level = to_string(c.level);
         level.resize(8, ' ');
         std::string name = c.name;
-        if (name.size() < 16) name.resize(16, ' ');
+        if (name.size() < 17) name.resize(17, ' ');
         out += level + " " + name + " " + c.message + "\n";
-        if (!c.fix.empty()) out += "         " + std::string(16, ' ') + " fix: " + c.fix + "\n";
+        if (!c.fix.empty()) out += "         " + std::string(17, ' ') + " fix: " + c.fix + "\n";
         errors += c.level == Level::Error;
         warnings += c.level == Level::Warning;
     }
@@ -288,7 +288,7 @@ asio::awaitable<Report> check(dns::Resolver& resolver, const std::string& domain
             add(Level::Ok, "configured", domain + " is configured in this backupmx");
         else
             add(Level::Error, "configured", domain + " is not configured in this backupmx",
-                "add [[domain]] name = \"" + domain + "\" to the config (or via the admin API)");
+                "add [[domain]] name = \"" + domain + "\" to the config");
     }
     co_return rep;
 }
