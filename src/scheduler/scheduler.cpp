@@ -287,7 +287,9 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
     if (it == entries_.end()) co_return;
     t = now();
     auto delay = age(msg->received_at, t);
-    std::string primary = o.remote.empty() ? "none" : o.remote;
+    std::string primary = !o.remote.empty()     ? o.remote
+                          : !r.targets.empty() ? r.targets.front().text()
+                                               : "none";
 
     AttemptUpdate u;
     u.id = id;

@@ -62,7 +62,8 @@ class Delivery(E2ETest):
                               r"to=<dave@example.test>,<erin@example.test> size=\d+ "
                               r"domain=example.test client=client.test.example\[127.0.0.1\]")
         self.assertRegex(log, r"delivered id=\S+ from=<carol@sender.test> to=<dave@example.test> "
-                              r"primary=127.0.0.1\[127.0.0.1\]:\d+ delay=\S+ attempts=\d+ reply=\"250")
+                              r"primary=127.0.0.1\[127.0.0.1\]:\d+ delay=\S+ attempts=\d+ tls=\"none\" "
+                              r"reply=\"250")
         self.assertEqual(b.cli("queue", "list").stdout.strip(), "Mail queue is empty")
 
     def test_body_and_envelope_byte_for_byte_with_pipelining(self):
