@@ -17,15 +17,16 @@ build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD) -j $(JOBS)
 
 # A self-signed certificate for the demo's STARTTLS, made once under var/tls/.
-var/tls/cert.pem:
-	mkdir -p var/tls
+TLS_DIR ?= var/tls
+$(TLS_DIR)/cert.pem:
+	mkdir -p $(TLS_DIR)
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
 	  -subj "/CN=mx2.demo.test" -addext "subjectAltName=DNS:mx2.demo.test" \
-	  -keyout var/tls/key.pem -out var/tls/cert.pem 2>/dev/null
-	chmod 600 var/tls/key.pem
+	  -keyout $(TLS_DIR)/key.pem -out $(TLS_DIR)/cert.pem 2>/dev/null
+	chmod 600 $(TLS_DIR)/key.pem
 
 # Starts backupmx in the foreground on the demo config (SMTP on 127.0.0.1:2525, SQLite under var/).
-run: build var/tls/cert.pem
+run: build $(TLS_DIR)/cert.pem
 	./$(BUILD)/backupmx check-config --config $(CONFIG)
 	exec ./$(BUILD)/backupmx serve --config $(CONFIG)
 

@@ -27,7 +27,10 @@ class InboundTls(E2ETest):
         self.assertTrue(r.cmd("STARTTLS").startswith("220 2.0.0"))
         ctx = ssl.create_default_context(cafile=self.ca.cert)
         for k, v in ctx_kw.items():
-            setattr(ctx, k, v)
+            if k == "_ciphers":
+                ctx.set_ciphers(v + ":@SECLEVEL=0")
+            else:
+                setattr(ctx, k, v)
         r.s = ctx.wrap_socket(r.s, server_hostname="mx2.test.example")
         return r
 
@@ -57,6 +60,19 @@ class InboundTls(E2ETest):
         with self.assertRaises(ssl.SSLError):
             self.tls_session(minimum_version=ssl.TLSVersion.TLSv1, maximum_version=ssl.TLSVersion.TLSv1_1)
 
+    def test_weak_ciphers_refused(self):
+        tried = []
+        for ciphers in ("AES128-SHA", "AES256-SHA256", "ECDHE-RSA-AES128-SHA", "DES-CBC3-SHA"):
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                probe.set_ciphers(ciphers + ":@SECLEVEL=0")
+            except ssl.SSLError:
+                continue  # this OpenSSL cannot even offer it
+            tried.append(ciphers)
+            with self.assertRaises(ssl.SSLError, msg=ciphers):
+                self.tls_session(maximum_version=ssl.TLSVersion.TLSv1_2, _ciphers=ciphers)
+        self.assertIn("AES128-SHA", tried)  # at least the classic non-AEAD suite was offered
+
     def test_plaintext_pipelined_after_starttls_is_refused(self):
         r = Raw(self.b.port)
         r.reply()
@@ -74,6 +90,27 @@ class InboundTls(E2ETest):
         self.assertEqual(code, 0, out)
         self.assertIn(" ~> MAIL FROM:<a@sender.test>", out)  # "~>": sent inside TLS
         wait_until(lambda: self.primary.transactions, what="delivery")
+
+
+class DemoCertificate(E2ETest):
+    def test_make_run_generates_a_self_signed_pair(self):
+        import os
+        import subprocess
+        repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        tls_dir = os.path.join(self.dir, "tls")
+        subprocess.run(["make", "-s", "-C", repo, f"TLS_DIR={tls_dir}", f"{tls_dir}/cert.pem"],
+                       check=True, capture_output=True, timeout=60)
+        self.assertEqual(os.stat(f"{tls_dir}/key.pem").st_mode & 0o777, 0o600)
+        b = self.backupmx({"example.test": "127.0.0.1:9"},
+                          extra_smtp=f'tls_cert = "{tls_dir}/cert.pem"\ntls_key = "{tls_dir}/key.pem"').start()
+        r = Raw(b.port)
+        r.reply()
+        r.cmd("EHLO c.test")
+        self.assertTrue(r.cmd("STARTTLS").startswith("220"))
+        ctx = ssl.create_default_context(cafile=f"{tls_dir}/cert.pem")
+        s = ctx.wrap_socket(r.s, server_hostname="mx2.demo.test")  # verifies against itself
+        self.assertEqual(dict(x[0] for x in s.getpeercert()["subject"])["commonName"], "mx2.demo.test")
+        s.close()
 
 
 class OutboundTls(E2ETest):
