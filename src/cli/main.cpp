@@ -62,7 +62,14 @@ int serve(const Config& cfg) {
     auto queue = std::make_unique<Queue>(open_sqlite_store(cfg.store_path()));
     dns::Resolver resolver(io, dns::Settings{cfg.dns_resolver, cfg.dns_trust_anchor, cfg.dns_timeout});
     Scheduler scheduler(io, cfg, *queue, resolver);
-    smtp::Server smtp(io, cfg, *queue, [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
+    policy::Checker checker(
+        cfg, *queue, resolver,
+        [&scheduler](const std::string& domain,
+                     const std::string& rcpt) -> asio::awaitable<policy::Verification> {
+            co_return co_await scheduler.verify(domain, rcpt);
+        });
+    smtp::Server smtp(io, cfg, *queue, checker,
+                      [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
     control::Server ctl(io, cfg.control_socket, [&](const std::string& line) -> std::string {
         if (line == "ping") return "pong";
         if (line == "flush" || line.starts_with("flush ")) {

@@ -1,5 +1,6 @@
 #include "config/config.hpp"
 
+#include <boost/asio/ip/address.hpp>
 #include <toml++/toml.h>
 
 #include <charconv>
@@ -147,6 +148,98 @@ bool valid_domain_name(std::string_view d) {
     return true;
 }
 
+const std::set<std::string> kDomainPolicyKeys{"recipients", "recipient_list", "recipient_file",
+                                               "verify_unknown", "greylisting"};
+
+// Reads the keys a [[domain]] may override, on top of `p` (the [policy] defaults).
+void parse_domain_policy(const toml::table& t, const std::string& w, DomainPolicy& p) {
+    if (t.get("recipients")) {
+        std::string v = get_string(t, w, "recipients", "");
+        if (v == "any") p.recipients = RecipientCheck::Any;
+        else if (v == "list") p.recipients = RecipientCheck::List;
+        else if (v == "verify") p.recipients = RecipientCheck::Verify;
+        else fail(w + "recipients", "must be \"any\", \"list\" or \"verify\"");
+    }
+    auto add = [&](std::string a, const std::string& key) {
+        a = to_lower(a);
+        auto at = a.find('@');
+        if (at == std::string::npos || at == 0 || at + 1 == a.size())
+            fail(w + key, "\"" + a + "\" is not user@domain or *@domain");
+        p.recipient_list.push_back(a);
+    };
+    if (auto node = t.get("recipient_list")) {
+        auto* arr = node->as_array();
+        if (!arr) fail(w + "recipient_list", "must be an array of addresses");
+        p.recipient_list.clear();
+        for (auto& el : *arr) {
+            auto v = el.value<std::string>();
+            if (!v) fail(w + "recipient_list", "must be an array of addresses");
+            add(*v, "recipient_list");
+        }
+    }
+    if (t.get("recipient_file")) {
+        std::string path = get_string(t, w, "recipient_file", "");
+        std::ifstream in(path);
+        if (!in) fail(w + "recipient_file", "cannot read " + path);
+        if (!t.get("recipient_list")) p.recipient_list.clear();
+        std::string line;
+        while (std::getline(in, line)) {
+            auto hash = line.find('#');
+            if (hash != std::string::npos) line.resize(hash);
+            auto b = line.find_first_not_of(" \t\r");
+            if (b == std::string::npos) continue;
+            auto e = line.find_last_not_of(" \t\r");
+            add(line.substr(b, e - b + 1), "recipient_file");
+        }
+    }
+    if (t.get("verify_unknown")) {
+        std::string v = get_string(t, w, "verify_unknown", "");
+        if (v == "accept") p.verify_unknown_accept = true;
+        else if (v == "tempfail") p.verify_unknown_accept = false;
+        else fail(w + "verify_unknown", "must be \"accept\" or \"tempfail\"");
+    }
+    if (auto node = t.get("greylisting")) {
+        if (!node->is_boolean()) fail(w + "greylisting", "must be true or false");
+        p.greylisting = *node->value<bool>();
+    }
+    if (p.recipients == RecipientCheck::List && p.recipient_list.empty())
+        fail(w + "recipients", "\"list\" needs recipient_list or recipient_file");
+}
+
+bool policy_network_ok(const std::string& cidr) {
+    auto slash = cidr.find('/');
+    std::string ip = cidr.substr(0, slash);
+    boost::system::error_code ec;
+    auto a = boost::asio::ip::make_address(ip, ec);
+    if (ec) return false;
+    if (slash == std::string::npos) return true;
+    auto len = cidr.substr(slash + 1);
+    if (len.empty() || len.size() > 3 || len.find_first_not_of("0123456789") != std::string::npos)
+        return false;
+    return std::stoi(len) <= (a.is_v4() ? 32 : 128);
+}
+
+std::optional<Config::DnsList> parse_dns_list(std::string s) {
+    // "zone", "zone*3", "zone*-5", "zone=127.0.0.2*2"
+    Config::DnsList l;
+    auto star = s.rfind('*');
+    if (star != std::string::npos) {
+        auto w = s.substr(star + 1);
+        if (w.empty() || w.size() > 4 || w.find_first_not_of("-0123456789") != std::string::npos)
+            return std::nullopt;
+        l.weight = std::stoi(w);
+        s.resize(star);
+    }
+    auto eq = s.find('=');
+    if (eq != std::string::npos) {
+        l.match = s.substr(eq + 1);
+        s.resize(eq);
+    }
+    l.zone = to_lower(s);
+    if (!valid_domain_name(l.zone)) return std::nullopt;
+    return l;
+}
+
 }  // namespace
 
 Config parse_config(std::string_view text) {
@@ -160,7 +253,8 @@ Config parse_config(std::string_view text) {
         throw ConfigError(os.str());
     }
     Config c;
-    check_keys(root, "", {"hostname", "smtp", "queue", "delivery", "dns", "log", "domain"});
+    check_keys(root, "",
+               {"hostname", "smtp", "queue", "delivery", "dns", "policy", "log", "domain"});
     c.hostname = to_lower(get_string(root, "", "hostname", c.hostname));
     if (!valid_domain_name(c.hostname)) fail("hostname", "must be a host name");
 
@@ -269,6 +363,67 @@ Config parse_config(std::string_view text) {
         c.dns_trust_anchor = get_string(*d, w, "trust_anchor", "");
         c.dns_timeout = get_duration(*d, w, "timeout", c.dns_timeout);
     }
+    if (auto* p = table_of("policy")) {
+        const std::string w = "policy.";
+        std::set<std::string> keys = kDomainPolicyKeys;
+        keys.insert({"verify_positive_ttl", "verify_negative_ttl", "verify_timeout",
+                     "greylist_delay", "greylist_expiry", "greylist_allow_ttl",
+                     "client_connections", "subnet_connections", "connection_rate",
+                     "message_rate", "recipient_rate", "greet_pause", "helo_syntax", "dnsbl",
+                     "dnsbl_threshold", "dnswl_threshold", "limit_exceptions"});
+        check_keys(*p, "policy", keys);
+        parse_domain_policy(*p, w, c.policy);
+        c.verify_positive_ttl = get_duration(*p, w, "verify_positive_ttl", c.verify_positive_ttl);
+        c.verify_negative_ttl = get_duration(*p, w, "verify_negative_ttl", c.verify_negative_ttl);
+        c.verify_timeout = get_duration(*p, w, "verify_timeout", c.verify_timeout);
+        c.greylist_delay = get_duration(*p, w, "greylist_delay", c.greylist_delay);
+        c.greylist_expiry = get_duration(*p, w, "greylist_expiry", c.greylist_expiry);
+        if (c.greylist_expiry <= c.greylist_delay)
+            fail("policy.greylist_expiry", "must be longer than greylist_delay");
+        c.greylist_allow_ttl = get_duration(*p, w, "greylist_allow_ttl", c.greylist_allow_ttl);
+        auto count = [&](const char* key, std::uint32_t def) {
+            return static_cast<std::uint32_t>(get_int(*p, w, key, def, 1, 1000000));
+        };
+        c.client_connections = count("client_connections", c.client_connections);
+        c.subnet_connections = count("subnet_connections", c.subnet_connections);
+        c.connection_rate = count("connection_rate", c.connection_rate);
+        c.message_rate = count("message_rate", c.message_rate);
+        c.recipient_rate = count("recipient_rate", c.recipient_rate);
+        if (p->get("greet_pause")) {
+            auto node = p->get("greet_pause");
+            std::optional<Seconds> d;
+            if (node->is_string()) d = parse_duration(*node->value<std::string>());
+            if (!d || d->count() > 60) fail("policy.greet_pause", "must be a duration up to 60s");
+            c.greet_pause = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
+        }
+        if (auto node = p->get("helo_syntax")) {
+            if (!node->is_boolean()) fail("policy.helo_syntax", "must be true or false");
+            c.helo_required_syntax = *node->value<bool>();
+        }
+        if (auto node = p->get("dnsbl")) {
+            auto* arr = node->as_array();
+            if (!arr) fail("policy.dnsbl", "must be an array like [\"zen.spamhaus.org*3\"]");
+            for (auto& el : *arr) {
+                auto v = el.value<std::string>();
+                auto l = v ? parse_dns_list(*v) : std::nullopt;
+                if (!l) fail("policy.dnsbl", "bad entry (want \"zone\", \"zone*weight\", \"zone=127.0.0.2*weight\")");
+                c.dnsbl.push_back(*l);
+            }
+        }
+        if (auto node = p->get("limit_exceptions")) {
+            auto* arr = node->as_array();
+            if (!arr) fail("policy.limit_exceptions", "must be an array of networks");
+            c.limit_exceptions.clear();
+            for (auto& el : *arr) {
+                auto v = el.value<std::string>();
+                if (!v || !policy_network_ok(*v))
+                    fail("policy.limit_exceptions", "bad network (want \"192.0.2.0/24\", \"::1/128\")");
+                c.limit_exceptions.push_back(*v);
+            }
+        }
+        c.dnsbl_threshold = static_cast<int>(get_int(*p, w, "dnsbl_threshold", 1, 1, 1000));
+        c.dnswl_threshold = static_cast<int>(get_int(*p, w, "dnswl_threshold", -1, -1000, -1));
+    }
     if (auto* l = table_of("log")) {
         check_keys(*l, "log", {"level"});
         c.log_level = get_string(*l, "log.", "level", c.log_level);
@@ -283,8 +438,12 @@ Config parse_config(std::string_view text) {
             auto* t = (*arr)[i].as_table();
             std::string w = "domain[" + std::to_string(i) + "].";
             if (!t) fail("domain", "must be an array of tables ([[domain]])");
-            check_keys(*t, w.substr(0, w.size() - 1), {"name", "primary", "tls", "tls_ca_file"});
+            std::set<std::string> keys = kDomainPolicyKeys;
+            keys.insert({"name", "primary", "tls", "tls_ca_file"});
+            check_keys(*t, w.substr(0, w.size() - 1), keys);
             DomainConfig dc;
+            dc.policy = c.policy;
+            parse_domain_policy(*t, w, dc.policy);
             dc.name = to_lower(get_string(*t, w, "name", ""));
             if (dc.name.ends_with('.')) dc.name.pop_back();
             if (!valid_domain_name(dc.name)) fail(w + "name", "must be a domain name");

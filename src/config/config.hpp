@@ -23,8 +23,20 @@ std::optional<HostPort> parse_host_port(std::string_view text, std::uint16_t def
 enum class TlsPolicy { May, Encrypt, Verify, Dane };
 const char* to_string(TlsPolicy p);
 
+// Recipient validation (no backscatter): accept anyone, a list, or what the primary says.
+enum class RecipientCheck { Any, List, Verify };
+
+// The abuse rules that a [[domain]] may override; [policy] holds the global defaults.
+struct DomainPolicy {
+    RecipientCheck recipients = RecipientCheck::Any;
+    std::vector<std::string> recipient_list;  // "user@domain" or "*@domain", lower case
+    bool verify_unknown_accept = true;        // primary down, never seen: accept or 451
+    bool greylisting = false;
+};
+
 struct DomainConfig {
     std::string name;                // lower case, no trailing dot
+    DomainPolicy policy;
     std::optional<HostPort> primary;  // none: route by the domain's MX records (RFC 5321 5.1)
     TlsPolicy tls = TlsPolicy::May;   // outbound STARTTLS to the primary
     std::string tls_ca_file;          // for "verify": CAs to trust instead of the system's
@@ -60,6 +72,31 @@ struct Config {
     std::string dns_resolver;      // "" = system; "ip" or "ip@port"
     std::string dns_trust_anchor;  // DS/DNSKEY file: DNSSEC validation (needed for tls = "dane")
     std::chrono::seconds dns_timeout{15};
+    // [policy]
+    DomainPolicy policy;                        // defaults for every [[domain]]
+    std::chrono::seconds verify_positive_ttl{28 * 86400};
+    std::chrono::seconds verify_negative_ttl{3600};
+    std::chrono::seconds verify_timeout{10};
+    std::chrono::seconds greylist_delay{300};       // RFC 6647: retry not before this...
+    std::chrono::seconds greylist_expiry{86400};    // ...nor after this
+    std::chrono::seconds greylist_allow_ttl{35 * 86400};  // a client that retried is trusted
+    std::uint32_t client_connections = 50;      // at once, per client address (Postfix: 50)
+    std::uint32_t subnet_connections = 150;     // at once, per /24 (IPv4) or /64 (IPv6)
+    std::uint32_t connection_rate = 120;        // new connections per minute per address
+    std::uint32_t message_rate = 600;           // MAIL FROMs per minute per address
+    std::uint32_t recipient_rate = 3000;        // RCPTs per minute per address
+    // Clients the limits above do not apply to (Postfix: smtpd_client_event_limit_exceptions).
+    std::vector<std::string> limit_exceptions{"127.0.0.0/8", "::1/128"};
+    std::chrono::milliseconds greet_pause{0};   // wait before the banner; talkers are refused
+    bool helo_required_syntax = true;           // HELO must be a host name or [address literal]
+    struct DnsList {
+        std::string zone;  // "zen.spamhaus.org"
+        int weight = 1;    // negative: an allowlist (postscreen's "list.dnswl.org*-5")
+        std::string match;  // optional "=127.0.0.2": only that answer counts
+    };
+    std::vector<DnsList> dnsbl;
+    int dnsbl_threshold = 1;
+    int dnswl_threshold = -1;  // score at or below: allowlisted (skips greylisting)
     // [log]
     std::string log_level = "info";
 

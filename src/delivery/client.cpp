@@ -382,6 +382,33 @@ asio::awaitable<Outcome> transaction(Conn& c, const Settings& s, const std::vect
     co_return fail();
 }
 
+asio::awaitable<Outcome> verify_session(Conn& c, const Settings& s,
+                                        const std::vector<Target>& targets,
+                                        const std::string& recipient) {
+    auto ext = co_await open_session(c, targets, s);
+    if (!ext) co_return std::move(c.partial_);
+    c.partial_.error.clear();
+    const bool sent = co_await c.send("MAIL FROM:<>\r\n", "after MAIL FROM");
+    if (!sent) co_return std::move(c.partial_);
+    auto mail = co_await c.reply("after MAIL FROM");
+    if (!mail) co_return std::move(c.partial_);
+    if (!mail->positive()) {
+        c.partial_.error = "MAIL FROM:<> refused: " + mail->text();
+        co_await c.quit();
+        co_return std::move(c.partial_);
+    }
+    const std::string cmd = "RCPT TO:<" + recipient + ">\r\n";
+    const bool sent2 = co_await c.send(cmd, "after RCPT TO");
+    if (!sent2) co_return std::move(c.partial_);
+    auto r = co_await c.reply("after RCPT TO");
+    if (!r) co_return std::move(c.partial_);
+    c.partial_.rcpt.push_back(*r);
+    const bool rset = co_await c.send("RSET\r\n", "after RSET");
+    if (rset) co_await c.reply("after RSET");
+    co_await c.quit();
+    co_return std::move(c.partial_);
+}
+
 asio::awaitable<Outcome> probe_session(Conn& c, const Settings& s,
                                        const std::vector<Target>& targets) {
     (void)s;  // a probe asks "are you up?", not "is your TLS right?": no STARTTLS
@@ -399,6 +426,13 @@ asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& t
     Conn c(co_await asio::this_coro::executor, s);
     // Named, not a temporary inside co_await: GCC 12 may destroy such temporaries twice.
     auto work = [&](Conn& conn) { return transaction(conn, s, targets, env, body); };
+    co_return co_await c.run(work);
+}
+
+asio::awaitable<Outcome> verify(const Settings& s, const std::vector<Target>& targets,
+                                const std::string& recipient) {
+    Conn c(co_await asio::this_coro::executor, s);
+    auto work = [&](Conn& conn) { return verify_session(conn, s, targets, recipient); };
     co_return co_await c.run(work);
 }
 

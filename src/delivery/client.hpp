@@ -60,6 +60,11 @@ struct Outcome {
 boost::asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& targets,
                                         const Envelope& env, std::string_view body);
 
+// Asks the primary whether a recipient exists (MAIL FROM:<>, RCPT TO:, QUIT; no message is sent).
+// rcpt[0] holds the RCPT reply when the question could be asked.
+boost::asio::awaitable<Outcome> verify(const Settings& s, const std::vector<Target>& targets,
+                                       const std::string& recipient);
+
 // Connects, waits for the greeting, EHLO, QUIT. reached == true means the primary is up.
 boost::asio::awaitable<Outcome> probe(const Settings& s, const std::vector<Target>& targets);
 

@@ -1,6 +1,7 @@
-// policy: decides, command by command, whether the SMTP session may go on — relay control (only
-// our domains, matched exactly and case-insensitively) and the recipient count limit. Later issues
-// add recipient validation, greylisting, rate limits, DNSBL, SPF and milters here.
+// policy: decides, command by command, whether the SMTP session may go on. This file holds the
+// pure rules — relay control (only our domains, matched exactly and case-insensitively), the
+// recipient count, recipient lists, HELO syntax, client networks; checker.hpp holds the stateful
+// ones (rates, greylisting, DNS lists, recipient verification). Every refusal names its rule.
 // It must never do I/O itself and never accept a recipient outside a configured domain.
 #pragma once
 
@@ -19,5 +20,14 @@ struct Decision {
 Decision check_recipient_domain(const Config& cfg, const std::string& domain);
 // `count` recipients already accepted in this transaction.
 Decision check_recipient_count(const Config& cfg, std::size_t count);
+// recipients = "list": the address, or a "*@domain" catch-all, must be listed.
+Decision check_recipient_listed(const DomainPolicy& p, const std::string& address);
+// HELO/EHLO argument: a host name (letters, digits, hyphens, underscores, dots; not a bare IP)
+// or an address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]" (Postfix: reject_invalid_helo_hostname).
+Decision check_helo(const std::string& name);
+// The client's network for greylisting and subnet limits: "192.0.2" (/24) or "2001:db8:0:1" (/64).
+std::string client_network(const std::string& ip);
+// Is `ip` inside one of the "addr/len" networks (a bare address is a /32 or /128)?
+bool in_networks(const std::string& ip, const std::vector<std::string>& networks);
 
 }  // namespace bmx::policy

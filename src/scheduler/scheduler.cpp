@@ -57,6 +57,25 @@ delivery::Settings Scheduler::settings(const std::string& domain) {
     return s;
 }
 
+asio::awaitable<policy::Verification> Scheduler::verify(const std::string& domain,
+                                                      const std::string& recipient) {
+    using Kind = policy::Verification::Kind;
+    auto it = dests_.find(domain);
+    if (it != dests_.end() && !it->second.up)
+        co_return policy::Verification{Kind::Unknown, "primary for " + domain + " is down"};
+    auto r = co_await route(domain);
+    if (r.kind != delivery::Route::Kind::Ok)
+        co_return policy::Verification{Kind::Unknown, r.error};
+    auto s = settings(domain);
+    s.connect_timeout = s.reply_timeout = cfg_.verify_timeout;
+    auto o = co_await delivery::verify(s, r.targets, recipient);
+    if (o.rcpt.empty()) co_return policy::Verification{Kind::Unknown, o.error};
+    const auto& rep = o.rcpt.front();
+    if (rep.positive()) co_return policy::Verification{Kind::Exists, rep.text()};
+    if (rep.permanent()) co_return policy::Verification{Kind::NoSuchUser, rep.text()};
+    co_return policy::Verification{Kind::Unknown, rep.text()};
+}
+
 void Scheduler::index(const std::string& id, const std::string& domain, TimePoint received,
                       TimePoint next, int attempts) {
     entries_[id] = Entry{domain, received, next, attempts, false};

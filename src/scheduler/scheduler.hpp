@@ -22,6 +22,7 @@
 #include "delivery/client.hpp"
 #include "delivery/route.hpp"
 #include "dns/resolver.hpp"
+#include "policy/checker.hpp"
 #include "queue/queue.hpp"
 
 namespace bmx {
@@ -37,6 +38,9 @@ class Scheduler {
     std::size_t flush(const std::string& domain);
     void forget(const std::string& id);  // an operator deleted it from the store
     void stop();                         // cancels attempts in flight; they stay queued
+    // Recipient verification for policy/: asks the primary unless it is known to be down.
+    boost::asio::awaitable<policy::Verification> verify(const std::string& domain,
+                                                        const std::string& recipient);
 
   private:
     struct Entry {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "policy/checker.hpp"
 #include "queue/queue.hpp"
 
 namespace bmx::smtp {
@@ -24,7 +25,8 @@ class Session;
 class Server {
   public:
     using Accepted = std::function<void(const std::vector<NewMessage>&)>;
-    Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, Accepted on_accepted);
+    Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, policy::Checker& checker,
+           Accepted on_accepted);
     // Loads the TLS certificate, binds every listen address (throws on failure, before serving)
     // and starts accepting.
     void start();
@@ -39,6 +41,7 @@ class Server {
     boost::asio::io_context& io_;
     const Config& cfg_;
     Queue& queue_;
+    policy::Checker& checker_;
     Accepted on_accepted_;
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::set<Session*> sessions_;

@@ -3,10 +3,13 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <map>
 
 #include "netio/netio.hpp"
+#include "policy/checker.hpp"
 #include "policy/policy.hpp"
 #include "util/util.hpp"
 
@@ -55,6 +58,19 @@ void Session::stop() {
 
 asio::awaitable<void> Session::run() {
     spdlog::debug("connect from [{}]", peer_);
+    if (auto d = server_.checker_.connect(peer_); !d.ok) {
+        spdlog::info("reject connect from [{}]: {}", peer_, d.reply);
+        deadline_.expires_after(std::chrono::seconds(10));
+        reply(d.reply);
+        co_await (flush() || netio::watchdog(deadline_));
+        stream_.close();
+        co_return;
+    }
+    struct Counted {  // the checker counts this session until it ends, however it ends
+        policy::Checker& c;
+        std::string ip;
+        ~Counted() { c.disconnect(ip); }
+    } counted{server_.checker_, peer_};
     deadline_.expires_after(cfg_.command_timeout);
     auto r = co_await (converse() || netio::watchdog(deadline_));
     if (r.index() == 1 && stream_.socket().is_open()) {
@@ -114,6 +130,25 @@ asio::awaitable<void> Session::converse() {
         co_await flush();
         co_return;
     }
+    reputation_ = co_await server_.checker_.reputation(peer_);
+    if (!reputation_.hits.empty())
+        spdlog::info("client [{}] DNS lists: {} (score {})", peer_, reputation_.hits,
+                     reputation_.score);
+    if (cfg_.greet_pause.count() > 0) {
+        // Pre-greeting talkers (spamware that does not wait for the banner) are refused.
+        asio::steady_timer pause(stream_.socket().get_executor(), cfg_.greet_pause);
+        auto r = co_await (
+            stream_.socket().async_wait(asio::ip::tcp::socket::wait_read,
+                                        asio::as_tuple(asio::use_awaitable)) ||
+            pause.async_wait(asio::as_tuple(asio::use_awaitable)));
+        if (r.index() == 0) {
+            spdlog::info("reject [{}]: talked before the greeting (policy.greet_pause)", peer_);
+            reply("554 5.5.1 " + cfg_.hostname +
+                  " Error: talking before the greeting is not allowed (policy.greet_pause)");
+            co_await flush();
+            co_return;
+        }
+    }
     reply("220 " + cfg_.hostname + " ESMTP backupmx");
     while (!quit_) {
         auto line = co_await read_command();
@@ -136,7 +171,7 @@ asio::awaitable<void> Session::converse() {
                 on_mail(c);
                 break;
             case Verb::Rcpt:
-                on_rcpt(c);
+                co_await on_rcpt(c);
                 break;
             case Verb::Data:
                 co_await on_data(c);
@@ -188,6 +223,13 @@ void Session::on_helo(const Command& c, bool extended) {
         reply(std::string("501 5.5.4 Syntax: ") + (extended ? "EHLO" : "HELO") + " hostname");
         return;
     }
+    if (cfg_.helo_required_syntax) {
+        auto d = policy::check_helo(c.arg.substr(0, c.arg.find(' ')));
+        if (!d.ok) {
+            spdlog::info("reject HELO from [{}]: {}", peer_, d.reply);
+            return reply(d.reply);
+        }
+    }
     reset_transaction();
     helo_ = printable(c.arg.substr(0, c.arg.find(' ')));
     esmtp_ = extended;
@@ -235,29 +277,39 @@ void Session::on_mail(const Command& c) {
     }
     if (p.addr->utf8 && !utf8)
         return reply("553 5.6.7 Non-ASCII sender address needs the SMTPUTF8 parameter");
+    if (auto d = server_.checker_.mail(peer_); !d.ok) {
+        spdlog::info("reject MAIL from [{}] helo={}: from=<{}>: {}", peer_, helo_, p.addr->str(),
+                     d.reply);
+        return reply(d.reply);
+    }
     sender_ = std::move(*p.addr);
     smtputf8_ = utf8;
     eightbit_ = eight;
     reply("250 2.1.0 Ok");
 }
 
-void Session::on_rcpt(const Command& c) {
-    if (!sender_) return reply("503 5.5.1 Error: need MAIL command");
+asio::awaitable<void> Session::on_rcpt(const Command& c) {
+    if (!sender_) co_return reply("503 5.5.1 Error: need MAIL command");
     auto p = parse_path_arg(c.arg, "TO", false);
-    if (!p.addr) return reply(p.error);
+    if (!p.addr) co_return reply(p.error);
     if (!p.params.empty())
-        return reply("555 5.5.4 Unsupported RCPT parameter " + p.params[0].first);
+        co_return reply("555 5.5.4 Unsupported RCPT parameter " + p.params[0].first);
     if (p.addr->utf8 && !smtputf8_)
-        return reply("553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM");
+        co_return reply("553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM");
+    for (auto& r : rcpts_)
+        if (r.str() == p.addr->str()) co_return reply("250 2.1.5 Ok (duplicate recipient)");
     auto d = policy::check_recipient_domain(cfg_, p.addr->domain);
     if (d.ok) d = policy::check_recipient_count(cfg_, rcpts_.size());
+    if (d.ok) {
+        const std::string sender = sender_->str(), rcpt = p.addr->str();
+        d = co_await server_.checker_.rcpt(peer_, sender, rcpt, *cfg_.find_domain(p.addr->domain),
+                                           reputation_);
+    }
     if (!d.ok) {
         spdlog::info("reject RCPT from [{}] helo={}: from=<{}> to=<{}>: {}", peer_, helo_,
                      sender_->str(), p.addr->str(), d.reply);
-        return reply(d.reply);
+        co_return reply(d.reply);
     }
-    for (auto& r : rcpts_)
-        if (r.str() == p.addr->str()) return reply("250 2.1.5 Ok (duplicate recipient)");
     rcpts_.push_back(std::move(*p.addr));
     reply("250 2.1.5 Ok");
 }

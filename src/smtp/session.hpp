@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "netio/stream.hpp"
+#include "policy/checker.hpp"
 #include "smtp/protocol.hpp"
 #include "smtp/server.hpp"
 
@@ -30,7 +31,7 @@ class Session {
 
     void on_helo(const Command& c, bool extended);
     void on_mail(const Command& c);
-    void on_rcpt(const Command& c);
+    boost::asio::awaitable<void> on_rcpt(const Command& c);
     boost::asio::awaitable<void> on_data(const Command& c);
     boost::asio::awaitable<void> on_starttls(const Command& c);
     boost::asio::awaitable<std::string> commit(const std::string& id, std::string body);
@@ -52,6 +53,7 @@ class Session {
     std::uint32_t errors_ = 0;
     bool quit_ = false;
     char last_code_ = 0;
+    policy::Reputation reputation_;
 };
 
 }  // namespace bmx::smtp

@@ -36,6 +36,23 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_reply TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (message_id, address)
 );
+CREATE TABLE IF NOT EXISTS greylist (
+    network TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    PRIMARY KEY (network, sender, recipient)
+);
+CREATE TABLE IF NOT EXISTS greylist_allow (
+    network TEXT PRIMARY KEY,
+    until INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verify_cache (
+    address TEXT PRIMARY KEY,
+    exists_ INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    reply TEXT NOT NULL DEFAULT ''
+);
 )sql";
 
 class Stmt {
@@ -235,7 +252,61 @@ class SqliteStore final : public Store {
         return sqlite3_changes(db_) > 0;
     }
 
-  private:
+      GreyVerdict greylist(const std::string& network, const std::string& sender,
+                         const std::string& recipient, TimePoint now,
+                         const GreylistRule& rule) override {
+        const std::int64_t t = to_unix(now);
+        Tx tx(*this);
+        {
+            Stmt a(db_, "SELECT until FROM greylist_allow WHERE network = ?");
+            a.bind(1, network);
+            if (a.step() && a.integer(0) > t) return GreyVerdict::Allowlisted;
+        }
+        std::optional<std::int64_t> first;
+        {
+            Stmt g(db_, "SELECT first_seen FROM greylist WHERE network = ? AND sender = ? AND "
+                        "recipient = ?");
+            g.bind(1, network).bind(2, sender).bind(3, recipient);
+            if (g.step()) first = g.integer(0);
+        }
+        GreyVerdict v;
+        if (!first || t - *first > rule.expiry.count()) {
+            Stmt up(db_, "INSERT OR REPLACE INTO greylist(network, sender, recipient, first_seen) "
+                         "VALUES(?,?,?,?)");
+            up.bind(1, network).bind(2, sender).bind(3, recipient).bind(4, t);
+            up.run();
+            v = GreyVerdict::FirstSeen;
+        } else if (t - *first < rule.delay.count()) {
+            v = GreyVerdict::TooEarly;
+        } else {
+            Stmt al(db_, "INSERT OR REPLACE INTO greylist_allow(network, until) VALUES(?,?)");
+            al.bind(1, network).bind(2, t + rule.allow_ttl.count());
+            al.run();
+            v = GreyVerdict::Passed;
+        }
+        // Old triplets go as new ones come: the table stays as small as the traffic of a day.
+        Stmt old(db_, "DELETE FROM greylist WHERE first_seen < ?");
+        old.bind(1, t - rule.expiry.count() - 86400);
+        old.run();
+        tx.commit();
+        return v;
+    }
+
+    std::optional<VerifyEntry> verify_get(const std::string& address, TimePoint now) override {
+        Stmt s(db_, "SELECT exists_, expires, reply FROM verify_cache WHERE address = ?");
+        s.bind(1, address);
+        if (!s.step() || s.integer(1) <= to_unix(now)) return std::nullopt;
+        return VerifyEntry{s.integer(0) != 0, from_unix(s.integer(1)), s.text(2)};
+    }
+
+    void verify_put(const std::string& address, const VerifyEntry& e) override {
+        Stmt s(db_, "INSERT OR REPLACE INTO verify_cache(address, exists_, expires, reply) "
+                    "VALUES(?,?,?,?)");
+        s.bind(1, address).bind(2, std::int64_t{e.exists}).bind(3, to_unix(e.expires)).bind(4, e.reply);
+        s.run();
+    }
+
+private:
     struct Tx {
         explicit Tx(SqliteStore& s) : s(s) { s.exec("BEGIN IMMEDIATE"); }
         void commit() {

@@ -80,6 +80,19 @@ struct AttemptUpdate {
     bool remove = false;            // drop the message whatever is pending (expiry, after its DSN)
 };
 
+// Greylisting (RFC 6647): what the store says about a (client network, sender, recipient) triplet.
+enum class GreyVerdict { FirstSeen, TooEarly, Passed, Allowlisted };
+struct GreylistRule {
+    Seconds delay, expiry, allow_ttl;
+};
+
+// A recipient verification answer from the primary, remembered.
+struct VerifyEntry {
+    bool exists = false;
+    TimePoint expires{};
+    std::string reply;
+};
+
 struct StoreError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -96,6 +109,15 @@ class Store {
     virtual int record_attempt(const AttemptUpdate& u) = 0;
     virtual std::vector<QueueRow> list() = 0;
     virtual bool remove(const std::string& id) = 0;
+
+    // One transaction: an allowlisted client network passes; otherwise the triplet is recorded
+    // (first seen), refused until `delay` has passed, then passes (and allowlists the network)
+    // until `expiry`, after which it starts over.
+    virtual GreyVerdict greylist(const std::string& network, const std::string& sender,
+                                 const std::string& recipient, TimePoint now,
+                                 const GreylistRule& rule) = 0;
+    virtual std::optional<VerifyEntry> verify_get(const std::string& address, TimePoint now) = 0;
+    virtual void verify_put(const std::string& address, const VerifyEntry& e) = 0;
 };
 
 // "sqlite:PATH" opens (and creates) the embedded store. `read_only` for inspecting commands.

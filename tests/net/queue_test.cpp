@@ -42,6 +42,12 @@ struct FullStore : Store {
     int record_attempt(const AttemptUpdate&) override { throw StoreError("disk full"); }
     std::vector<QueueRow> list() override { return {}; }
     bool remove(const std::string&) override { return false; }
+    GreyVerdict greylist(const std::string&, const std::string&, const std::string&, TimePoint,
+                         const GreylistRule&) override {
+        throw StoreError("disk full");
+    }
+    std::optional<VerifyEntry> verify_get(const std::string&, TimePoint) override { return {}; }
+    void verify_put(const std::string&, const VerifyEntry&) override { throw StoreError("disk full"); }
 };
 
 }  // namespace
