@@ -8,7 +8,7 @@ PACKAGES=(
   g++ cmake ninja-build pkg-config make
   libboost1.81-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
   libsqlite3-dev libssl-dev libgtest-dev libunbound-dev
-  python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix procps iproute2 openssl unbound nsd ldnsutils
+  python3 python3-yaml swaks libnet-ssleay-perl libio-socket-ssl-perl postfix procps iproute2 openssl unbound nsd ldnsutils
 )
 
 missing=()

@@ -100,13 +100,17 @@ asio::awaitable<bool> Session::flush() {
 }
 
 asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
+    bool armed = false;
     for (;;) {
         if (auto line = reader_.next(in_)) co_return line;
-        const bool ok10 = co_await flush();
-        if (!ok10) co_return std::nullopt;  // the client waits: send what we owe
-        deadline_.expires_after(cfg_.command_timeout);
-        const bool ok11 = co_await stream_.read_more(in_);
-        if (!ok11) co_return std::nullopt;
+        const bool flushed = co_await flush();
+        if (!flushed) co_return std::nullopt;  // the client waits: send what we owe
+        // The whole line must arrive within command_timeout: a client dripping one byte at a
+        // time does not get to hold the session open forever.
+        if (!armed) deadline_.expires_after(cfg_.command_timeout);
+        armed = true;
+        const bool more = co_await stream_.read_more(in_);
+        if (!more) co_return std::nullopt;
     }
 }
 
@@ -114,6 +118,16 @@ void Session::reset_transaction() {
     sender_.reset();
     rcpts_.clear();
     smtputf8_ = eightbit_ = false;
+}
+
+bool Session::junk() {
+    if (++junk_ <= cfg_.max_junk_commands) return false;
+    reply("421 4.7.0 " + cfg_.hostname + " Error: too many NOOP/RSET/VRFY commands " +
+          "(smtp.max_junk_commands = " + std::to_string(cfg_.max_junk_commands) +
+          "), closing connection");
+    spdlog::info("too many junk commands from [{}], disconnecting", peer_);
+    quit_ = true;
+    return true;
 }
 
 bool Session::protocol_error() {
@@ -177,6 +191,7 @@ asio::awaitable<void> Session::converse() {
                 co_await on_data(c);
                 break;
             case Verb::Rset:
+                if (junk()) break;
                 reset_transaction();
                 reply("250 2.0.0 Ok");
                 break;
@@ -188,6 +203,7 @@ asio::awaitable<void> Session::converse() {
                 quit_ = true;
                 break;
             case Verb::Vrfy:
+                if (junk()) break;
                 reply("252 2.5.2 Cannot VRFY user; send mail and it will be relayed");
                 break;
             case Verb::Help:

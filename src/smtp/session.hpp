@@ -37,6 +37,7 @@ class Session {
     boost::asio::awaitable<std::string> commit(const std::string& id, std::string body);
     std::string received_header(const std::string& id) const;
     bool protocol_error();  // counts an error; true when the session must end
+    bool junk();            // counts a NOOP/RSET/VRFY; true (and 421) past the limit
 
     Server& server_;
     const Config& cfg_;
@@ -50,7 +51,7 @@ class Session {
     std::optional<Address> sender_;
     std::vector<Address> rcpts_;
     bool smtputf8_ = false, eightbit_ = false;
-    std::uint32_t errors_ = 0;
+    std::uint32_t errors_ = 0, junk_ = 0;
     bool quit_ = false;
     char last_code_ = 0;
     policy::Reputation reputation_;
