@@ -373,7 +373,7 @@ Config parse_config(std::string_view text) {
                      "greylist_delay", "greylist_expiry", "greylist_allow_ttl",
                      "client_connections", "subnet_connections", "connection_rate",
                      "message_rate", "recipient_rate", "greet_pause", "helo_syntax", "dnsbl",
-                     "dnsbl_threshold", "dnswl_threshold", "limit_exceptions"});
+                     "dnsbl_threshold", "dnswl_threshold", "limit_exceptions", "spf"});
         check_keys(*p, "policy", keys);
         parse_domain_policy(*p, w, c.policy);
         c.verify_positive_ttl = get_duration(*p, w, "verify_positive_ttl", c.verify_positive_ttl);
@@ -398,6 +398,10 @@ Config parse_config(std::string_view text) {
             if (node->is_string()) d = parse_duration(*node->value<std::string>());
             if (!d || d->count() > 60) fail("policy.greet_pause", "must be a duration up to 60s");
             c.greet_pause = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
+        }
+        if (auto node = p->get("spf")) {
+            if (!node->is_boolean()) fail("policy.spf", "must be true or false");
+            c.spf = *node->value<bool>();
         }
         if (auto node = p->get("helo_syntax")) {
             if (!node->is_boolean()) fail("policy.helo_syntax", "must be true or false");

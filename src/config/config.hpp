@@ -89,7 +89,8 @@ struct Config {
     // Clients the limits above do not apply to (Postfix: smtpd_client_event_limit_exceptions).
     std::vector<std::string> limit_exceptions{"127.0.0.0/8", "::1/128"};
     std::chrono::milliseconds greet_pause{0};   // wait before the banner; talkers are refused
-    bool helo_required_syntax = true;           // HELO must be a host name or [address literal]
+    bool helo_required_syntax = true;
+    bool spf = true;  // check MAIL FROM (RFC 7208): "fail" is refused, every result recorded           // HELO must be a host name or [address literal]
     struct DnsList {
         std::string zone;  // "zen.spamhaus.org"
         int weight = 1;    // negative: an allowlist (postscreen's "list.dnswl.org*-5")

@@ -671,7 +671,8 @@ asio::awaitable<std::optional<Packet>> Session::read_packet() {
         auto [ec, n] = co_await sock_->async_read_some(asio::buffer(inbuf_),
                                                        asio::as_tuple(asio::use_awaitable));
         if (ec || n == 0) {
-            error_ = ec ? "read: " + ec.message() : "read: connection closed";
+            error_ = ec && ec != asio::error::eof ? "read: " + ec.message()
+                                                  : "connection closed by the milter";
             co_return std::nullopt;
         }
         decoder_.feed(std::string_view(inbuf_.data(), n));

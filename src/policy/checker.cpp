@@ -51,7 +51,31 @@ std::uint32_t Checker::Window::add(std::int64_t now_minute, double into_minute) 
 }
 
 Checker::Checker(const Config& cfg, Queue& queue, dns::Resolver& resolver, Verifier verifier)
-    : cfg_(cfg), queue_(queue), resolver_(resolver), verifier_(std::move(verifier)) {}
+    : cfg_(cfg),
+      queue_(queue),
+      resolver_(resolver),
+      spf_dns_(resolver),
+      verifier_(std::move(verifier)) {}
+
+asio::awaitable<std::pair<spf::Outcome, Decision>> Checker::spf(const std::string& ip,
+                                                                const std::string& sender,
+                                                                const std::string& helo) {
+    boost::system::error_code ec;
+    const auto addr = asio::ip::make_address(ip, ec);
+    if (ec) co_return std::pair<spf::Outcome, Decision>{};
+    spf::Options opt;
+    opt.receiver = cfg_.hostname;
+    auto out = co_await spf::check_mail_from(spf_dns_, addr, sender, helo, opt);
+    Decision d;
+    if (out.result == spf::Result::Fail) {
+        std::string why = out.explanation.empty()
+                              ? "the domain's SPF record does not allow " + ip + " to send for it"
+                              : out.explanation;
+        d = Decision{false, "550 5.7.23 <" + sender + ">: Sender address rejected: SPF fail: " +
+                                why.substr(0, 300) + " (policy.spf)"};
+    }
+    co_return std::pair<spf::Outcome, Decision>{out, d};
+}
 
 Checker::Client& Checker::client(const std::string& ip) {
     if (clients_.size() > 50000) prune();

@@ -17,6 +17,7 @@
 #include "dns/resolver.hpp"
 #include "policy/policy.hpp"
 #include "queue/queue.hpp"
+#include "spf/spf.hpp"
 
 namespace bmx::policy {
 
@@ -44,6 +45,11 @@ public:
     void disconnect(const std::string& ip);   // a counted session ends
     boost::asio::awaitable<Reputation> reputation(const std::string& ip);
     Decision mail(const std::string& ip);
+    // SPF for MAIL FROM (RFC 7208): the outcome, and a refusal when the sender's domain says
+    // "fail". Arguments are references to named objects (see netio.hpp).
+    boost::asio::awaitable<std::pair<spf::Outcome, Decision>> spf(const std::string& ip,
+                                                                   const std::string& sender,
+                                                                   const std::string& helo);
     // After relay control and the recipient count: rate, DNSBL, recipient validation, greylisting.
     boost::asio::awaitable<Decision> rcpt(const std::string& ip, const std::string& sender,
                                           const std::string& recipient, const DomainConfig& domain,
@@ -67,6 +73,7 @@ private:
     const Config& cfg_;
     Queue& queue_;
     dns::Resolver& resolver_;
+    spf::ResolverDns spf_dns_;
     Verifier verifier_;
     std::unordered_map<std::string, Client> clients_;
     std::unordered_map<std::string, std::uint32_t> subnets_;  // active sessions per network

@@ -116,6 +116,7 @@ asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
 
 void Session::reset_transaction() {
     sender_.reset();
+    spf_header_.clear();
     rcpts_.clear();
     smtputf8_ = eightbit_ = false;
 }
@@ -182,7 +183,7 @@ asio::awaitable<void> Session::converse() {
                 on_helo(c, true);
                 break;
             case Verb::Mail:
-                on_mail(c);
+                co_await on_mail(c);
                 break;
             case Verb::Rcpt:
                 co_await on_rcpt(c);
@@ -262,46 +263,66 @@ void Session::on_helo(const Command& c, bool extended) {
     reply("250 SMTPUTF8");
 }
 
-void Session::on_mail(const Command& c) {
-    if (helo_.empty()) return reply("503 5.5.1 Error: send HELO/EHLO first");
-    if (sender_) return reply("503 5.5.1 Error: nested MAIL command");
+asio::awaitable<void> Session::on_mail(const Command& c) {
+    auto refusal = mail_syntax(c);
+    if (refusal) co_return reply(*refusal);
+    if (cfg_.spf) {
+        const std::string sender = pending_sender_.str(), helo = helo_;
+        auto [outcome, d] = co_await server_.checker_.spf(peer_, sender, helo);
+        if (!d.ok) {
+            spdlog::info("reject MAIL from [{}] helo={}: from=<{}>: {}", peer_, helo_, sender,
+                         d.reply);
+            co_return reply(d.reply);
+        }
+        boost::system::error_code ec;
+        auto ip = asio::ip::make_address(peer_, ec);
+        if (!ec)
+            spf_header_ = spf::received_spf_header(outcome, ip, sender, helo_, cfg_.hostname);
+    }
+    sender_ = std::move(pending_sender_);
+    reply("250 2.1.0 Ok");
+}
+
+std::optional<std::string> Session::mail_syntax(const Command& c) {
+    if (helo_.empty()) return "503 5.5.1 Error: send HELO/EHLO first";
+    if (sender_) return "503 5.5.1 Error: nested MAIL command";
     auto p = parse_path_arg(c.arg, "FROM", true);
-    if (!p.addr) return reply(p.error);
+    if (!p.addr) return p.error;
     bool utf8 = false, eight = false;
     for (auto& [k, v] : p.params) {
-        if (!esmtp_) return reply("555 5.5.4 Parameters need EHLO");
+        if (!esmtp_) return std::string("555 5.5.4 Parameters need EHLO");
         if (k == "SIZE") {
             std::uint64_t n = 0;
             if (v.empty() || v.size() > 19 ||
                 v.find_first_not_of("0123456789") != std::string::npos)
-                return reply("501 5.5.4 Bad SIZE parameter");
+                return std::string("501 5.5.4 Bad SIZE parameter");
             n = std::stoull(v);
             if (n > cfg_.max_message_size)
-                return reply(
+                return std::string(
                     "552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
                     std::to_string(cfg_.max_message_size) + ")");
         } else if (k == "BODY") {
             if (iequals(v, "8BITMIME"))
                 eight = true;
             else if (!iequals(v, "7BIT"))
-                return reply("501 5.5.4 BODY must be 7BIT or 8BITMIME");
+                return std::string("501 5.5.4 BODY must be 7BIT or 8BITMIME");
         } else if (k == "SMTPUTF8" && v.empty()) {
             utf8 = true;
         } else {
-            return reply("555 5.5.4 Unsupported MAIL parameter " + k);
+            return std::string("555 5.5.4 Unsupported MAIL parameter " + k);
         }
     }
     if (p.addr->utf8 && !utf8)
-        return reply("553 5.6.7 Non-ASCII sender address needs the SMTPUTF8 parameter");
+        return std::string("553 5.6.7 Non-ASCII sender address needs the SMTPUTF8 parameter");
     if (auto d = server_.checker_.mail(peer_); !d.ok) {
         spdlog::info("reject MAIL from [{}] helo={}: from=<{}>: {}", peer_, helo_, p.addr->str(),
                      d.reply);
-        return reply(d.reply);
+        return d.reply;
     }
-    sender_ = std::move(*p.addr);
+    pending_sender_ = std::move(*p.addr);
     smtputf8_ = utf8;
     eightbit_ = eight;
-    reply("250 2.1.0 Ok");
+    return std::nullopt;
 }
 
 asio::awaitable<void> Session::on_rcpt(const Command& c) {
@@ -390,7 +411,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         co_return;
     }
     std::string id = new_queue_id();
-    std::string body = received_header(id);
+    std::string body = spf_header_ + received_header(id);
     DataScanner scan(cfg_.max_message_size);
     for (;;) {
         std::size_t used = scan.feed(in_, body);

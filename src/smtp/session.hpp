@@ -30,7 +30,8 @@ class Session {
     void reset_transaction();
 
     void on_helo(const Command& c, bool extended);
-    void on_mail(const Command& c);
+    boost::asio::awaitable<void> on_mail(const Command& c);
+    std::optional<std::string> mail_syntax(const Command& c);  // refusal, or nullopt
     boost::asio::awaitable<void> on_rcpt(const Command& c);
     boost::asio::awaitable<void> on_data(const Command& c);
     boost::asio::awaitable<void> on_starttls(const Command& c);
@@ -49,6 +50,8 @@ class Session {
     std::string helo_;
     bool esmtp_ = false;
     std::optional<Address> sender_;
+    Address pending_sender_;  // parsed MAIL FROM, while SPF is checked
+    std::string spf_header_;  // Received-SPF: for this transaction
     std::vector<Address> rcpts_;
     bool smtputf8_ = false, eightbit_ = false;
     std::uint32_t errors_ = 0, junk_ = 0;

@@ -11,12 +11,17 @@ def unstuff(data):
     return b"\r\n".join(l[1:] if l.startswith(b".") else l for l in lines)
 
 
-def strip_our_received(msg):
-    assert msg.startswith(b"Received: from "), msg[:80]
+def strip_field(msg, name):
+    assert msg.startswith(name), msg[:80]
     end = msg.index(b"\r\n", 0)
     while msg[end + 2:end + 3] in (b"\t", b" "):
         end = msg.index(b"\r\n", end + 2)
     return msg[end + 2:]
+
+
+def strip_our_received(msg):
+    """Our Received-SPF: (RFC 7208 9.1, above Received:) and Received: fields, then the message."""
+    return strip_field(strip_field(msg, b"Received-SPF: "), b"Received: from ")
 
 
 class Delivery(E2ETest):
