@@ -1,8 +1,8 @@
 #include "config/config.hpp"
 
-#include <boost/asio/ip/address.hpp>
 #include <toml++/toml.h>
 
+#include <boost/asio/ip/address.hpp>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -59,10 +59,14 @@ std::optional<HostPort> parse_host_port(std::string_view text, std::uint16_t def
 
 const char* to_string(TlsPolicy p) {
     switch (p) {
-        case TlsPolicy::May: return "may";
-        case TlsPolicy::Encrypt: return "encrypt";
-        case TlsPolicy::Verify: return "verify";
-        case TlsPolicy::Dane: return "dane";
+        case TlsPolicy::May:
+            return "may";
+        case TlsPolicy::Encrypt:
+            return "encrypt";
+        case TlsPolicy::Verify:
+            return "verify";
+        case TlsPolicy::Dane:
+            return "dane";
     }
     return "?";
 }
@@ -149,16 +153,20 @@ bool valid_domain_name(std::string_view d) {
 }
 
 const std::set<std::string> kDomainPolicyKeys{"recipients", "recipient_list", "recipient_file",
-                                               "verify_unknown", "greylisting"};
+                                              "verify_unknown", "greylisting"};
 
 // Reads the keys a [[domain]] may override, on top of `p` (the [policy] defaults).
 void parse_domain_policy(const toml::table& t, const std::string& w, DomainPolicy& p) {
     if (t.get("recipients")) {
         std::string v = get_string(t, w, "recipients", "");
-        if (v == "any") p.recipients = RecipientCheck::Any;
-        else if (v == "list") p.recipients = RecipientCheck::List;
-        else if (v == "verify") p.recipients = RecipientCheck::Verify;
-        else fail(w + "recipients", "must be \"any\", \"list\" or \"verify\"");
+        if (v == "any")
+            p.recipients = RecipientCheck::Any;
+        else if (v == "list")
+            p.recipients = RecipientCheck::List;
+        else if (v == "verify")
+            p.recipients = RecipientCheck::Verify;
+        else
+            fail(w + "recipients", "must be \"any\", \"list\" or \"verify\"");
     }
     auto add = [&](std::string a, const std::string& key) {
         a = to_lower(a);
@@ -194,9 +202,12 @@ void parse_domain_policy(const toml::table& t, const std::string& w, DomainPolic
     }
     if (t.get("verify_unknown")) {
         std::string v = get_string(t, w, "verify_unknown", "");
-        if (v == "accept") p.verify_unknown_accept = true;
-        else if (v == "tempfail") p.verify_unknown_accept = false;
-        else fail(w + "verify_unknown", "must be \"accept\" or \"tempfail\"");
+        if (v == "accept")
+            p.verify_unknown_accept = true;
+        else if (v == "tempfail")
+            p.verify_unknown_accept = false;
+        else
+            fail(w + "verify_unknown", "must be \"accept\" or \"tempfail\"");
     }
     if (auto node = t.get("greylisting")) {
         if (!node->is_boolean()) fail(w + "greylisting", "must be true or false");
@@ -270,8 +281,7 @@ Config parse_config(std::string_view text) {
         check_keys(*s, "smtp",
                    {"listen", "max_message_size", "max_recipients", "max_connections",
                     "command_timeout", "data_timeout", "max_errors", "max_junk_commands",
-                    "also_known_as", "tls_cert",
-                    "tls_key"});
+                    "also_known_as", "tls_cert", "tls_key"});
         if (auto node = s->get("listen")) {
             auto* arr = node->as_array();
             if (!arr || arr->empty())
@@ -353,8 +363,8 @@ Config parse_config(std::string_view text) {
         if (!c.dns_resolver.empty()) {
             auto at = c.dns_resolver.find('@');
             auto ip = c.dns_resolver.substr(0, at);
-            bool ok = !ip.empty() && ip.find_first_not_of("0123456789abcdefABCDEF.:") ==
-                                          std::string::npos;
+            bool ok = !ip.empty() &&
+                      ip.find_first_not_of("0123456789abcdefABCDEF.:") == std::string::npos;
             if (ok && at != std::string::npos) {
                 auto port = c.dns_resolver.substr(at + 1);
                 ok = !port.empty() && port.size() <= 5 &&
@@ -371,9 +381,9 @@ Config parse_config(std::string_view text) {
         std::set<std::string> keys = kDomainPolicyKeys;
         keys.insert({"verify_positive_ttl", "verify_negative_ttl", "verify_timeout",
                      "greylist_delay", "greylist_expiry", "greylist_allow_ttl",
-                     "client_connections", "subnet_connections", "connection_rate",
-                     "message_rate", "recipient_rate", "greet_pause", "helo_syntax", "dnsbl",
-                     "dnsbl_threshold", "dnswl_threshold", "limit_exceptions", "spf"});
+                     "client_connections", "subnet_connections", "connection_rate", "message_rate",
+                     "recipient_rate", "greet_pause", "helo_syntax", "dnsbl", "dnsbl_threshold",
+                     "dnswl_threshold", "limit_exceptions", "spf"});
         check_keys(*p, "policy", keys);
         parse_domain_policy(*p, w, c.policy);
         c.verify_positive_ttl = get_duration(*p, w, "verify_positive_ttl", c.verify_positive_ttl);
@@ -413,7 +423,9 @@ Config parse_config(std::string_view text) {
             for (auto& el : *arr) {
                 auto v = el.value<std::string>();
                 auto l = v ? parse_dns_list(*v) : std::nullopt;
-                if (!l) fail("policy.dnsbl", "bad entry (want \"zone\", \"zone*weight\", \"zone=127.0.0.2*weight\")");
+                if (!l)
+                    fail("policy.dnsbl",
+                         "bad entry (want \"zone\", \"zone*weight\", \"zone=127.0.0.2*weight\")");
                 c.dnsbl.push_back(*l);
             }
         }
@@ -424,7 +436,8 @@ Config parse_config(std::string_view text) {
             for (auto& el : *arr) {
                 auto v = el.value<std::string>();
                 if (!v || !policy_network_ok(*v))
-                    fail("policy.limit_exceptions", "bad network (want \"192.0.2.0/24\", \"::1/128\")");
+                    fail("policy.limit_exceptions",
+                         "bad network (want \"192.0.2.0/24\", \"::1/128\")");
                 c.limit_exceptions.push_back(*v);
             }
         }
@@ -463,11 +476,16 @@ Config parse_config(std::string_view text) {
                 dc.primary = *hp;
             }
             std::string tls = get_string(*t, w, "tls", "may");
-            if (tls == "may") dc.tls = TlsPolicy::May;
-            else if (tls == "encrypt") dc.tls = TlsPolicy::Encrypt;
-            else if (tls == "verify") dc.tls = TlsPolicy::Verify;
-            else if (tls == "dane") dc.tls = TlsPolicy::Dane;
-            else fail(w + "tls", "must be \"may\", \"encrypt\", \"verify\" or \"dane\"");
+            if (tls == "may")
+                dc.tls = TlsPolicy::May;
+            else if (tls == "encrypt")
+                dc.tls = TlsPolicy::Encrypt;
+            else if (tls == "verify")
+                dc.tls = TlsPolicy::Verify;
+            else if (tls == "dane")
+                dc.tls = TlsPolicy::Dane;
+            else
+                fail(w + "tls", "must be \"may\", \"encrypt\", \"verify\" or \"dane\"");
             if (dc.tls == TlsPolicy::Dane && c.dns_trust_anchor.empty())
                 fail(w + "tls", "\"dane\" needs DNSSEC: set [dns] trust_anchor");
             dc.tls_ca_file = get_string(*t, w, "tls_ca_file", "");

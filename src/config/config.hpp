@@ -35,7 +35,7 @@ struct DomainPolicy {
 };
 
 struct DomainConfig {
-    std::string name;                // lower case, no trailing dot
+    std::string name;  // lower case, no trailing dot
     DomainPolicy policy;
     std::optional<HostPort> primary;  // none: route by the domain's MX records (RFC 5321 5.1)
     TlsPolicy tls = TlsPolicy::May;   // outbound STARTTLS to the primary
@@ -52,7 +52,7 @@ struct Config {
     std::chrono::seconds command_timeout{300};  // RFC 5321 4.5.3.2.7: at least 5 minutes
     std::chrono::seconds data_timeout{600};  // between DATA chunks (4.5.3.2.6 asks 3m client side)
     std::uint32_t max_errors = 20;           // protocol errors before the session is dropped
-    std::uint32_t max_junk_commands = 100;    // NOOP/RSET/VRFY per session (Postfix: 100)
+    std::uint32_t max_junk_commands = 100;   // NOOP/RSET/VRFY per session (Postfix: 100)
     std::vector<std::string> also_known_as;  // our other names, for MX self-recognition
     std::string tls_cert, tls_key;           // inbound STARTTLS; both or neither
     // [queue]
@@ -74,26 +74,27 @@ struct Config {
     std::string dns_trust_anchor;  // DS/DNSKEY file: DNSSEC validation (needed for tls = "dane")
     std::chrono::seconds dns_timeout{15};
     // [policy]
-    DomainPolicy policy;                        // defaults for every [[domain]]
+    DomainPolicy policy;  // defaults for every [[domain]]
     std::chrono::seconds verify_positive_ttl{28 * 86400};
     std::chrono::seconds verify_negative_ttl{3600};
     std::chrono::seconds verify_timeout{10};
-    std::chrono::seconds greylist_delay{300};       // RFC 6647: retry not before this...
-    std::chrono::seconds greylist_expiry{86400};    // ...nor after this
+    std::chrono::seconds greylist_delay{300};             // RFC 6647: retry not before this...
+    std::chrono::seconds greylist_expiry{86400};          // ...nor after this
     std::chrono::seconds greylist_allow_ttl{35 * 86400};  // a client that retried is trusted
-    std::uint32_t client_connections = 50;      // at once, per client address (Postfix: 50)
-    std::uint32_t subnet_connections = 150;     // at once, per /24 (IPv4) or /64 (IPv6)
-    std::uint32_t connection_rate = 120;        // new connections per minute per address
-    std::uint32_t message_rate = 600;           // MAIL FROMs per minute per address
-    std::uint32_t recipient_rate = 3000;        // RCPTs per minute per address
+    std::uint32_t client_connections = 50;   // at once, per client address (Postfix: 50)
+    std::uint32_t subnet_connections = 150;  // at once, per /24 (IPv4) or /64 (IPv6)
+    std::uint32_t connection_rate = 120;     // new connections per minute per address
+    std::uint32_t message_rate = 600;        // MAIL FROMs per minute per address
+    std::uint32_t recipient_rate = 3000;     // RCPTs per minute per address
     // Clients the limits above do not apply to (Postfix: smtpd_client_event_limit_exceptions).
     std::vector<std::string> limit_exceptions{"127.0.0.0/8", "::1/128"};
-    std::chrono::milliseconds greet_pause{0};   // wait before the banner; talkers are refused
+    std::chrono::milliseconds greet_pause{0};  // wait before the banner; talkers are refused
     bool helo_required_syntax = true;
-    bool spf = true;  // check MAIL FROM (RFC 7208): "fail" is refused, every result recorded           // HELO must be a host name or [address literal]
+    bool spf = true;  // check MAIL FROM (RFC 7208): "fail" is refused, every result recorded //
+                      // HELO must be a host name or [address literal]
     struct DnsList {
-        std::string zone;  // "zen.spamhaus.org"
-        int weight = 1;    // negative: an allowlist (postscreen's "list.dnswl.org*-5")
+        std::string zone;   // "zen.spamhaus.org"
+        int weight = 1;     // negative: an allowlist (postscreen's "list.dnswl.org*-5")
         std::string match;  // optional "=127.0.0.2": only that answer counts
     };
     std::vector<DnsList> dnsbl;
@@ -104,7 +105,7 @@ struct Config {
 
     std::vector<DomainConfig> domains;
 
-    std::string store_path() const;  // "sqlite:var/queue.db" -> "var/queue.db"
+    std::string store_path() const;              // "sqlite:var/queue.db" -> "var/queue.db"
     std::vector<std::string> our_names() const;  // hostname + also_known_as
     const DomainConfig* find_domain(std::string_view domain) const;  // case-insensitive, exact
 };

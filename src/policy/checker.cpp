@@ -2,13 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/as_tuple.hpp>
 #include <memory>
 
 #include "util/util.hpp"
@@ -92,7 +92,8 @@ void Checker::prune() {
 
 namespace {
 std::pair<std::int64_t, double> minute_now() {
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now().time_since_epoch()).count();
+    auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now().time_since_epoch()).count();
     return {ms / 60000, static_cast<double>(ms % 60000) / 60000.0};
 }
 }  // namespace
@@ -111,9 +112,10 @@ Decision Checker::connect(const std::string& ip) {
                            " (policy.subnet_connections = " +
                            std::to_string(cfg_.subnet_connections) + ")"};
     if (c.connections.add(minute, into) > cfg_.connection_rate)
-        return {false, "421 4.7.0 " + cfg_.hostname + " Error: too many connections per minute from " +
-                           ip + " (policy.connection_rate = " +
-                           std::to_string(cfg_.connection_rate) + ")"};
+        return {false, "421 4.7.0 " + cfg_.hostname +
+                           " Error: too many connections per minute from " + ip +
+                           " (policy.connection_rate = " + std::to_string(cfg_.connection_rate) +
+                           ")"};
     ++c.active;
     ++subnets_[net];
     return {};
@@ -152,7 +154,8 @@ asio::awaitable<Reputation> Checker::reputation(const std::string& ip) {
     shared->left = cfg_.dnsbl.size();
     shared->done = std::make_unique<asio::steady_timer>(ex, std::chrono::hours(1));
     for (std::size_t i = 0; i < cfg_.dnsbl.size(); ++i) {
-        auto lookup = [this, shared, i, name = dnsbl_name(ip, cfg_.dnsbl[i].zone)]() -> asio::awaitable<void> {
+        auto lookup = [this, shared, i,
+                       name = dnsbl_name(ip, cfg_.dnsbl[i].zone)]() -> asio::awaitable<void> {
             shared->answers[i] = co_await resolver_.query(name, 1);
             if (--shared->left == 0) shared->done->cancel();
         };
@@ -196,7 +199,8 @@ asio::awaitable<Decision> Checker::verify(const std::string& recipient, const Do
         v = co_await verifier_(domain, recipient);
         if (v.kind != Verification::Kind::Unknown) {
             const bool exists = v.kind == Verification::Kind::Exists;
-            VerifyEntry e{exists, t + (exists ? cfg_.verify_positive_ttl : cfg_.verify_negative_ttl),
+            VerifyEntry e{exists,
+                          t + (exists ? cfg_.verify_positive_ttl : cfg_.verify_negative_ttl),
                           v.reply};
             const std::function<int(Store&)> put = [&recipient, &e](Store& s) {
                 s.verify_put(recipient, e);
@@ -206,11 +210,13 @@ asio::awaitable<Decision> Checker::verify(const std::string& recipient, const Do
         }
     }
     switch (v.kind) {
-        case Verification::Kind::Exists: co_return Decision{};
+        case Verification::Kind::Exists:
+            co_return Decision{};
         case Verification::Kind::NoSuchUser:
             co_return Decision{false, "550 5.1.1 <" + recipient +
                                           ">: Recipient address rejected: unknown user "
-                                          "(verified with the primary: " + v.reply + ")"};
+                                          "(verified with the primary: " +
+                                          v.reply + ")"};
         case Verification::Kind::Unknown:
             if (d.policy.verify_unknown_accept) {
                 spdlog::info("verify <{}>: no answer ({}); accepting (verify_unknown = accept)",
@@ -254,8 +260,8 @@ asio::awaitable<Decision> Checker::rcpt(const std::string& ip, const std::string
         if (v == GreyVerdict::FirstSeen || v == GreyVerdict::TooEarly)
             co_return Decision{false, "451 4.7.1 <" + recipient +
                                           ">: Recipient address rejected: greylisted, try again "
-                                          "in " + format_duration(cfg_.greylist_delay) +
-                                          " (RFC 6647)"};
+                                          "in " +
+                                          format_duration(cfg_.greylist_delay) + " (RFC 6647)"};
     }
     co_return Decision{};
 }

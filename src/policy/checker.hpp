@@ -26,9 +26,8 @@ struct Verification {
     enum class Kind { Exists, NoSuchUser, Unknown } kind = Kind::Unknown;
     std::string reply;  // the primary's reply, or why there is none
 };
-using Verifier =
-    std::function<boost::asio::awaitable<Verification>(const std::string& domain,
-                                                       const std::string& recipient)>;
+using Verifier = std::function<boost::asio::awaitable<Verification>(const std::string& domain,
+                                                                    const std::string& recipient)>;
 
 struct Reputation {
     int score = 0;
@@ -38,7 +37,7 @@ struct Reputation {
 };
 
 class Checker {
-public:
+  public:
     Checker(const Config& cfg, Queue& queue, dns::Resolver& resolver, Verifier verifier);
 
     Decision connect(const std::string& ip);  // a session starts (count it only if ok)
@@ -48,14 +47,14 @@ public:
     // SPF for MAIL FROM (RFC 7208): the outcome, and a refusal when the sender's domain says
     // "fail". Arguments are references to named objects (see netio.hpp).
     boost::asio::awaitable<std::pair<spf::Outcome, Decision>> spf(const std::string& ip,
-                                                                   const std::string& sender,
-                                                                   const std::string& helo);
+                                                                  const std::string& sender,
+                                                                  const std::string& helo);
     // After relay control and the recipient count: rate, DNSBL, recipient validation, greylisting.
     boost::asio::awaitable<Decision> rcpt(const std::string& ip, const std::string& sender,
                                           const std::string& recipient, const DomainConfig& domain,
                                           const Reputation& rep);
 
-private:
+  private:
     struct Window {  // events in the current and the previous minute: a sliding-window estimate
         std::int64_t minute = 0;
         std::uint32_t current = 0, previous = 0;

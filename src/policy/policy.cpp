@@ -39,8 +39,7 @@ Decision check_helo(const std::string& name) {
         (void)boost::asio::ip::make_address(lit, ec);
         return ec ? bad : Decision{};
     }
-    if (name.empty() || name.size() > 255 || name.front() == '.' || name.front() == '-')
-        return bad;
+    if (name.empty() || name.size() > 255 || name.front() == '.' || name.front() == '-') return bad;
     std::size_t label = 0;
     for (std::size_t i = 0; i < name.size(); ++i) {
         unsigned char c = static_cast<unsigned char>(name[i]);
@@ -55,7 +54,8 @@ Decision check_helo(const std::string& name) {
     }
     // A bare IP address is not a host name: RFC 5321 wants it in brackets.
     boost::system::error_code ec;
-    (void)boost::asio::ip::make_address(name.back() == '.' ? name.substr(0, name.size() - 1) : name, ec);
+    (void)boost::asio::ip::make_address(name.back() == '.' ? name.substr(0, name.size() - 1) : name,
+                                        ec);
     return ec ? Decision{} : bad;
 }
 
@@ -86,7 +86,8 @@ bool in_networks(const std::string& ip, const std::vector<std::string>& networks
         auto slash = n.find('/');
         auto net = boost::asio::ip::make_address(n.substr(0, slash), ec);
         if (ec || net.is_v4() != a.is_v4()) continue;
-        int len = slash == std::string::npos ? (a.is_v4() ? 32 : 128) : std::stoi(n.substr(slash + 1));
+        int len =
+            slash == std::string::npos ? (a.is_v4() ? 32 : 128) : std::stoi(n.substr(slash + 1));
         auto bytes = [](const boost::asio::ip::address& ad) {
             std::vector<unsigned char> v;
             if (ad.is_v4()) {
@@ -102,7 +103,9 @@ bool in_networks(const std::string& ip, const std::vector<std::string>& networks
         bool match = true;
         for (int bit = 0; bit < len && match; ++bit) {
             int mask = 0x80 >> (bit % 8);
-            if ((x[static_cast<std::size_t>(bit / 8)] & mask) != (y[static_cast<std::size_t>(bit / 8)] & mask)) match = false;
+            if ((x[static_cast<std::size_t>(bit / 8)] & mask) !=
+                (y[static_cast<std::size_t>(bit / 8)] & mask))
+                match = false;
         }
         if (match) return true;
     }

@@ -23,7 +23,8 @@ Decision check_recipient_count(const Config& cfg, std::size_t count);
 // recipients = "list": the address, or a "*@domain" catch-all, must be listed.
 Decision check_recipient_listed(const DomainPolicy& p, const std::string& address);
 // HELO/EHLO argument: a host name (letters, digits, hyphens, underscores, dots; not a bare IP)
-// or an address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]" (Postfix: reject_invalid_helo_hostname).
+// or an address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]" (Postfix:
+// reject_invalid_helo_hostname).
 Decision check_helo(const std::string& name);
 // The client's network for greylisting and subnet limits: "192.0.2" (/24) or "2001:db8:0:1" (/64).
 std::string client_network(const std::string& ip);

@@ -2,8 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <map>
@@ -152,10 +152,9 @@ asio::awaitable<void> Session::converse() {
     if (cfg_.greet_pause.count() > 0) {
         // Pre-greeting talkers (spamware that does not wait for the banner) are refused.
         asio::steady_timer pause(stream_.socket().get_executor(), cfg_.greet_pause);
-        auto r = co_await (
-            stream_.socket().async_wait(asio::ip::tcp::socket::wait_read,
-                                        asio::as_tuple(asio::use_awaitable)) ||
-            pause.async_wait(asio::as_tuple(asio::use_awaitable)));
+        auto r = co_await (stream_.socket().async_wait(asio::ip::tcp::socket::wait_read,
+                                                       asio::as_tuple(asio::use_awaitable)) ||
+                           pause.async_wait(asio::as_tuple(asio::use_awaitable)));
         if (r.index() == 0) {
             spdlog::info("reject [{}]: talked before the greeting (policy.greet_pause)", peer_);
             reply("554 5.5.1 " + cfg_.hostname +
@@ -197,7 +196,7 @@ asio::awaitable<void> Session::converse() {
                 reply("250 2.0.0 Ok");
                 break;
             case Verb::Noop:
-                reply("250 2.0.0 Ok");
+                if (!junk()) reply("250 2.0.0 Ok");
                 break;
             case Verb::Quit:
                 reply("221 2.0.0 Bye");
@@ -212,7 +211,9 @@ asio::awaitable<void> Session::converse() {
                     "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT "
                     "VRFY");
                 break;
-            case Verb::StartTls: co_await on_starttls(c); break;
+            case Verb::StartTls:
+                co_await on_starttls(c);
+                break;
             case Verb::Expn:
             case Verb::Bdat:
             case Verb::Auth:
@@ -276,8 +277,7 @@ asio::awaitable<void> Session::on_mail(const Command& c) {
         }
         boost::system::error_code ec;
         auto ip = asio::ip::make_address(peer_, ec);
-        if (!ec)
-            spf_header_ = spf::received_spf_header(outcome, ip, sender, helo_, cfg_.hostname);
+        if (!ec) spf_header_ = spf::received_spf_header(outcome, ip, sender, helo_, cfg_.hostname);
     }
     sender_ = std::move(pending_sender_);
     reply("250 2.1.0 Ok");
@@ -443,7 +443,9 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         reset_transaction();
         co_return reply(why);
     }
-    reply(co_await commit(id, std::move(body)));
+    auto result = co_await commit(id, std::move(body));
+    if (result.starts_with("250")) junk_ = 0;  // RSET between messages is not junk
+    reply(result);
     reset_transaction();
 }
 

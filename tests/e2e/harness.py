@@ -116,9 +116,10 @@ class Backupmx:
     def queue(self):
         return json.loads(self.cli("queue", "list", "--json").stdout)
 
-    def smtp(self, helo="client.test.example"):
+    def smtp(self, helo="client.test.example", source=None):
         import smtplib
-        s = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        s = smtplib.SMTP("127.0.0.1", self.port, timeout=30,
+                         source_address=(source, 0) if source else None)
         s.ehlo(helo)
         return s
 
@@ -384,8 +385,9 @@ def swaks(port, *args, timeout=60):
 class Raw:
     """A raw SMTP client for byte-exact tests: send bytes, read replies."""
 
-    def __init__(self, port, timeout=10):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=10, source=None):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                          source_address=(source, 0) if source else None)
         self.buf = b""
 
     def send(self, data):
