@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CONFIG ?= examples/demo.toml
 
-.PHONY: all deps build run test unit clean format
+.PHONY: all deps build run test unit fuzz clean format
 
 all: build
 
@@ -33,6 +33,13 @@ run: build $(TLS_DIR)/cert.pem
 # Every test: unit (plain and ASan/UBSan) and end-to-end with real peers. ctest prints the summary.
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900 -j 2
+
+# The parsers' libFuzzer targets, longer than in `make test` (FUZZ_SECONDS each).
+FUZZ_SECONDS ?= 600
+fuzz: build
+	for t in command address data reply; do \
+	  ./$(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 $(BUILD)/fuzz-corpus/$$t \
+	    tests/fuzz/corpus/$$t || exit 1; done
 
 unit: build
 	./$(BUILD)/unit_tests

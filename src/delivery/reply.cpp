@@ -32,7 +32,7 @@ std::optional<Reply> ReplyParser::next(std::string& buf) {
         std::string line = buf.substr(0, lf);
         buf.erase(0, lf + 1);
         if (!line.empty() && line.back() == '\r') line.pop_back();
-        bool ok = line.size() >= 3 && std::isdigit(static_cast<unsigned char>(line[0])) &&
+        bool ok = line.size() >= 3 && line[0] >= '2' && line[0] <= '5' &&  // RFC 5321 4.2
                   std::isdigit(static_cast<unsigned char>(line[1])) &&
                   std::isdigit(static_cast<unsigned char>(line[2])) &&
                   (line.size() == 3 || line[3] == ' ' || line[3] == '-');

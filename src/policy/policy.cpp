@@ -12,6 +12,13 @@ Decision check_recipient_domain(const Config& cfg, const std::string& domain) {
                        " is not a domain this backup MX serves (no [[domain]] entry)"};
 }
 
+Decision check_recipient_routing(const std::string& local_part) {
+    if (local_part.find_first_of("%!@") == std::string::npos) return {};
+    return {false,
+            "550 5.7.1 Relay access denied: sender-specified routing (% ! or @ in the "
+            "local part) is not accepted"};
+}
+
 Decision check_recipient_count(const Config& cfg, std::size_t count) {
     if (count < cfg.max_recipients) return {};
     return {false, "452 4.5.3 Too many recipients (smtp.max_recipients = " +

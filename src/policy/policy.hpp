@@ -18,6 +18,10 @@ struct Decision {
 
 // `domain` is the recipient's domain as parsed (lower-cased, no trailing dot).
 Decision check_recipient_domain(const Config& cfg, const std::string& domain);
+// Sender-specified routing in the local part ("user%other@ours", "other!user@ours",
+// "\"user@other\"@ours") is refused, as Postfix does with allow_untrusted_routing = no: a
+// backup that forwarded it could become an open relay through a lenient primary.
+Decision check_recipient_routing(const std::string& local_part);
 // `count` recipients already accepted in this transaction.
 Decision check_recipient_count(const Config& cfg, std::size_t count);
 // recipients = "list": the address, or a "*@domain" catch-all, must be listed.

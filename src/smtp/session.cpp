@@ -336,6 +336,7 @@ asio::awaitable<void> Session::on_rcpt(const Command& c) {
     for (auto& r : rcpts_)
         if (r.str() == p.addr->str()) co_return reply("250 2.1.5 Ok (duplicate recipient)");
     auto d = policy::check_recipient_domain(cfg_, p.addr->domain);
+    if (d.ok) d = policy::check_recipient_routing(p.addr->local);
     if (d.ok) d = policy::check_recipient_count(cfg_, rcpts_.size());
     if (d.ok) {
         const std::string sender = sender_->str(), rcpt = p.addr->str();

@@ -95,3 +95,10 @@ TEST(RecipientCount, LimitOfOne) {
     EXPECT_FALSE(r.ok);
     EXPECT_TRUE(r.reply.starts_with("452 4.5.3")) << r.reply;
 }
+
+TEST(PolicyRouting, SenderSpecifiedRoutingRefused) {
+    for (const char* local : {"user%other.test", "other.test!user", "\"user@other.test\""})
+        EXPECT_FALSE(bmx::policy::check_recipient_routing(local).ok) << local;
+    EXPECT_TRUE(bmx::policy::check_recipient_routing("first.last+tag").ok);
+    EXPECT_EQ(bmx::policy::check_recipient_routing("a%b").reply.substr(0, 9), "550 5.7.1");
+}

@@ -306,3 +306,13 @@ TEST(StuffBody, RoundTripsThroughDataScanner) {
         EXPECT_EQ(out, body);
     }
 }
+
+TEST(ReplyParserFirstDigit, OnlyTwoToFiveAreSmtpReplies) {  // found by fuzz_reply
+    for (const char* bad : {"050 x\r\n", "199 x\r\n", "650 x\r\n", "999 x\r\n"}) {
+        bmx::delivery::ReplyParser p;
+        std::string buf = bad;
+        auto r = p.next(buf);
+        ASSERT_TRUE(r) << bad;
+        EXPECT_EQ(r->code, 0) << bad;
+    }
+}
