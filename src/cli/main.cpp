@@ -150,7 +150,8 @@ int queue_list(const Config& cfg, bool json) {
                                                  {"received_at", to_unix(r.received_at)},
                                                  {"attempts", r.attempts},
                                                  {"next_attempt_at", to_unix(r.next_attempt_at)},
-                                                 {"last_error", r.last_error}});
+                                                 {"last_error", r.last_error},
+                                                 {"held", r.held}});
         }
         std::cout << boost::json::serialize(arr) << "\n";
         return 0;
@@ -169,7 +170,8 @@ int queue_list(const Config& cfg, bool json) {
                   << " size=" << r.size << " age=" << age_text(r.received_at)
                   << " attempts=" << r.attempts
                   << " next=" << (next.count() > 0 ? "in " + format_duration(next) : "now")
-                  << " last_error=\"" << r.last_error << "\"\n";
+                  << " last_error=\"" << r.last_error << "\""
+                  << (r.held.empty() ? "" : " held=\"" + r.held + "\"") << "\n";
     }
     std::cout << "-- " << bytes << " bytes in " << rows.size() << " messages\n";
     return 0;

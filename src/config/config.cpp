@@ -213,6 +213,18 @@ void parse_domain_policy(const toml::table& t, const std::string& w, DomainPolic
         if (!node->is_boolean()) fail(w + "greylisting", "must be true or false");
         p.greylisting = *node->value<bool>();
     }
+    if (auto node = t.get("milters")) {
+        auto* arr = node->as_array();
+        if (!arr) fail(w + "milters", "must be an array like [\"inet:127.0.0.1:11332\"]");
+        p.milters.clear();
+        for (auto& el : *arr) {
+            auto v = el.value<std::string>();
+            bool ok = v && (v->starts_with("inet:") || v->starts_with("unix:") ||
+                            v->starts_with("local:"));
+            if (!ok) fail(w + "milters", "entries are \"inet:host:port\" or \"unix:/path\"");
+            p.milters.push_back(*v);
+        }
+    }
     if (p.recipients == RecipientCheck::List && p.recipient_list.empty())
         fail(w + "recipients", "\"list\" needs recipient_list or recipient_file");
 }
@@ -409,6 +421,16 @@ Config parse_config(std::string_view text) {
             if (!d || d->count() > 60) fail("policy.greet_pause", "must be a duration up to 60s");
             c.greet_pause = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
         }
+        c.milter_default_action = get_string(*p, w, "milter_default_action", "tempfail");
+        if (c.milter_default_action != "accept" && c.milter_default_action != "tempfail" &&
+            c.milter_default_action != "reject")
+            fail("policy.milter_default_action", "must be \"accept\", \"tempfail\" or \"reject\"");
+        c.milter_connect_timeout =
+            get_duration(*p, w, "milter_connect_timeout", c.milter_connect_timeout);
+        c.milter_command_timeout =
+            get_duration(*p, w, "milter_command_timeout", c.milter_command_timeout);
+        c.milter_content_timeout =
+            get_duration(*p, w, "milter_content_timeout", c.milter_content_timeout);
         if (auto node = p->get("spf")) {
             if (!node->is_boolean()) fail("policy.spf", "must be true or false");
             c.spf = *node->value<bool>();

@@ -32,6 +32,7 @@ struct DomainPolicy {
     std::vector<std::string> recipient_list;  // "user@domain" or "*@domain", lower case
     bool verify_unknown_accept = true;        // primary down, never seen: accept or 451
     bool greylisting = false;
+    std::vector<std::string> milters;  // "inet:host:port" / "unix:/path", in order
 };
 
 struct DomainConfig {
@@ -90,7 +91,10 @@ struct Config {
     std::vector<std::string> limit_exceptions{"127.0.0.0/8", "::1/128"};
     std::chrono::milliseconds greet_pause{0};  // wait before the banner; talkers are refused
     bool helo_required_syntax = true;
-    bool spf = true;  // check MAIL FROM (RFC 7208): "fail" is refused, every result recorded //
+    bool spf = true;
+    std::string milter_default_action = "tempfail";  // accept | tempfail | reject (Postfix's)
+    std::chrono::seconds milter_connect_timeout{30}, milter_command_timeout{30},
+        milter_content_timeout{300};  // check MAIL FROM (RFC 7208): "fail" is refused, every result recorded //
                       // HELO must be a host name or [address literal]
     struct DnsList {
         std::string zone;   // "zen.spamhaus.org"

@@ -1,9 +1,9 @@
+// The milter client's I/O: one Session per SMTP connection and milter, a coroutine per step,
+// each write and read under a deadline (netio::watchdog). The bytes come from codec.cpp.
 #include "milter/milter.hpp"
 
-#include <spdlog/spdlog.h>
-#include <sys/un.h>
-
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
@@ -14,509 +14,14 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <cctype>
-#include <charconv>
 
 #include "netio/netio.hpp"
-#include "util/util.hpp"
 
 namespace bmx::milter {
 
 namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
 using generic_stream = asio::generic::stream_protocol;
-
-// ---- Endpoints ----
-
-std::string Endpoint::text() const {
-    if (kind == Kind::Unix) return "unix:" + path;
-    const bool v6 = host.find(':') != std::string::npos;
-    return "inet:" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
-}
-
-namespace {
-
-bool host_name_ok(std::string_view h) {
-    if (h.empty() || h.size() > 253) return false;
-    for (char c : h)
-        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'))
-            return false;
-    return true;
-}
-
-}  // namespace
-
-std::optional<Endpoint> parse_endpoint(std::string_view spec) {
-    const auto colon = spec.find(':');
-    if (colon == std::string_view::npos) return std::nullopt;
-    const std::string_view transport = spec.substr(0, colon), rest = spec.substr(colon + 1);
-    Endpoint e;
-    if (transport == "unix" || transport == "local") {
-        if (rest.empty() || rest.find('\0') != std::string_view::npos) return std::nullopt;
-        if (rest.size() >= sizeof(sockaddr_un{}.sun_path)) return std::nullopt;
-        e.kind = Endpoint::Kind::Unix;
-        e.path = std::string(rest);
-        return e;
-    }
-    if (transport != "inet") return std::nullopt;
-    std::string_view host, port;
-    if (!rest.empty() && rest.front() == '[') {
-        const auto close = rest.find(']');
-        if (close == std::string_view::npos || close + 1 >= rest.size() || rest[close + 1] != ':')
-            return std::nullopt;
-        host = rest.substr(1, close - 1);
-        port = rest.substr(close + 2);
-        boost::system::error_code ec;
-        (void)asio::ip::make_address_v6(std::string(host), ec);
-        if (ec) return std::nullopt;
-    } else {
-        const auto c = rest.rfind(':');
-        if (c == std::string_view::npos) return std::nullopt;
-        host = rest.substr(0, c);
-        port = rest.substr(c + 1);
-        if (!host_name_ok(host)) return std::nullopt;  // a v6 literal needs its brackets
-    }
-    unsigned value = 0;
-    const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-    if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value == 0 ||
-        value > 65535)
-        return std::nullopt;
-    e.host = std::string(host);
-    e.port = static_cast<std::uint16_t>(value);
-    return e;
-}
-
-// ---- Codec ----
-
-void Decoder::feed(std::string_view bytes) {
-    if (failed()) return;
-    if (pos_ == buf_.size()) {
-        buf_.clear();
-        pos_ = 0;
-    } else if (pos_ > 65536) {
-        buf_.erase(0, pos_);
-        pos_ = 0;
-    }
-    buf_.append(bytes);
-}
-
-std::optional<Packet> Decoder::next() {
-    if (failed() || buffered() < 4) return std::nullopt;
-    std::uint32_t len = 0;
-    for (int i = 0; i < 4; ++i) len = (len << 8) | static_cast<unsigned char>(buf_[pos_ + i]);
-    if (len == 0) {
-        error_ = "packet length 0";
-        return std::nullopt;
-    }
-    if (len > max_) {
-        error_ = "packet length " + std::to_string(len) + " over the limit of " +
-                 std::to_string(max_);
-        return std::nullopt;
-    }
-    if (buffered() < 4 + static_cast<std::size_t>(len)) return std::nullopt;
-    Packet p;
-    p.command = buf_[pos_ + 4];
-    p.data.assign(buf_, pos_ + 5, len - 1);
-    pos_ += 4 + static_cast<std::size_t>(len);
-    if (pos_ == buf_.size()) {
-        buf_.clear();
-        pos_ = 0;
-    }
-    return p;
-}
-
-namespace {
-
-void put_u32(std::string& out, std::uint32_t v) {
-    out += static_cast<char>((v >> 24) & 0xff);
-    out += static_cast<char>((v >> 16) & 0xff);
-    out += static_cast<char>((v >> 8) & 0xff);
-    out += static_cast<char>(v & 0xff);
-}
-
-void put_cstr(std::string& out, std::string_view s) {
-    for (char c : s)
-        if (c != '\0') out += c;
-    out += '\0';
-}
-
-std::string angle(std::string_view address) {
-    if (!address.empty() && address.front() == '<') return std::string(address);
-    return "<" + std::string(address) + ">";
-}
-
-// Reads NUL-terminated strings and network longs out of a packet's data.
-class Reader {
-  public:
-    explicit Reader(std::string_view d) : d_(d) {}
-    bool u32(std::uint32_t& v) {
-        if (d_.size() - pos_ < 4) return false;
-        v = 0;
-        for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<unsigned char>(d_[pos_ + i]);
-        pos_ += 4;
-        return true;
-    }
-    bool cstr(std::string& s) {
-        const auto nul = d_.find('\0', pos_);
-        if (nul == std::string_view::npos) return false;
-        s.assign(d_.substr(pos_, nul - pos_));
-        pos_ = nul + 1;
-        return true;
-    }
-    bool done() const { return pos_ == d_.size(); }
-
-  private:
-    std::string_view d_;
-    std::size_t pos_ = 0;
-};
-
-bool header_name_ok(std::string_view name) {
-    if (name.empty()) return false;
-    for (char c : name) {
-        const auto u = static_cast<unsigned char>(c);
-        if (u < 33 || u > 126 || c == ':') return false;
-    }
-    return true;
-}
-
-std::string reply_name(char c) {
-    switch (c) {
-        case smfir::AddRcpt: return "SMFIR_ADDRCPT";
-        case smfir::DelRcpt: return "SMFIR_DELRCPT";
-        case smfir::AddRcptPar: return "SMFIR_ADDRCPT_PAR";
-        case smfir::Shutdown: return "SMFIR_SHUTDOWN";
-        case smfir::Accept: return "SMFIR_ACCEPT";
-        case smfir::ReplBody: return "SMFIR_REPLBODY";
-        case smfir::Continue: return "SMFIR_CONTINUE";
-        case smfir::Discard: return "SMFIR_DISCARD";
-        case smfir::ChgFrom: return "SMFIR_CHGFROM";
-        case smfir::ConnFail: return "SMFIR_CONN_FAIL";
-        case smfir::AddHeader: return "SMFIR_ADDHEADER";
-        case smfir::InsHeader: return "SMFIR_INSHEADER";
-        case smfir::SetSymList: return "SMFIR_SETSYMLIST";
-        case smfir::ChgHeader: return "SMFIR_CHGHEADER";
-        case smfir::Progress: return "SMFIR_PROGRESS";
-        case smfir::Quarantine: return "SMFIR_QUARANTINE";
-        case smfir::Reject: return "SMFIR_REJECT";
-        case smfir::Skip: return "SMFIR_SKIP";
-        case smfir::Tempfail: return "SMFIR_TEMPFAIL";
-        case smfir::ReplyCode: return "SMFIR_REPLYCODE";
-        case smfic::OptNeg: return "SMFIC_OPTNEG";
-    }
-    const auto u = static_cast<unsigned char>(c);
-    return u >= 32 && u < 127 ? std::string("reply '") + c + "'"
-                              : "reply 0x" + fmt::format("{:02x}", u);
-}
-
-std::string command_name(char c) {
-    switch (c) {
-        case smfic::Abort: return "SMFIC_ABORT";
-        case smfic::Body: return "SMFIC_BODY";
-        case smfic::Connect: return "SMFIC_CONNECT";
-        case smfic::BodyEob: return "SMFIC_BODYEOB";
-        case smfic::Helo: return "SMFIC_HELO";
-        case smfic::Header: return "SMFIC_HEADER";
-        case smfic::Mail: return "SMFIC_MAIL";
-        case smfic::Eoh: return "SMFIC_EOH";
-        case smfic::OptNeg: return "SMFIC_OPTNEG";
-        case smfic::Quit: return "SMFIC_QUIT";
-        case smfic::Rcpt: return "SMFIC_RCPT";
-        case smfic::Data: return "SMFIC_DATA";
-    }
-    return std::string("command '") + c + "'";
-}
-
-// "550 5.7.1 text", or lines "550-5.7.1 a\r\n550 5.7.1 b": a 4xx/5xx code, the same on every
-// line. Sendmail treats the text as a format: "%%" is "%", a lone "%" goes (as Postfix does).
-std::optional<std::string> check_reply_code(std::string_view raw) {
-    std::string s;
-    for (std::size_t i = 0; i < raw.size(); ++i) {
-        if (raw[i] != '%') {
-            s += raw[i];
-        } else if (i + 1 < raw.size() && raw[i + 1] == '%') {
-            s += '%';
-            ++i;
-        }
-    }
-    while (s.size() >= 2 && s.ends_with("\r\n")) s.resize(s.size() - 2);
-    if (s.size() < 3 || (s[0] != '4' && s[0] != '5') || !std::isdigit((unsigned char)s[1]) ||
-        !std::isdigit((unsigned char)s[2]))
-        return std::nullopt;
-    const std::string code = s.substr(0, 3);
-    std::size_t pos = 0;
-    for (;;) {
-        const auto eol = s.find("\r\n", pos);
-        const std::string_view line =
-            std::string_view(s).substr(pos, eol == std::string::npos ? std::string::npos : eol - pos);
-        if (line.substr(0, 3) != code) return std::nullopt;
-        if (line.size() > 3 && line[3] != ' ' && line[3] != '-') return std::nullopt;
-        if (line.find_first_of("\r\n") != std::string_view::npos) return std::nullopt;
-        if (eol == std::string::npos) break;
-        pos = eol + 2;
-    }
-    return s;
-}
-
-}  // namespace
-
-std::string frame(char command, std::string_view data) {
-    std::string out;
-    out.reserve(5 + data.size());
-    put_u32(out, static_cast<std::uint32_t>(data.size() + 1));
-    out += command;
-    out.append(data);
-    return out;
-}
-
-std::string encode_optneg(std::uint32_t version, std::uint32_t actions, std::uint32_t protocol) {
-    std::string d;
-    put_u32(d, version);
-    put_u32(d, actions);
-    put_u32(d, protocol);
-    return frame(smfic::OptNeg, d);
-}
-
-std::string encode_macros(char for_command,
-                          const std::vector<std::pair<std::string, std::string>>& macros) {
-    std::string d(1, for_command);
-    for (const auto& [name, value] : macros) {
-        put_cstr(d, name);
-        put_cstr(d, value);
-    }
-    return frame(smfic::Macro, d);
-}
-
-std::string encode_connect(std::string_view hostname, Family family, std::uint16_t port,
-                           std::string_view address) {
-    std::string d;
-    put_cstr(d, hostname);
-    d += static_cast<char>(family);
-    if (family != Family::Unknown) {
-        d += static_cast<char>((port >> 8) & 0xff);
-        d += static_cast<char>(port & 0xff);
-        put_cstr(d, address);
-    }
-    return frame(smfic::Connect, d);
-}
-
-std::string encode_helo(std::string_view name) {
-    std::string d;
-    put_cstr(d, name);
-    return frame(smfic::Helo, d);
-}
-
-namespace {
-std::string encode_envelope(char command, std::string_view address,
-                            const std::vector<std::string>& args) {
-    std::string d;
-    put_cstr(d, angle(address));
-    for (const auto& a : args) put_cstr(d, a);
-    return frame(command, d);
-}
-}  // namespace
-
-std::string encode_mail(std::string_view sender, const std::vector<std::string>& args) {
-    return encode_envelope(smfic::Mail, sender, args);
-}
-
-std::string encode_rcpt(std::string_view recipient, const std::vector<std::string>& args) {
-    return encode_envelope(smfic::Rcpt, recipient, args);
-}
-
-std::string encode_header(std::string_view name, std::string_view value) {
-    std::string d;
-    put_cstr(d, name);
-    put_cstr(d, value);
-    return frame(smfic::Header, d);
-}
-
-std::string encode_body(std::string_view chunk) { return frame(smfic::Body, chunk); }
-
-std::optional<Response> parse_response(const Packet& p, std::string& error) {
-    Response r;
-    Reader in(p.data);
-    auto bare = [&](Response::Kind k) -> std::optional<Response> {
-        if (!p.data.empty()) {
-            error = reply_name(p.command) + " followed by " + std::to_string(p.data.size()) +
-                    " data bytes";
-            return std::nullopt;
-        }
-        r.kind = k;
-        return r;
-    };
-    auto bad = [&](std::string why) -> std::optional<Response> {
-        error = reply_name(p.command) + ": " + why;
-        return std::nullopt;
-    };
-    auto mod = [&](Modification::Type t) -> std::optional<Response> {
-        r.kind = Response::Kind::Modify;
-        r.mod.type = t;
-        return r;
-    };
-    using K = Response::Kind;
-    using T = Modification::Type;
-    switch (p.command) {
-        case smfir::Continue: return bare(K::Continue);
-        case smfir::Accept: return bare(K::Accept);
-        case smfir::Reject: return bare(K::Reject);
-        case smfir::Tempfail: return bare(K::Tempfail);
-        case smfir::Discard: return bare(K::Discard);
-        case smfir::Shutdown: return bare(K::Shutdown);
-        case smfir::ConnFail: return bare(K::ConnFail);
-        case smfir::Progress: return bare(K::Progress);
-        case smfir::Skip: return bare(K::Skip);
-        case smfir::ReplyCode: {
-            std::string raw;
-            if (!in.cstr(raw) || !in.done()) return bad("not one NUL-terminated string");
-            auto checked = check_reply_code(raw);
-            if (!checked) return bad("malformed reply \"" + raw.substr(0, 100) + "\"");
-            r.kind = K::ReplyCode;
-            r.text = std::move(*checked);
-            return r;
-        }
-        case smfir::AddHeader:
-        case smfir::InsHeader:
-        case smfir::ChgHeader: {
-            if (p.command != smfir::AddHeader && !in.u32(r.mod.index)) return bad("no index");
-            if (!in.cstr(r.mod.name) || !in.cstr(r.mod.value) || !in.done())
-                return bad("not a name and a value, NUL-terminated");
-            if (!header_name_ok(r.mod.name))
-                return bad("bad header name \"" + r.mod.name.substr(0, 100) + "\"");
-            return mod(p.command == smfir::AddHeader   ? T::AddHeader
-                       : p.command == smfir::InsHeader ? T::InsertHeader
-                                                       : T::ChangeHeader);
-        }
-        case smfir::Quarantine:
-            if (!in.cstr(r.mod.value) || !in.done()) return bad("not one NUL-terminated reason");
-            return mod(T::Quarantine);
-        case smfir::ReplBody:
-            r.mod.value = p.data;
-            return mod(T::ReplaceBody);
-        case smfir::AddRcpt:
-        case smfir::DelRcpt:
-            if (!in.cstr(r.mod.value) || !in.done()) return bad("not one NUL-terminated address");
-            return mod(p.command == smfir::AddRcpt ? T::AddRecipient : T::DeleteRecipient);
-        case smfir::AddRcptPar:
-        case smfir::ChgFrom:  // address, then optional ESMTP arguments
-            if (!in.cstr(r.mod.value)) return bad("no NUL-terminated address");
-            if (!in.done() && (!in.cstr(r.mod.args) || !in.done()))
-                return bad("not an address and arguments, NUL-terminated");
-            return mod(p.command == smfir::ChgFrom ? T::ChangeSender : T::AddRecipient);
-        case smfic::OptNeg: {
-            auto& n = r.neg;
-            if (!in.u32(n.version) || !in.u32(n.actions) || !in.u32(n.protocol))
-                return bad("shorter than version, actions and protocol");
-            while (!in.done()) {
-                std::uint32_t stage = 0;
-                std::string names;
-                if (!in.u32(stage) || !in.cstr(names)) return bad("malformed macro list");
-                if (stage >= kStages) return bad("macro list for unknown stage");
-                n.macros[stage] = std::move(names);
-            }
-            r.kind = K::Negotiate;
-            return r;
-        }
-    }
-    error = "unknown " + reply_name(p.command);
-    return std::nullopt;
-}
-
-std::string normalize_header_value(std::string_view raw, bool leading_space_negotiated) {
-    if (raw.empty()) return {};
-    std::string out = leading_space_negotiated ? "" : " ";
-    for (std::size_t i = 0; i < raw.size(); ++i) {
-        if (raw[i] == '\r' || raw[i] == '\n') {
-            if (raw[i] == '\r' && i + 1 < raw.size() && raw[i + 1] == '\n') ++i;
-            out += "\r\n";
-        } else {
-            out += raw[i];
-        }
-    }
-    return out;
-}
-
-std::optional<std::string> EndOfMessage::quarantine() const {
-    std::optional<std::string> reason;
-    for (const auto& m : modifications)
-        if (m.type == Modification::Type::Quarantine) reason = m.value;
-    return reason;
-}
-
-std::optional<DefaultAction> parse_default_action(std::string_view text) {
-    if (iequals(text, "accept")) return DefaultAction::Accept;
-    if (iequals(text, "tempfail")) return DefaultAction::Tempfail;
-    if (iequals(text, "reject")) return DefaultAction::Reject;
-    return std::nullopt;
-}
-
-// ---- Messages as stored: header fields, then the body ----
-
-namespace {
-
-struct Field {
-    std::size_t begin = 0, colon = 0, end = 0;  // end: after the field's last line break
-    std::size_t name_len = 0;
-};
-
-struct Split {
-    std::vector<Field> fields;
-    std::size_t header_end = 0;  // where the empty line (or the first non-header line) starts
-    std::size_t body = 0;        // after the empty line
-};
-
-// Length of "Name" when `line` starts "Name:" or "Name :" (is_header in Postfix), else 0.
-std::size_t header_label(std::string_view line, std::size_t& colon) {
-    std::size_t i = 0;
-    while (i < line.size()) {
-        const auto u = static_cast<unsigned char>(line[i]);
-        if (u < 33 || u > 126 || line[i] == ':') break;
-        ++i;
-    }
-    const std::size_t len = i;
-    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-    if (len == 0 || i >= line.size() || line[i] != ':') return 0;
-    colon = i;
-    return len;
-}
-
-Split split_message(std::string_view m) {
-    Split s;
-    std::size_t pos = 0;
-    while (pos < m.size()) {
-        const auto nl = m.find('\n', pos);
-        const std::size_t next = nl == std::string_view::npos ? m.size() : nl + 1;
-        std::string_view line = m.substr(pos, next - pos);
-        while (!line.empty() && (line.back() == '\n' || line.back() == '\r'))
-            line.remove_suffix(1);
-        if (line.empty()) {
-            s.header_end = pos;
-            s.body = next;
-            return s;
-        }
-        if ((line[0] == ' ' || line[0] == '\t') && !s.fields.empty()) {
-            s.fields.back().end = next;
-            pos = next;
-            continue;
-        }
-        std::size_t colon = 0;
-        const std::size_t len = header_label(line, colon);
-        if (len == 0) break;  // not a header: the body starts here, without an empty line
-        s.fields.push_back(Field{pos, pos + colon, next, len});
-        pos = next;
-    }
-    s.header_end = s.body = pos;
-    return s;
-}
-
-// The value between the colon and the field's final line break.
-std::string_view field_value(std::string_view m, const Field& f) {
-    std::size_t end = f.end;
-    if (end > f.colon + 1 && m[end - 1] == '\n') --end;
-    if (end > f.colon + 1 && m[end - 1] == '\r') --end;
-    return m.substr(f.colon + 1, end - f.colon - 1);
-}
-
-}  // namespace
 
 // ---- Session ----
 
@@ -533,8 +38,8 @@ struct detail::Step {
 namespace {
 
 using detail::Step;
-const Step kConnect{smfic::Connect, Stage::Connect, smfip::NoConnect, smfip::NrConn, false, true,
-                    false};
+const Step kConnect{smfic::Connect, Stage::Connect, smfip::NoConnect, smfip::NrConn, false,
+                    true,           false};
 const Step kHelo{smfic::Helo, Stage::Helo, smfip::NoHelo, smfip::NrHelo, false, true, false};
 const Step kMail{smfic::Mail, Stage::EnvFrom, smfip::NoMail, smfip::NrMail, false, false, false};
 const Step kRcpt{smfic::Rcpt, Stage::EnvRcpt, smfip::NoRcpt, smfip::NrRcpt, false, false, true};
@@ -579,14 +84,20 @@ std::string value_for_milter(std::string_view value, bool keep_space) {
 std::uint32_t action_needed(const Modification& m) {
     switch (m.type) {
         case Modification::Type::AddHeader:
-        case Modification::Type::InsertHeader: return smfif::AddHdrs;
-        case Modification::Type::ChangeHeader: return smfif::ChgHdrs;
-        case Modification::Type::Quarantine: return smfif::Quarantine;
-        case Modification::Type::ReplaceBody: return smfif::ChgBody;
+        case Modification::Type::InsertHeader:
+            return smfif::AddHdrs;
+        case Modification::Type::ChangeHeader:
+            return smfif::ChgHdrs;
+        case Modification::Type::Quarantine:
+            return smfif::Quarantine;
+        case Modification::Type::ReplaceBody:
+            return smfif::ChgBody;
         case Modification::Type::AddRecipient:
             return m.args.empty() ? smfif::AddRcpt : smfif::AddRcptPar;
-        case Modification::Type::DeleteRecipient: return smfif::DelRcpt;
-        case Modification::Type::ChangeSender: return smfif::ChgFrom;
+        case Modification::Type::DeleteRecipient:
+            return smfif::DelRcpt;
+        case Modification::Type::ChangeSender:
+            return smfif::ChgFrom;
     }
     return ~0u;
 }
@@ -603,15 +114,21 @@ Session::Session(asio::any_io_executor ex, Endpoint endpoint, Settings settings)
     macros_["{daemon_name}"] = "backupmx";
 }
 
-Session::~Session() { close(); }
+Session::~Session() {
+    close();
+}
 
 void Session::set_macro(std::string name, std::string value) {
     macros_[canonical_macro(name)] = std::move(value);
 }
 
-void Session::clear_macro(const std::string& name) { macros_.erase(canonical_macro(name)); }
+void Session::clear_macro(const std::string& name) {
+    macros_.erase(canonical_macro(name));
+}
 
-bool Session::failed() const { return state_ == State::Error; }
+bool Session::failed() const {
+    return state_ == State::Error;
+}
 
 void Session::close() {
     if (sock_) {
@@ -627,7 +144,9 @@ Verdict Session::comm_error(std::string why) {
     close();
     state_ = State::Error;
     switch (settings_.default_action) {
-        case DefaultAction::Accept: sticky_ = Verdict{}; break;
+        case DefaultAction::Accept:
+            sticky_ = Verdict{};
+            break;
         case DefaultAction::Reject:
             sticky_ = Verdict{Verdict::Reject, "550 5.5.0 Service unavailable"};
             break;
@@ -641,8 +160,8 @@ Verdict Session::comm_error(std::string why) {
 Verdict Session::conf_error(std::string why) {
     comm_error(std::move(why));
     if (settings_.default_action != DefaultAction::Accept)
-        sticky_ = Verdict{Verdict::Tempfail,
-                          "451 4.3.5 Server configuration problem - try again later"};
+        sticky_ =
+            Verdict{Verdict::Tempfail, "451 4.3.5 Server configuration problem - try again later"};
     return sticky_;
 }
 
@@ -728,8 +247,8 @@ asio::awaitable<bool> Session::dial(std::string& why) {
     }
     asio::ip::tcp::resolver resolver(ex_);
     const std::string port = std::to_string(endpoint_.port);
-    auto [ec, results] = co_await resolver.async_resolve(endpoint_.host, port,
-                                                         asio::as_tuple(asio::use_awaitable));
+    auto [ec, results] =
+        co_await resolver.async_resolve(endpoint_.host, port, asio::as_tuple(asio::use_awaitable));
     if (ec) {
         why = "resolve " + endpoint_.host + ": " + ec.message();
         co_return false;
@@ -751,8 +270,8 @@ asio::awaitable<bool> Session::open() {
     std::string why;
     auto r = co_await (dial(why) || netio::watchdog(deadline_));
     if (r.index() == 1) {
-        error_ = "timeout (" + std::to_string(settings_.connect_timeout.count()) +
-                 " ms) connecting";
+        error_ =
+            "timeout (" + std::to_string(settings_.connect_timeout.count()) + " ms) connecting";
         close();
         co_return false;
     }
@@ -783,8 +302,8 @@ asio::awaitable<Verdict> Session::negotiate() {
         co_return comm_error("protocol version " + std::to_string(n.version) + ", we speak 2 to " +
                              std::to_string(kVersion));
     if ((n.actions & ~settings_.actions) != 0)
-        co_return comm_error(fmt::format("actions 0x{:x} beyond the 0x{:x} offered", n.actions,
-                                         settings_.actions));
+        co_return comm_error(
+            fmt::format("actions 0x{:x} beyond the 0x{:x} offered", n.actions, settings_.actions));
     if ((n.protocol & ~settings_.protocol) != 0)
         co_return comm_error(fmt::format("protocol flags 0x{:x} beyond the 0x{:x} offered",
                                          n.protocol, settings_.protocol));
@@ -801,8 +320,8 @@ asio::awaitable<Verdict> Session::negotiate() {
 
 std::string Session::macros_for(Stage stage, char command) const {
     const auto i = static_cast<std::size_t>(stage);
-    const std::string_view names = wanted_macros_[i] ? std::string_view(*wanted_macros_[i])
-                                                     : kDefaultMacros[i];
+    const std::string_view names =
+        wanted_macros_[i] ? std::string_view(*wanted_macros_[i]) : kDefaultMacros[i];
     std::vector<std::pair<std::string, std::string>> list;
     std::size_t pos = 0;
     while (pos < names.size()) {
@@ -824,9 +343,11 @@ asio::awaitable<Verdict> Session::event(const Step& step, const std::string& pay
                                         EndOfMessage* eom) {
     switch (state_) {
         case State::Error:
-        case State::RejectCon: co_return sticky_;
+        case State::RejectCon:
+            co_return sticky_;
         case State::Closed:
-        case State::AcceptCon: co_return Verdict{};
+        case State::AcceptCon:
+            co_return Verdict{};
         case State::AcceptMsg:
             if (step.message) co_return Verdict{};
             break;
@@ -836,7 +357,8 @@ asio::awaitable<Verdict> Session::event(const Step& step, const std::string& pay
             state_ = State::Envelope;
             break;
         case State::Envelope:
-        case State::Message: break;
+        case State::Message:
+            break;
     }
     if (step.content) state_ = State::Message;
 
@@ -858,8 +380,10 @@ asio::awaitable<Verdict> Session::event(const Step& step, const std::string& pay
         if (!r) co_return comm_error("after " + command_name(step.command) + ": " + why);
         using K = Response::Kind;
         switch (r->kind) {
-            case K::Progress: continue;
-            case K::Continue: co_return Verdict{};
+            case K::Progress:
+                continue;
+            case K::Continue:
+                co_return Verdict{};
             case K::Accept:
                 if (step.connection) {
                     close();
@@ -877,8 +401,8 @@ asio::awaitable<Verdict> Session::event(const Step& step, const std::string& pay
             case K::Reject:
             case K::Tempfail:
             case K::ReplyCode: {
-                Verdict v = r->kind == K::Reject ? Verdict{Verdict::Reject,
-                                                           "550 5.7.1 Command rejected"}
+                Verdict v = r->kind == K::Reject
+                                ? Verdict{Verdict::Reject, "550 5.7.1 Command rejected"}
                             : r->kind == K::Tempfail
                                 ? Verdict{Verdict::Tempfail,
                                           "451 4.7.1 Service unavailable - try again later"}
@@ -911,8 +435,7 @@ asio::awaitable<Verdict> Session::event(const Step& step, const std::string& pay
                 using T = Modification::Type;
                 if (m.type == T::AddHeader || m.type == T::InsertHeader ||
                     m.type == T::ChangeHeader)
-                    m.value =
-                        normalize_header_value(m.value, (protocol_ & smfip::HdrLeadSpc) != 0);
+                    m.value = normalize_header_value(m.value, (protocol_ & smfip::HdrLeadSpc) != 0);
                 auto& mods = eom->modifications;
                 auto replaced = std::find_if(mods.begin(), mods.end(), [](const auto& x) {
                     return x.type == T::ReplaceBody;
@@ -924,8 +447,7 @@ asio::awaitable<Verdict> Session::event(const Step& step, const std::string& pay
                 continue;
             }
             case K::Negotiate:
-                co_return comm_error("unexpected SMFIC_OPTNEG after " +
-                                     command_name(step.command));
+                co_return comm_error("unexpected SMFIC_OPTNEG after " + command_name(step.command));
         }
     }
 }
@@ -1020,18 +542,16 @@ asio::awaitable<EndOfMessage> Session::end_of_message() {
 }
 
 asio::awaitable<EndOfMessage> Session::message(std::string_view stored, bool first_is_ours) {
-    const Split s = split_message(stored);
+    const MessageParts parts = split_message(stored);
     EndOfMessage out;
-    for (std::size_t i = first_is_ours ? 1 : 0; i < s.fields.size(); ++i) {
-        const Field& f = s.fields[i];
-        const std::string_view name = stored.substr(f.begin, f.name_len);
-        const std::string_view value = field_value(stored, f);
-        out.verdict = co_await header(name, value);
+    for (std::size_t i = first_is_ours ? 1 : 0; i < parts.headers.size(); ++i) {
+        const HeaderField& f = parts.headers[i];
+        out.verdict = co_await header(f.name, f.value);
         if (out.verdict.action != Verdict::Continue) co_return out;
     }
     out.verdict = co_await end_of_headers();
     if (out.verdict.action != Verdict::Continue) co_return out;
-    out.verdict = co_await body(stored.substr(s.body));
+    out.verdict = co_await body(parts.body);
     if (out.verdict.action != Verdict::Continue) co_return out;
     co_return co_await end_of_message();
 }
@@ -1059,114 +579,6 @@ asio::awaitable<void> Session::quit() {
     }
     close();
     if (state_ != State::Error && state_ != State::RejectCon) state_ = State::Closed;
-}
-
-// ---- Carrying out the edits ----
-
-namespace {
-
-// A header value made safe to store: CRLF line breaks, every continuation line starting with
-// white space, no empty line (which would end the header section).
-std::string fold_value(std::string_view value) {
-    std::string out;
-    std::size_t pos = 0;
-    bool first = true;
-    while (pos <= value.size()) {
-        std::size_t end = value.find_first_of("\r\n", pos);
-        if (end == std::string_view::npos) end = value.size();
-        const std::string_view line = value.substr(pos, end - pos);
-        if (first) {
-            out.append(line);
-            first = false;
-        } else if (line.find_first_not_of(" \t") != std::string_view::npos) {
-            out += (line[0] == ' ' || line[0] == '\t') ? "\r\n" : "\r\n\t";
-            out.append(line);
-        }
-        if (end == value.size()) break;
-        pos = end + ((value[end] == '\r' && end + 1 < value.size() && value[end + 1] == '\n') ? 2 : 1);
-    }
-    return out;
-}
-
-std::string crlf_body(std::string_view body) {
-    std::string out;
-    out.reserve(body.size() + body.size() / 32);
-    for (std::size_t i = 0; i < body.size(); ++i) {
-        const char c = body[i];
-        if (c == '\r') {
-            out += "\r\n";
-            if (i + 1 < body.size() && body[i + 1] == '\n') ++i;
-        } else if (c == '\n') {
-            out += "\r\n";
-        } else {
-            out += c;
-        }
-    }
-    if (!out.empty() && !out.ends_with("\r\n")) out += "\r\n";
-    return out;
-}
-
-}  // namespace
-
-std::string apply_modifications(std::string_view message, const std::vector<Modification>& mods,
-                                bool first_is_ours) {
-    struct Header {
-        std::string text;  // the whole field, CRLF-terminated
-        std::string name;
-        bool ours = false;
-    };
-    const Split s = split_message(message);
-    std::vector<Header> headers;
-    for (std::size_t i = 0; i < s.fields.size(); ++i) {
-        const Field& f = s.fields[i];
-        Header h{std::string(message.substr(f.begin, f.end - f.begin)),
-                 std::string(message.substr(f.begin, f.name_len)), first_is_ours && i == 0};
-        if (!h.text.ends_with("\n")) h.text += "\r\n";
-        headers.push_back(std::move(h));
-    }
-    std::optional<std::string> new_body;
-    using T = Modification::Type;
-    for (const auto& m : mods) {
-        if (m.type == T::ReplaceBody) {
-            new_body = crlf_body(m.value);
-            continue;
-        }
-        if (m.type != T::AddHeader && m.type != T::InsertHeader && m.type != T::ChangeHeader)
-            continue;
-        if (!header_name_ok(m.name)) continue;
-        Header h{m.name + ":" + fold_value(m.value) + "\r\n", m.name, false};
-        if (m.type == T::AddHeader) {
-            headers.push_back(std::move(h));
-        } else if (m.type == T::InsertHeader) {
-            const std::size_t at = std::min<std::size_t>(m.index, headers.size());
-            headers.insert(headers.begin() + static_cast<std::ptrdiff_t>(at), std::move(h));
-        } else {
-            // Counted as the milter saw the headers: without our own first one (while it is
-            // still first); index 0 is Sendmail's way of saying 1.
-            std::uint32_t n = std::max<std::uint32_t>(m.index, 1);
-            std::size_t i = !headers.empty() && headers[0].ours ? 1 : 0;
-            for (; i < headers.size(); ++i)
-                if (iequals(headers[i].name, m.name) && --n == 0) break;
-            const bool found = i < headers.size();
-            if (m.value.empty()) {
-                if (found) headers.erase(headers.begin() + static_cast<std::ptrdiff_t>(i));
-            } else if (found) {
-                headers[i] = std::move(h);
-            } else {
-                headers.push_back(std::move(h));  // Sendmail and Postfix add it
-            }
-        }
-    }
-    std::string out;
-    out.reserve(message.size() + 1024);
-    for (const auto& h : headers) out += h.text;
-    if (new_body) {
-        out += "\r\n";
-        out += *new_body;
-    } else {
-        out.append(message.substr(s.header_end));
-    }
-    return out;
 }
 
 }  // namespace bmx::milter

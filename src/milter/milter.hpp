@@ -3,7 +3,8 @@
 // per SMTP connection and milter reports each SMTP step and then the message; each step returns
 // the milter's verdict, and the end of the message also the edits it asks for (headers added,
 // inserted, changed or deleted, the body replaced, a quarantine), which apply_modifications()
-// carries out on a stored message. The codec under it is sans-I/O: bytes in, packets out.
+// carries out on a stored message. The codec under it (codec.cpp) is sans-I/O and fuzzable:
+// bytes in, packets out; Session (milter.cpp) is the coroutine shell with the deadlines.
 // It must never decide what the SMTP session replies or stores (the caller does, from the
 // verdict); never accept from a milter a reply or an edit the negotiation did not allow, or a
 // packet beyond the size limit; and never let a dead, slow or confused milter hold a session past
@@ -34,7 +35,7 @@ struct Endpoint {
     Kind kind = Kind::Inet;
     std::string host;  // Inet: a name or an IP literal (without brackets)
     std::uint16_t port = 0;
-    std::string path;  // Unix
+    std::string path;          // Unix
     std::string text() const;  // back to "inet:host:port" / "unix:/path", for logs
 };
 // Also takes "local:/path" (Postfix's synonym for unix:). nullopt for anything else.
@@ -61,17 +62,17 @@ inline constexpr char AddRcpt = '+', DelRcpt = '-', AddRcptPar = '2', Shutdown =
 }
 namespace smfif {  // actions a milter may take at the end of the message
 inline constexpr std::uint32_t AddHdrs = 0x01, ChgBody = 0x02, AddRcpt = 0x04, DelRcpt = 0x08,
-                               ChgHdrs = 0x10, Quarantine = 0x20, ChgFrom = 0x40,
-                               AddRcptPar = 0x80, SetSymList = 0x100;
+                               ChgHdrs = 0x10, Quarantine = 0x20, ChgFrom = 0x40, AddRcptPar = 0x80,
+                               SetSymList = 0x100;
 }
 namespace smfip {  // steps a milter does not want (NO*), replies it will not send (NR_*)
 inline constexpr std::uint32_t NoConnect = 0x1, NoHelo = 0x2, NoMail = 0x4, NoRcpt = 0x8,
                                NoBody = 0x10, NoHdrs = 0x20, NoEoh = 0x40, NrHdr = 0x80,
                                NoUnknown = 0x100, NoData = 0x200, Skip = 0x400, RcptRej = 0x800,
-                               NrConn = 0x1000, NrHelo = 0x2000, NrMail = 0x4000,
-                               NrRcpt = 0x8000, NrData = 0x10000, NrUnkn = 0x20000,
-                               NrEoh = 0x40000, NrBody = 0x80000, HdrLeadSpc = 0x100000,
-                               Mds256K = 0x10000000, Mds1M = 0x20000000;
+                               NrConn = 0x1000, NrHelo = 0x2000, NrMail = 0x4000, NrRcpt = 0x8000,
+                               NrData = 0x10000, NrUnkn = 0x20000, NrEoh = 0x40000,
+                               NrBody = 0x80000, HdrLeadSpc = 0x100000, Mds256K = 0x10000000,
+                               Mds1M = 0x20000000;
 }
 // Macro stages of a milter's requested macro lists (SMFIM_*), in OPTNEG order.
 enum class Stage : std::uint32_t { Connect = 0, Helo, EnvFrom, EnvRcpt, Data, Eom, Eoh };
@@ -86,8 +87,8 @@ inline constexpr std::uint32_t kOfferedActions =
 inline constexpr std::uint32_t kOfferedProtocol =
     smfip::NoConnect | smfip::NoHelo | smfip::NoMail | smfip::NoRcpt | smfip::NoBody |
     smfip::NoHdrs | smfip::NoEoh | smfip::NrHdr | smfip::NoUnknown | smfip::NoData | smfip::Skip |
-    smfip::NrConn | smfip::NrHelo | smfip::NrMail | smfip::NrRcpt | smfip::NrData |
-    smfip::NrUnkn | smfip::NrEoh | smfip::NrBody | smfip::HdrLeadSpc;
+    smfip::NrConn | smfip::NrHelo | smfip::NrMail | smfip::NrRcpt | smfip::NrData | smfip::NrUnkn |
+    smfip::NrEoh | smfip::NrBody | smfip::HdrLeadSpc;
 
 // ---- Codec: packets are a 4-byte big-endian length (command byte + data), the command, data.
 
@@ -161,7 +162,14 @@ struct Negotiation {
 
 struct Response {
     enum class Kind {
-        Continue, Accept, Reject, Tempfail, Discard, ReplyCode, Shutdown, ConnFail,
+        Continue,
+        Accept,
+        Reject,
+        Tempfail,
+        Discard,
+        ReplyCode,
+        Shutdown,
+        ConnFail,
         Progress,  // still working: keep waiting
         Skip,      // no more body chunks, please
         Modify,    // an edit (end of message only)
@@ -176,6 +184,10 @@ struct Response {
 // Parses one packet from a milter. nullopt, with `error` saying why, when it is malformed:
 // unknown command, missing NUL, bad name, a reply code that is not 4xx/5xx, stray bytes.
 std::optional<Response> parse_response(const Packet& p, std::string& error);
+
+// Names for logs: "SMFIC_RCPT", "SMFIR_ADDHEADER"; unknown ones as "reply 'Z'".
+std::string command_name(char command);
+std::string reply_name(char reply);
 
 // A header value from a milter as it goes after "Name:": a space first unless the milter sends
 // its own (SMFIP_HDR_LEADSPC), line breaks as CRLF. "" stays "" (a delete).
@@ -216,7 +228,7 @@ struct Settings {
     std::chrono::milliseconds content_timeout{std::chrono::seconds(300)};  // milter_content_timeout
     DefaultAction default_action = DefaultAction::Tempfail;                // milter_default_action
     std::size_t max_packet = kMaxPacket;
-    std::size_t max_edit_size = 64u << 20;  // bytes of edits one end-of-message may carry
+    std::size_t max_edit_size = 64u << 20;      // bytes of edits one end-of-message may carry
     std::uint32_t actions = kOfferedActions;    // offered; a milter asking more fails negotiation
     std::uint32_t protocol = kOfferedProtocol;  // offered
 };
@@ -262,7 +274,8 @@ class Session {
     // The content steps for a stored message (CRLF lines): each header — but the first when
     // `first_is_ours` (our Received:, which Postfix does not show milters) — end of headers,
     // the body, end of message. Stops at the first verdict that does not proceed.
-    boost::asio::awaitable<EndOfMessage> message(std::string_view stored, bool first_is_ours = true);
+    boost::asio::awaitable<EndOfMessage> message(std::string_view stored,
+                                                 bool first_is_ours = true);
     boost::asio::awaitable<void> abort();
     boost::asio::awaitable<void> quit();
 
@@ -297,17 +310,29 @@ class Session {
     Decoder decoder_;
     std::array<char, 8192> inbuf_{};
     State state_ = State::Closed;
-    bool tried_ = false;          // negotiate() ran once: a session connects once
-    bool transaction_ = false;    // MAIL sent since the last abort
-    bool body_skipped_ = false;   // SMFIR_SKIP: no more body chunks for this message
-    Verdict sticky_;              // what every step answers in RejectCon / Error
+    bool tried_ = false;         // negotiate() ran once: a session connects once
+    bool transaction_ = false;   // MAIL sent since the last abort
+    bool body_skipped_ = false;  // SMFIR_SKIP: no more body chunks for this message
+    Verdict sticky_;             // what every step answers in RejectCon / Error
     std::string error_;
     std::uint32_t actions_ = 0, protocol_ = 0;
     std::array<std::optional<std::string>, kStages> wanted_macros_;
     std::map<std::string, std::string> macros_;
 };
 
-// ---- Carrying out the edits.
+// ---- Messages as stored, and carrying out the edits.
+
+// A stored message's header fields in order (the header ends at the first empty line, or at a
+// line that is not a header field) and its body (after the empty line).
+struct HeaderField {
+    std::string_view name;   // as in the message, without white space before the colon
+    std::string_view value;  // after the colon up to the field's last line break; folds kept
+};
+struct MessageParts {
+    std::vector<HeaderField> headers;
+    std::string_view body;
+};
+MessageParts split_message(std::string_view message);
 
 // Applies header edits and a body replacement to a stored message (CRLF lines; the header ends
 // at the first empty line). With `first_is_ours`, the first header is our own Received: and the

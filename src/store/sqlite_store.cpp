@@ -120,6 +120,7 @@ class SqliteStore final : public Store {
             exec("PRAGMA synchronous=FULL");
             exec("PRAGMA foreign_keys=ON");
             exec(kSchema);
+        migrate();
         } catch (...) {
             sqlite3_close(db_);
             throw;
@@ -137,7 +138,8 @@ class SqliteStore final : public Store {
 
     std::vector<IndexEntry> load_index() override {
         std::vector<IndexEntry> out;
-        Stmt s(db_, "SELECT id, domain, received_at, next_attempt_at, attempts FROM messages");
+        Stmt s(db_, "SELECT id, domain, received_at, next_attempt_at, attempts FROM messages "
+                    "WHERE held = ''");
         while (s.step())
             out.push_back({s.text(0), s.text(1), from_unix(s.integer(2)), from_unix(s.integer(3)),
                            static_cast<int>(s.integer(4))});
@@ -220,7 +222,7 @@ class SqliteStore final : public Store {
         std::vector<std::string> order;
         Stmt s(db_,
                "SELECT id, domain, sender, size, received_at, next_attempt_at, attempts, "
-               "last_error FROM messages ORDER BY received_at, id");
+               "last_error, held FROM messages ORDER BY received_at, id");
         while (s.step()) {
             QueueRow q{s.text(0),
                        s.text(1),
@@ -230,7 +232,8 @@ class SqliteStore final : public Store {
                        from_unix(s.integer(4)),
                        from_unix(s.integer(5)),
                        static_cast<int>(s.integer(6)),
-                       s.text(7)};
+                       s.text(7),
+                       s.text(8)};
             order.push_back(q.id);
             rows.emplace(q.id, std::move(q));
         }
@@ -323,7 +326,7 @@ private:
     void insert_in_tx(const NewMessage& msg) {
         Stmt m(db_,
                "INSERT INTO messages(id, domain, sender, received_at, size, next_attempt_at, "
-               "smtputf8, eightbit, client, body) VALUES(?,?,?,?,?,?,?,?,?,?)");
+               "smtputf8, eightbit, client, body, held) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
         m.bind(1, msg.id)
             .bind(2, msg.domain)
             .bind(3, msg.sender)
@@ -333,13 +336,22 @@ private:
             .bind(7, std::int64_t{msg.smtputf8})
             .bind(8, std::int64_t{msg.eightbit})
             .bind(9, msg.client)
-            .bind_blob(10, msg.body);
+            .bind_blob(10, msg.body)
+            .bind(11, msg.held);
         m.run();
         Stmt r(db_, "INSERT OR IGNORE INTO recipients(message_id, address) VALUES(?,?)");
         for (const auto& a : msg.recipients) {
             r.bind(1, msg.id).bind(2, a);
             r.run();
         }
+    }
+
+    // Columns added after the first schema: added to stores made before them.
+    void migrate() {
+        Stmt cols(db_, "SELECT name FROM pragma_table_info('messages')");
+        bool held = false;
+        while (cols.step()) held = held || cols.text(0) == "held";
+        if (!held) exec("ALTER TABLE messages ADD COLUMN held TEXT NOT NULL DEFAULT ''");
     }
 
     void exec(const char* sql) {

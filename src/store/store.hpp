@@ -28,6 +28,7 @@ struct NewMessage {
     bool smtputf8 = false;
     bool eightbit = false;
     std::string client;  // "helo [ip]" for logs
+    std::string held;    // non-empty: quarantined (a milter asked); kept, not delivered
 };
 
 struct StoredRecipient {
@@ -62,6 +63,7 @@ struct QueueRow {
     TimePoint received_at{}, next_attempt_at{};
     int attempts = 0;
     std::string last_error;
+    std::string held;  // quarantine reason, "" when not held
 };
 
 struct RecipientOutcome {
