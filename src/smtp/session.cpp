@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <map>
 
+#include "milter/milter.hpp"
 #include "netio/netio.hpp"
 #include "policy/checker.hpp"
 #include "policy/policy.hpp"
@@ -116,6 +117,7 @@ asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
 
 void Session::reset_transaction() {
     sender_.reset();
+    discard_.clear();
     spf_header_.clear();
     rcpts_.clear();
     smtputf8_ = eightbit_ = false;
@@ -192,6 +194,7 @@ asio::awaitable<void> Session::converse() {
                 break;
             case Verb::Rset:
                 if (junk()) break;
+                co_await end_milter_transactions();
                 reset_transaction();
                 reply("250 2.0.0 Ok");
                 break;
@@ -340,8 +343,9 @@ asio::awaitable<void> Session::on_rcpt(const Command& c) {
     if (d.ok) d = policy::check_recipient_count(cfg_, rcpts_.size());
     if (d.ok) {
         const std::string sender = sender_->str(), rcpt = p.addr->str();
-        d = co_await server_.checker_.rcpt(peer_, sender, rcpt, *cfg_.find_domain(p.addr->domain),
-                                           reputation_);
+        const DomainConfig& dc = *cfg_.find_domain(p.addr->domain);
+        d = co_await server_.checker_.rcpt(peer_, sender, rcpt, dc, reputation_);
+        if (d.ok) d = co_await milter_rcpt(dc, sender, rcpt);
     }
     if (!d.ok) {
         spdlog::info("reject RCPT from [{}] helo={}: from=<{}> to=<{}>: {}", peer_, helo_,
@@ -350,6 +354,64 @@ asio::awaitable<void> Session::on_rcpt(const Command& c) {
     }
     rcpts_.push_back(std::move(*p.addr));
     reply("250 2.1.5 Ok");
+}
+
+std::string Session::milter_reply(const std::string& text) {
+    if (text.starts_with("421")) quit_ = true;  // the milter closes the session (Postfix)
+    auto first = text.substr(0, text.find("\r\n"));
+    return first;
+}
+
+asio::awaitable<policy::Decision> Session::milter_rcpt(const DomainConfig& d,
+                                                       const std::string& sender,
+                                                       const std::string& rcpt) {
+    for (const auto& spec : d.policy.milters) {
+        auto& m = milters_[spec];
+        if (!m.session) {
+            auto ep = milter::parse_endpoint(spec);
+            if (!ep) {
+                spdlog::error("milter {}: bad endpoint", spec);
+                co_return policy::Decision{false, "451 4.3.5 Server configuration problem - try "
+                                                  "again later"};
+            }
+            milter::Settings ms;
+            ms.connect_timeout = cfg_.milter_connect_timeout;
+            ms.command_timeout = cfg_.milter_command_timeout;
+            ms.content_timeout = cfg_.milter_content_timeout;
+            ms.default_action = *milter::parse_default_action(cfg_.milter_default_action);
+            m.session = std::make_unique<milter::Session>(stream_.socket().get_executor(), *ep, ms);
+            m.session->set_macro("j", cfg_.hostname);
+            m.session->set_macro("{daemon_name}", "backupmx");
+            boost::system::error_code ec;
+            auto ep_remote = stream_.socket().remote_endpoint(ec);
+            const std::uint16_t port = ec ? 0 : ep_remote.port();
+            auto v = co_await m.session->connect("unknown", peer_, port);
+            if (v.proceed()) {
+                const std::string helo = helo_;
+                v = co_await m.session->helo(helo);
+            }
+            if (!v.proceed()) m.refusal = milter_reply(v.reply);
+        }
+        if (!m.refusal.empty()) co_return policy::Decision{false, m.refusal};
+        if (!m.in_transaction) {
+            auto v = co_await m.session->mail(sender, {});
+            m.in_transaction = true;
+            if (v.action == milter::Verdict::Discard) discard_ = "milter " + spec;
+            else if (!v.proceed()) co_return policy::Decision{false, milter_reply(v.reply)};
+        }
+        auto v = co_await m.session->rcpt(rcpt, {});
+        if (v.action == milter::Verdict::Discard) discard_ = "milter " + spec;
+        else if (!v.proceed()) co_return policy::Decision{false, milter_reply(v.reply)};
+    }
+    co_return policy::Decision{};
+}
+
+asio::awaitable<void> Session::end_milter_transactions() {
+    for (auto& [spec, m] : milters_) {
+        if (!m.in_transaction) continue;
+        m.in_transaction = false;
+        co_await m.session->abort();
+    }
 }
 
 asio::awaitable<void> Session::on_starttls(const Command& c) {
@@ -405,6 +467,17 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     if (!c.arg.empty()) co_return reply("501 5.5.4 Syntax: DATA");
     if (!sender_) co_return reply("503 5.5.1 Error: need MAIL command");
     if (rcpts_.empty()) co_return reply("554 5.5.1 Error: no valid recipients");
+    for (auto& [spec, m] : milters_) {
+        if (!m.in_transaction) continue;
+        auto v = co_await m.session->data();
+        if (!v.proceed() && v.action != milter::Verdict::Discard) {
+            spdlog::info("reject DATA from [{}]: milter {}: {}", peer_, spec, v.reply);
+            co_await end_milter_transactions();
+            reset_transaction();
+            co_return reply(milter_reply(v.reply));
+        }
+        if (v.action == milter::Verdict::Discard) discard_ = "milter " + spec;
+    }
     reply("354 End data with <CR><LF>.<CR><LF>");
     const bool ok12 = co_await flush();
     if (!ok12) {
@@ -412,7 +485,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         co_return;
     }
     std::string id = new_queue_id();
-    std::string body = spf_header_ + received_header(id);
+    std::string body = received_header(id);
     DataScanner scan(cfg_.max_message_size);
     for (;;) {
         std::size_t used = scan.feed(in_, body);
@@ -441,16 +514,45 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     if (!why.empty()) {
         spdlog::info("reject DATA from [{}] helo={}: from=<{}> size={}: {}", peer_, helo_,
                      sender_->str(), scan.size(), why);
+        co_await end_milter_transactions();
         reset_transaction();
         co_return reply(why);
     }
-    auto result = co_await commit(id, std::move(body));
+    // The primary's content filters, as milters: they see the message without our Received:.
+    std::string held;
+    for (auto& [spec, m] : milters_) {
+        if (!m.in_transaction || !discard_.empty()) continue;
+        m.session->set_macro("i", id);
+        auto eom = co_await m.session->message(body, true);
+        if (eom.verdict.action == milter::Verdict::Discard) {
+            discard_ = "milter " + spec;
+        } else if (!eom.verdict.proceed()) {
+            spdlog::info("reject DATA from [{}] helo={}: from=<{}>: milter {}: {}", peer_, helo_,
+                         sender_->str(), spec, eom.verdict.reply);
+            co_await end_milter_transactions();
+            reset_transaction();
+            co_return reply(milter_reply(eom.verdict.reply));
+        } else if (!eom.modifications.empty()) {
+            body = milter::apply_modifications(body, eom.modifications, true);
+            if (auto q = eom.quarantine()) held = "milter " + spec + ": " + *q;
+        }
+    }
+    co_await end_milter_transactions();
+    if (!discard_.empty()) {
+        spdlog::info("discarded id={} from=<{}> size={}: by {}", id, sender_->str(), body.size(),
+                     discard_);
+        reset_transaction();
+        co_return reply("250 2.0.0 Ok: queued as " + id);  // accepted, and dropped (RFC: discard)
+    }
+    body.insert(0, spf_header_);  // RFC 7208 9.1: above our Received:
+    auto result = co_await commit(id, std::move(body), held);
     if (result.starts_with("250")) junk_ = 0;  // RSET between messages is not junk
     reply(result);
     reset_transaction();
 }
 
-asio::awaitable<std::string> Session::commit(const std::string& id, std::string body) {
+asio::awaitable<std::string> Session::commit(const std::string& id, std::string body,
+                                             const std::string& held) {
     // One queue entry per destination domain, each with its own recipients.
     std::map<std::string, std::vector<std::string>> by_domain;
     for (auto& r : rcpts_) by_domain[r.domain].push_back(r.str());
@@ -468,6 +570,7 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
         m.smtputf8 = smtputf8_;
         m.eightbit = eightbit_;
         m.client = helo_ + "[" + peer_ + "]";
+        m.held = held;
         msgs.push_back(std::move(m));
     }
     for (std::size_t i = 0; i + 1 < msgs.size(); ++i) msgs[i].body = body;
@@ -484,6 +587,10 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
         spdlog::info("accepted id={} from=<{}> to={} size={} domain={} client={}", m.id, m.sender,
                      join_rcpts(m.recipients), m.body.size(), m.domain, m.client);
         ids += (ids.empty() ? "" : " ") + m.id;
+    }
+    if (!held.empty()) {
+        spdlog::info("held id={}: quarantined ({})", msgs.front().id, held);
+        std::erase_if(msgs, [](const NewMessage& m) { return !m.held.empty(); });
     }
     server_.on_accepted_(msgs);
     co_return "250 2.0.0 Ok: queued as " + ids;

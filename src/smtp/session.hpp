@@ -9,6 +9,10 @@
 #include <vector>
 
 #include "netio/stream.hpp"
+#include <map>
+#include <memory>
+
+#include "milter/milter.hpp"
 #include "policy/checker.hpp"
 #include "smtp/protocol.hpp"
 #include "smtp/server.hpp"
@@ -35,7 +39,13 @@ class Session {
     boost::asio::awaitable<void> on_rcpt(const Command& c);
     boost::asio::awaitable<void> on_data(const Command& c);
     boost::asio::awaitable<void> on_starttls(const Command& c);
-    boost::asio::awaitable<std::string> commit(const std::string& id, std::string body);
+    boost::asio::awaitable<std::string> commit(const std::string& id, std::string body,
+                                               const std::string& held);
+    boost::asio::awaitable<policy::Decision> milter_rcpt(const DomainConfig& d,
+                                                         const std::string& sender,
+                                                         const std::string& rcpt);
+    boost::asio::awaitable<void> end_milter_transactions();
+    std::string milter_reply(const std::string& text);  // first line; a 421 ends the session
     std::string received_header(const std::string& id) const;
     bool protocol_error();  // counts an error; true when the session must end
     bool junk();            // counts a NOOP/RSET/VRFY; true (and 421) past the limit
@@ -58,6 +68,13 @@ class Session {
     bool quit_ = false;
     char last_code_ = 0;
     policy::Reputation reputation_;
+    struct ActiveMilter {
+        std::unique_ptr<milter::Session> session;
+        bool in_transaction = false;
+        std::string refusal;  // a connect/helo-stage verdict holds for the whole session
+    };
+    std::map<std::string, ActiveMilter> milters_;  // by endpoint, opened at first use
+    std::string discard_;                         // a milter said discard: who
 };
 
 }  // namespace bmx::smtp
