@@ -60,7 +60,8 @@ int serve(const Config& cfg) {
     raise_fd_limit();
     asio::io_context io(1);
     auto queue = std::make_unique<Queue>(open_sqlite_store(cfg.store_path()));
-    dns::Resolver resolver(io, dns::Settings{cfg.dns_resolver, cfg.dns_trust_anchor, cfg.dns_timeout});
+    dns::Resolver resolver(io,
+                           dns::Settings{cfg.dns_resolver, cfg.dns_trust_anchor, cfg.dns_timeout});
     Scheduler scheduler(io, cfg, *queue, resolver);
     policy::Checker checker(
         cfg, *queue, resolver,

@@ -152,8 +152,8 @@ bool valid_domain_name(std::string_view d) {
     return true;
 }
 
-const std::set<std::string> kDomainPolicyKeys{"recipients", "recipient_list", "recipient_file",
-                                              "verify_unknown", "greylisting"};
+const std::set<std::string> kDomainPolicyKeys{"recipients",     "recipient_list", "recipient_file",
+                                              "verify_unknown", "greylisting",    "milters"};
 
 // Reads the keys a [[domain]] may override, on top of `p` (the [policy] defaults).
 void parse_domain_policy(const toml::table& t, const std::string& w, DomainPolicy& p) {

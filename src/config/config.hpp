@@ -94,8 +94,8 @@ struct Config {
     bool spf = true;
     std::string milter_default_action = "tempfail";  // accept | tempfail | reject (Postfix's)
     std::chrono::seconds milter_connect_timeout{30}, milter_command_timeout{30},
-        milter_content_timeout{300};  // check MAIL FROM (RFC 7208): "fail" is refused, every result recorded //
-                      // HELO must be a host name or [address literal]
+        milter_content_timeout{300};  // check MAIL FROM (RFC 7208): "fail" is refused, every result
+                                      // recorded // HELO must be a host name or [address literal]
     struct DnsList {
         std::string zone;   // "zen.spamhaus.org"
         int weight = 1;     // negative: an allowlist (postscreen's "list.dnswl.org*-5")

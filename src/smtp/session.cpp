@@ -371,8 +371,9 @@ asio::awaitable<policy::Decision> Session::milter_rcpt(const DomainConfig& d,
             auto ep = milter::parse_endpoint(spec);
             if (!ep) {
                 spdlog::error("milter {}: bad endpoint", spec);
-                co_return policy::Decision{false, "451 4.3.5 Server configuration problem - try "
-                                                  "again later"};
+                co_return policy::Decision{false,
+                                           "451 4.3.5 Server configuration problem - try "
+                                           "again later"};
             }
             milter::Settings ms;
             ms.connect_timeout = cfg_.milter_connect_timeout;
@@ -396,12 +397,16 @@ asio::awaitable<policy::Decision> Session::milter_rcpt(const DomainConfig& d,
         if (!m.in_transaction) {
             auto v = co_await m.session->mail(sender, {});
             m.in_transaction = true;
-            if (v.action == milter::Verdict::Discard) discard_ = "milter " + spec;
-            else if (!v.proceed()) co_return policy::Decision{false, milter_reply(v.reply)};
+            if (v.action == milter::Verdict::Discard)
+                discard_ = "milter " + spec;
+            else if (!v.proceed())
+                co_return policy::Decision{false, milter_reply(v.reply)};
         }
         auto v = co_await m.session->rcpt(rcpt, {});
-        if (v.action == milter::Verdict::Discard) discard_ = "milter " + spec;
-        else if (!v.proceed()) co_return policy::Decision{false, milter_reply(v.reply)};
+        if (v.action == milter::Verdict::Discard)
+            discard_ = "milter " + spec;
+        else if (!v.proceed())
+            co_return policy::Decision{false, milter_reply(v.reply)};
     }
     co_return policy::Decision{};
 }

@@ -4,15 +4,14 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "netio/stream.hpp"
-#include <map>
-#include <memory>
-
 #include "milter/milter.hpp"
+#include "netio/stream.hpp"
 #include "policy/checker.hpp"
 #include "smtp/protocol.hpp"
 #include "smtp/server.hpp"
@@ -74,7 +73,7 @@ class Session {
         std::string refusal;  // a connect/helo-stage verdict holds for the whole session
     };
     std::map<std::string, ActiveMilter> milters_;  // by endpoint, opened at first use
-    std::string discard_;                         // a milter said discard: who
+    std::string discard_;                          // a milter said discard: who
 };
 
 }  // namespace bmx::smtp

@@ -120,7 +120,7 @@ class SqliteStore final : public Store {
             exec("PRAGMA synchronous=FULL");
             exec("PRAGMA foreign_keys=ON");
             exec(kSchema);
-        migrate();
+            migrate();
         } catch (...) {
             sqlite3_close(db_);
             throw;
@@ -138,8 +138,9 @@ class SqliteStore final : public Store {
 
     std::vector<IndexEntry> load_index() override {
         std::vector<IndexEntry> out;
-        Stmt s(db_, "SELECT id, domain, received_at, next_attempt_at, attempts FROM messages "
-                    "WHERE held = ''");
+        Stmt s(db_,
+               "SELECT id, domain, received_at, next_attempt_at, attempts FROM messages "
+               "WHERE held = ''");
         while (s.step())
             out.push_back({s.text(0), s.text(1), from_unix(s.integer(2)), from_unix(s.integer(3)),
                            static_cast<int>(s.integer(4))});
@@ -255,7 +256,7 @@ class SqliteStore final : public Store {
         return sqlite3_changes(db_) > 0;
     }
 
-      GreyVerdict greylist(const std::string& network, const std::string& sender,
+    GreyVerdict greylist(const std::string& network, const std::string& sender,
                          const std::string& recipient, TimePoint now,
                          const GreylistRule& rule) override {
         const std::int64_t t = to_unix(now);
@@ -267,15 +268,17 @@ class SqliteStore final : public Store {
         }
         std::optional<std::int64_t> first;
         {
-            Stmt g(db_, "SELECT first_seen FROM greylist WHERE network = ? AND sender = ? AND "
-                        "recipient = ?");
+            Stmt g(db_,
+                   "SELECT first_seen FROM greylist WHERE network = ? AND sender = ? AND "
+                   "recipient = ?");
             g.bind(1, network).bind(2, sender).bind(3, recipient);
             if (g.step()) first = g.integer(0);
         }
         GreyVerdict v;
         if (!first || t - *first > rule.expiry.count()) {
-            Stmt up(db_, "INSERT OR REPLACE INTO greylist(network, sender, recipient, first_seen) "
-                         "VALUES(?,?,?,?)");
+            Stmt up(db_,
+                    "INSERT OR REPLACE INTO greylist(network, sender, recipient, first_seen) "
+                    "VALUES(?,?,?,?)");
             up.bind(1, network).bind(2, sender).bind(3, recipient).bind(4, t);
             up.run();
             v = GreyVerdict::FirstSeen;
@@ -303,13 +306,17 @@ class SqliteStore final : public Store {
     }
 
     void verify_put(const std::string& address, const VerifyEntry& e) override {
-        Stmt s(db_, "INSERT OR REPLACE INTO verify_cache(address, exists_, expires, reply) "
-                    "VALUES(?,?,?,?)");
-        s.bind(1, address).bind(2, std::int64_t{e.exists}).bind(3, to_unix(e.expires)).bind(4, e.reply);
+        Stmt s(db_,
+               "INSERT OR REPLACE INTO verify_cache(address, exists_, expires, reply) "
+               "VALUES(?,?,?,?)");
+        s.bind(1, address)
+            .bind(2, std::int64_t{e.exists})
+            .bind(3, to_unix(e.expires))
+            .bind(4, e.reply);
         s.run();
     }
 
-private:
+  private:
     struct Tx {
         explicit Tx(SqliteStore& s) : s(s) { s.exec("BEGIN IMMEDIATE"); }
         void commit() {

@@ -47,7 +47,9 @@ struct FullStore : Store {
         throw StoreError("disk full");
     }
     std::optional<VerifyEntry> verify_get(const std::string&, TimePoint) override { return {}; }
-    void verify_put(const std::string&, const VerifyEntry&) override { throw StoreError("disk full"); }
+    void verify_put(const std::string&, const VerifyEntry&) override {
+        throw StoreError("disk full");
+    }
 };
 
 }  // namespace
