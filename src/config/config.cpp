@@ -292,7 +292,7 @@ Config parse_config(std::string_view text) {
         const std::string w = "smtp.";
         check_keys(*s, "smtp",
                    {"listen", "max_message_size", "max_recipients", "max_connections",
-                    "command_timeout", "data_timeout", "max_errors", "max_junk_commands",
+                    "command_timeout", "data_timeout", "max_errors", "max_junk_commands", "min_data_rate",
                     "also_known_as", "tls_cert", "tls_key"});
         if (auto node = s->get("listen")) {
             auto* arr = node->as_array();
@@ -316,6 +316,8 @@ Config parse_config(std::string_view text) {
         c.max_errors =
             static_cast<std::uint32_t>(get_int(*s, w, "max_errors", c.max_errors, 1, 100000));
         c.command_timeout = get_duration(*s, w, "command_timeout", c.command_timeout);
+        c.min_data_rate = static_cast<std::uint32_t>(
+            get_int(*s, w, "min_data_rate", c.min_data_rate, 1, 1000000000));
         c.max_junk_commands = static_cast<std::uint32_t>(
             get_int(*s, w, "max_junk_commands", c.max_junk_commands, 1, 1000000));
         if (auto node = s->get("also_known_as")) {

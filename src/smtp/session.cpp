@@ -492,11 +492,17 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     std::string id = new_queue_id();
     std::string body = received_header(id);
     DataScanner scan(cfg_.max_message_size);
+    // Postfix's smtpd_per_request_deadline with smtpd_min_data_rate: data_timeout for the
+    // whole of DATA, extended by one second per min_data_rate bytes received. A fast sender
+    // never meets it; a slow-drip client is cut off.
+    deadline_.expires_after(cfg_.data_timeout);
     for (;;) {
         std::size_t used = scan.feed(in_, body);
         in_.erase(0, used);
         if (scan.done()) break;
-        deadline_.expires_after(cfg_.data_timeout);
+        if (used > 0)
+            deadline_.expires_at(deadline_.expiry() +
+                                 std::chrono::microseconds(used * 1000000 / cfg_.min_data_rate));
         const bool ok13 = co_await stream_.read_more(in_);
         if (!ok13) {
             spdlog::info("lost connection from [{}] during DATA after {} bytes", peer_,

@@ -250,6 +250,45 @@ class Hygiene(E2ETest):
         self.assertTrue(reply.startswith("421 4.4.2"), reply)
         self.assertLess(time.monotonic() - t0, 8)
 
+    def test_slow_drip_data_is_cut_off(self):
+        p = self.scripted().start()
+        b = self.backupmx({"example.test": f"127.0.0.1:{p.port}"},
+                          extra_smtp='data_timeout = "2s"\nmin_data_rate = 1000').start()
+        r = Raw(b.port)
+        r.reply()
+        r.cmd("EHLO client.test")
+        r.cmd("MAIL FROM:<a@sender.test>")
+        r.cmd("RCPT TO:<bob@example.test>")
+        self.assertTrue(r.cmd("DATA").startswith("354"))
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < 8:
+                r.send(b"x")  # one byte every 200 ms: each read is quick, the rate is 5 B/s
+                time.sleep(0.2)
+        except OSError:
+            pass
+        reply = r.reply()
+        self.assertTrue(reply.startswith("421 4.4.2"), reply)
+        self.assertLess(time.monotonic() - t0, 6)
+        self.assertEqual(b.queue(), [])
+
+    def test_a_fast_big_message_is_not_cut_off(self):
+        p = self.scripted().start()
+        b = self.backupmx({"example.test": f"127.0.0.1:{p.port}"},
+                          extra_smtp='data_timeout = "1s"\nmin_data_rate = 100000').start()
+        r = Raw(b.port)
+        r.reply()
+        r.cmd("EHLO client.test")
+        r.cmd("MAIL FROM:<a@sender.test>")
+        r.cmd("RCPT TO:<bob@example.test>")
+        r.cmd("DATA")
+        line = b"y" * 998 + b"\r\n"
+        for _ in range(30):  # 3 MB in about 3 s: longer than data_timeout, faster than the rate
+            r.send(line * 100)
+            time.sleep(0.1)
+        r.send(b".\r\n")
+        self.assertTrue(r.reply().startswith("250"))
+
     def test_junk_command_limit(self):
         p = self.scripted().start()
         b = self.backupmx({"example.test": f"127.0.0.1:{p.port}"},
