@@ -292,8 +292,8 @@ Config parse_config(std::string_view text) {
         const std::string w = "smtp.";
         check_keys(*s, "smtp",
                    {"listen", "max_message_size", "max_recipients", "max_connections",
-                    "command_timeout", "data_timeout", "max_errors", "max_junk_commands", "min_data_rate",
-                    "also_known_as", "tls_cert", "tls_key"});
+                    "command_timeout", "data_timeout", "max_errors", "max_junk_commands",
+                    "min_data_rate", "also_known_as", "tls_cert", "tls_key"});
         if (auto node = s->get("listen")) {
             auto* arr = node->as_array();
             if (!arr || arr->empty())

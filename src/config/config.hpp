@@ -53,7 +53,7 @@ struct Config {
     std::chrono::seconds command_timeout{300};  // RFC 5321 4.5.3.2.7: at least 5 minutes
     std::chrono::seconds data_timeout{600};  // between DATA chunks (4.5.3.2.6 asks 3m client side)
     std::uint32_t max_errors = 20;           // protocol errors before the session is dropped
-    std::uint32_t min_data_rate = 500;        // bytes/s that extend the DATA deadline (Postfix)
+    std::uint32_t min_data_rate = 500;       // bytes/s that extend the DATA deadline (Postfix)
     std::uint32_t max_junk_commands = 100;   // NOOP/RSET/VRFY per session (Postfix: 100)
     std::vector<std::string> also_known_as;  // our other names, for MX self-recognition
     std::string tls_cert, tls_key;           // inbound STARTTLS; both or neither

@@ -65,14 +65,21 @@ asio::awaitable<std::pair<spf::Outcome, Decision>> Checker::spf(const std::strin
     if (ec) co_return std::pair<spf::Outcome, Decision>{};
     spf::Options opt;
     opt.receiver = cfg_.hostname;
-    auto out = co_await spf::check_mail_from(spf_dns_, addr, sender, helo, opt);
+    // RFC 7208 2.3: the HELO identity first; a "fail" there is conclusive.
+    spf::Outcome out;
+    if (!helo.empty() && helo.front() != '[')
+        out = co_await spf::check_helo(spf_dns_, addr, helo, opt);
+    if (out.result != spf::Result::Fail)
+        out = co_await spf::check_mail_from(spf_dns_, addr, sender, helo, opt);
     Decision d;
     if (out.result == spf::Result::Fail) {
         std::string why = out.explanation.empty()
                               ? "the domain's SPF record does not allow " + ip + " to send for it"
                               : out.explanation;
-        d = Decision{false, "550 5.7.23 <" + sender + ">: Sender address rejected: SPF fail: " +
-                                why.substr(0, 300) + " (policy.spf)"};
+        const bool by_helo = out.identity == "helo";
+        d = Decision{false, "550 5.7.23 <" + (by_helo ? helo : sender) + ">: " +
+                                (by_helo ? "Helo command rejected" : "Sender address rejected") +
+                                ": SPF fail: " + why.substr(0, 300) + " (policy.spf)"};
     }
     co_return std::pair<spf::Outcome, Decision>{out, d};
 }

@@ -307,6 +307,7 @@ class Spf(E2ETest):
             'strict.test. 300 IN TXT "v=spf1 ip4:192.0.2.1 -all"',
             'soft.test. 300 IN TXT "v=spf1 ip4:192.0.2.1 ~all"',
             'ok.test. 300 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"',
+            'forged-helo.test. 300 IN TXT "v=spf1 ip4:192.0.2.1 -all"',
         ]).start()
         self.stoppers.append(dns.stop)
         p = self.scripted().start()
@@ -318,6 +319,12 @@ class Spf(E2ETest):
         reply = r.cmd("MAIL FROM:<x@strict.test>")
         self.assertTrue(reply.startswith("550 5.7.23"), reply)
         self.assertIn("SPF fail", reply)
+        h = Raw(b.port)  # the HELO identity is checked first (RFC 7208 2.3)
+        h.reply()
+        h.cmd("EHLO forged-helo.test")
+        reply = h.cmd("MAIL FROM:<x@ok.test>")
+        self.assertTrue(reply.startswith("550 5.7.23 <forged-helo.test>: Helo command rejected"),
+                        reply)
         s = b.smtp()
         s.sendmail("x@soft.test", ["bob@example.test"], "Subject: soft\r\n\r\nx\r\n")
         s.sendmail("x@ok.test", ["bob@example.test"], "Subject: ok\r\n\r\nx\r\n")
