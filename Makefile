@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CONFIG ?= examples/demo.toml
 
-.PHONY: all deps build run test unit fuzz clean format
+.PHONY: all deps build run test unit fuzz bench clean format
 
 all: build
 
@@ -40,6 +40,10 @@ fuzz: build
 	for t in command address data reply; do \
 	  ./$(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 $(BUILD)/fuzz-corpus/$$t \
 	    tests/fuzz/corpus/$$t || exit 1; done
+
+# backupmx beside Postfix on this machine; results in bench/RESULTS.md (see bench/run.py).
+bench: build
+	python3 bench/run.py --write
 
 unit: build
 	./$(BUILD)/unit_tests

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""bench: backupmx and Postfix side by side as the backup MX of one domain, on one machine, all on
+loopback. Both keep durable queues (fsync before 250). Load comes from Postfix's smtp-source; the
+primary is Postfix's smtp-sink, down while mail is accepted, then up.
+
+Measures, for each server, the median of --runs runs:
+  accept  messages/s with the primary down (--messages messages of --size bytes, --sessions at once)
+  drain   messages/s from "primary up" (an explicit flush, for both) to "queue empty"
+  rss     peak memory (PSS, summed over the server's processes) during accept
+  idle    the same with --idle idle connections open
+
+Writes a Markdown table (stdout, and bench/RESULTS.md with --write). --smoke runs a tiny version
+for `make test`. Not measured yet (issue 5): p50/p99 latency end-of-DATA -> 250, time to first
+delivery, the 1,000,000-message backlog.
+"""
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BIN = os.environ.get("BACKUPMX_BIN", os.path.join(ROOT, "build", "backupmx"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def rss_kb(pids):
+    """Proportional set size (PSS) summed over the processes: shared pages counted once, so a
+    many-process server (Postfix) and a one-process server (backupmx) compare fairly."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Sink:
+    def __init__(self, port):
+        self.port = port
+        self.proc = None
+
+    def start(self):
+        args = ["smtp-sink"]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        self.proc = subprocess.Popen(args + [f"127.0.0.1:{self.port}", "1000"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait(lambda: listening(self.port), 10, "smtp-sink")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Backupmx:
+    name = "backupmx"
+
+    def __init__(self, work, primary_port):
+        self.dir = os.path.join(work, "backupmx")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.config = os.path.join(self.dir, "bench.toml")
+        with open(self.config, "w") as f:
+            f.write(f'''hostname = "mx2.bench.test"
+[smtp]
+listen = ["127.0.0.1:{self.port}"]
+max_connections = 5000
+[queue]
+store = "sqlite:{self.dir}/queue.db"
+probe_interval = "1h"
+retry_min = "1h"
+retry_max = "2h"
+[policy]
+spf = false
+[log]
+level = "warn"
+[[domain]]
+name = "example.test"
+primary = "127.0.0.1:{primary_port}"
+''')
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "log"), "wb")
+        self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait(lambda: listening(self.port), 20, "backupmx")
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def queued(self):
+        out = subprocess.run([BIN, "queue", "list", "--config", self.config], capture_output=True,
+                             text=True, timeout=120).stdout.strip().splitlines()
+        if not out or out[-1] == "Mail queue is empty":
+            return 0
+        return int(out[-1].split(" in ")[1].split()[0])
+
+    def flush(self):
+        subprocess.run([BIN, "queue", "flush", "--config", self.config], capture_output=True,
+                       timeout=60)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log.close()
+
+
+class Postfix:
+    name = "postfix"
+
+    def __init__(self, work, primary_port):
+        self.dir = os.path.join(work, "postfix")
+        self.conf = os.path.join(self.dir, "conf")
+        for d in ("conf", "queue", "data"):
+            os.makedirs(os.path.join(self.dir, d))
+        self.port = free_port()
+        with open(os.path.join(self.conf, "main.cf"), "w") as f:
+            f.write(f"""compatibility_level = 3.6
+queue_directory = {self.dir}/queue
+data_directory = {self.dir}/data
+myhostname = mx2.bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+relay_domains = example.test
+transport_maps = inline:{{ example.test=smtp:[127.0.0.1]:{primary_port} }}
+smtpd_recipient_restrictions = permit_auth_destination, reject
+mynetworks = 127.0.0.0/8
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = {self.dir}
+default_process_limit = 1100
+smtpd_client_connection_count_limit = 0
+""")
+        master = open("/etc/postfix/master.cf").read().splitlines()
+        out = []
+        for line in master:
+            if line.startswith("smtp      inet"):
+                line = f"127.0.0.1:{self.port} inet n - n - - smtpd"
+            out.append(line)
+        with open(os.path.join(self.conf, "master.cf"), "w") as f:
+            f.write("\n".join(out) + "\n")
+        shutil.chown(os.path.join(self.dir, "data"), "postfix")
+
+    def postfix(self, *args):
+        # postfix(1) reports only to a terminal or syslog: `script` gives it one.
+        return subprocess.run(["script", "-qc", " ".join(["postfix", "-c", self.conf, *args]),
+                               "/dev/null"], capture_output=True, text=True, timeout=120)
+
+    def start(self):
+        r = self.postfix("start")
+        wait(lambda: listening(self.port), 30, "postfix: " + r.stdout)
+
+    def pids(self):
+        try:
+            with open(os.path.join(self.dir, "queue", "pid", "master.pid")) as f:
+                master = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        kids = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+        return [master] + [int(p) for p in kids.split()]
+
+    def queued(self):
+        n = 0
+        for q in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _, _, files in os.walk(os.path.join(self.dir, "queue", q)):
+                n += len(files)
+        return n
+
+    def flush(self):
+        subprocess.run(["postqueue", "-c", self.conf, "-f"], capture_output=True, timeout=60)
+
+    def stop(self):
+        self.postfix("stop")
+        wait(lambda: not listening(self.port), 30, "postfix stop")
+
+
+def one_run(kind, args):
+    work = tempfile.mkdtemp(prefix="bmx-bench-")
+    os.chmod(work, 0o755)
+    primary_port = free_port()
+    server = kind(work, primary_port)
+    sink = Sink(primary_port)
+    try:
+        server.start()
+        peak = 0
+        t0 = time.monotonic()
+        load = subprocess.Popen(["smtp-source", "-s", str(args.sessions), "-m", str(args.messages),
+                                 "-l", str(args.size), "-f", "load@sender.test", "-t",
+                                 "bob@example.test", f"127.0.0.1:{server.port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while load.poll() is None:
+            peak = max(peak, rss_kb(server.pids()))
+            time.sleep(0.05)
+        accept_s = time.monotonic() - t0
+        wait(lambda: server.queued() >= args.messages, 120, "all queued")
+        # idle connections
+        socks = []
+        for _ in range(args.idle):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            socks.append(s)
+        time.sleep(1.0)
+        idle = rss_kb(server.pids())
+        for s in socks:
+            s.close()
+        # drain
+        sink.start()
+        t1 = time.monotonic()
+        server.flush()
+        wait(lambda: server.queued() == 0, 600, "drain")
+        drain_s = time.monotonic() - t1
+        return {"accept": args.messages / accept_s, "drain": args.messages / drain_s,
+                "rss": peak, "idle": idle}
+    finally:
+        try:
+            server.stop()
+        finally:
+            sink.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=10240)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.messages, args.runs, args.idle = 200, 1, 50
+    results = {}
+    for kind in (Backupmx, Postfix):
+        runs = [one_run(kind, args) for _ in range(args.runs)]
+        results[kind.name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    b, p = results["backupmx"], results["postfix"]
+    lines = [
+        "| measure | backupmx | Postfix | backupmx/Postfix |",
+        "| --- | ---: | ---: | ---: |",
+        f"| accept, msg/s (primary down) | {b['accept']:.0f} | {p['accept']:.0f} | {b['accept']/p['accept']:.2f} |",
+        f"| drain, msg/s (after flush) | {b['drain']:.0f} | {p['drain']:.0f} | {b['drain']/p['drain']:.2f} |",
+        f"| peak memory (PSS) during accept, MB | {b['rss']/1024:.1f} | {p['rss']/1024:.1f} | {b['rss']/max(p['rss'],1):.2f} |",
+        f"| memory (PSS) with {args.idle} idle connections, MB | {b['idle']/1024:.1f} | {p['idle']/1024:.1f} | {b['idle']/max(p['idle'],1):.2f} |",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        cpu = "?"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+            f.write(f"""# Benchmark results
+
+Machine: {os.cpu_count()} cores, {cpu}, {platform.platform()}; {time.strftime('%Y-%m-%d')}.
+Command: `python3 bench/run.py --messages {args.messages} --size {args.size} --sessions {args.sessions} --idle {args.idle} --runs {args.runs} --write` (`make bench`).
+Both servers: backup MX for example.test, durable queues (fsync before 250), relaying to
+smtp-sink on loopback; load from smtp-source ({args.sessions} sessions, {args.size}-byte messages,
+{args.messages} messages); drain timed from an explicit flush (`postqueue -f` / `backupmx queue
+flush`) after the primary comes up. Medians of {args.runs} runs. Memory is PSS summed over each
+server's processes (shared pages counted once).
+
+{table}
+
+Not measured yet (issue 5, open): p50/p99 end-of-DATA to 250, time to first delivery, the
+1,000,000-message backlog (restart time, RSS, scheduling cost).
+""")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
