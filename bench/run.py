@@ -10,8 +10,8 @@ Measures, for each server, the median of --runs runs:
   idle    the same with --idle idle connections open
 
 Writes a Markdown table (stdout, and bench/RESULTS.md with --write). --smoke runs a tiny version
-for `make test`. Not measured yet (issue 5): p50/p99 latency end-of-DATA -> 250, time to first
-delivery, the 1,000,000-message backlog.
+for `make test`. Also: p50/p99 from end of DATA to 250 for --latency messages from one client.
+Not measured yet (issue 5): time to first delivery, the 1,000,000-message backlog.
 """
 import argparse
 import os
@@ -209,6 +209,42 @@ smtpd_client_connection_count_limit = 0
         wait(lambda: not listening(self.port), 30, "postfix stop")
 
 
+def data_latencies(port, count, size):
+    """Seconds from the end of DATA (CRLF . CRLF sent) to the 250, for `count` messages in a row."""
+    out = []
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay in the timing
+    f = sock.makefile("rb")
+
+    def reply():
+        while True:
+            line = f.readline()
+            if not line or line[3:4] != b"-":
+                return line
+
+    reply()
+    sock.sendall(b"EHLO latency.test\r\n")
+    reply()
+    body = b"Subject: latency\r\n\r\n" + (b"z" * 78 + b"\r\n") * (size // 80)
+    for _ in range(count):
+        sock.sendall(b"MAIL FROM:<l@sender.test>\r\n")
+        reply()
+        sock.sendall(b"RCPT TO:<bob@example.test>\r\n")
+        reply()
+        sock.sendall(b"DATA\r\n")
+        reply()
+        sock.sendall(body[:-200])
+        t = time.perf_counter()
+        sock.sendall(body[-200:] + b".\r\n")
+        r = reply()
+        out.append(time.perf_counter() - t)
+        if not r.startswith(b"250"):
+            raise RuntimeError(f"latency probe got {r!r}")
+    sock.sendall(b"QUIT\r\n")
+    sock.close()
+    return out
+
+
 def one_run(kind, args):
     work = tempfile.mkdtemp(prefix="bmx-bench-")
     os.chmod(work, 0o755)
@@ -227,7 +263,8 @@ def one_run(kind, args):
             peak = max(peak, rss_kb(server.pids()))
             time.sleep(0.05)
         accept_s = time.monotonic() - t0
-        wait(lambda: server.queued() >= args.messages, 120, "all queued")
+        lat = sorted(data_latencies(server.port, args.latency, args.size))
+        wait(lambda: server.queued() >= args.messages + args.latency, 120, "all queued")
         # idle connections
         socks = []
         for _ in range(args.idle):
@@ -243,8 +280,9 @@ def one_run(kind, args):
         server.flush()
         wait(lambda: server.queued() == 0, 600, "drain")
         drain_s = time.monotonic() - t1
-        return {"accept": args.messages / accept_s, "drain": args.messages / drain_s,
-                "rss": peak, "idle": idle}
+        return {"accept": args.messages / accept_s,
+                "drain": (args.messages + args.latency) / drain_s, "rss": peak, "idle": idle,
+                "p50": lat[len(lat) // 2] * 1000, "p99": lat[min(len(lat) - 1, len(lat) * 99 // 100)] * 1000}
     finally:
         try:
             server.stop()
@@ -260,11 +298,12 @@ def main():
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency", type=int, default=500, help="messages timed end-of-DATA -> 250")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     if args.smoke:
-        args.messages, args.runs, args.idle = 200, 1, 50
+        args.messages, args.runs, args.idle, args.latency = 200, 1, 50, 20
     results = {}
     for kind in (Backupmx, Postfix):
         runs = [one_run(kind, args) for _ in range(args.runs)]
@@ -274,6 +313,8 @@ def main():
         "| measure | backupmx | Postfix | backupmx/Postfix |",
         "| --- | ---: | ---: | ---: |",
         f"| accept, msg/s (primary down) | {b['accept']:.0f} | {p['accept']:.0f} | {b['accept']/p['accept']:.2f} |",
+        f"| end of DATA to 250, p50 ms (one client, queue idle) | {b['p50']:.2f} | {p['p50']:.2f} | {b['p50']/p['p50']:.2f} |",
+        f"| end of DATA to 250, p99 ms | {b['p99']:.2f} | {p['p99']:.2f} | {b['p99']/p['p99']:.2f} |",
         f"| drain, msg/s (after flush) | {b['drain']:.0f} | {p['drain']:.0f} | {b['drain']/p['drain']:.2f} |",
         f"| peak memory (PSS) during accept, MB | {b['rss']/1024:.1f} | {p['rss']/1024:.1f} | {b['rss']/max(p['rss'],1):.2f} |",
         f"| memory (PSS) with {args.idle} idle connections, MB | {b['idle']/1024:.1f} | {p['idle']/1024:.1f} | {b['idle']/max(p['idle'],1):.2f} |",
@@ -300,7 +341,7 @@ server's processes (shared pages counted once).
 
 {table}
 
-Not measured yet (issue 5, open): p50/p99 end-of-DATA to 250, time to first delivery, the
+Not measured yet (issue 5, open): time to first delivery, latency under the full load, the
 1,000,000-message backlog (restart time, RSS, scheduling cost).
 """)
 
