@@ -55,6 +55,7 @@ Checker::Checker(const Config& cfg, Queue& queue, dns::Resolver& resolver, Verif
       queue_(queue),
       resolver_(resolver),
       spf_dns_(resolver),
+      exceptions_(parse_networks(cfg.limit_exceptions)),
       verifier_(std::move(verifier)) {}
 
 asio::awaitable<std::pair<spf::Outcome, Decision>> Checker::spf(const std::string& ip,
@@ -106,7 +107,7 @@ std::pair<std::int64_t, double> minute_now() {
 }  // namespace
 
 Decision Checker::connect(const std::string& ip) {
-    if (in_networks(ip, cfg_.limit_exceptions)) return {};
+    if (in_networks(ip, exceptions_)) return {};
     auto& c = client(ip);
     const auto net = client_network(ip);
     auto [minute, into] = minute_now();
@@ -129,7 +130,7 @@ Decision Checker::connect(const std::string& ip) {
 }
 
 void Checker::disconnect(const std::string& ip) {
-    if (in_networks(ip, cfg_.limit_exceptions)) return;
+    if (in_networks(ip, exceptions_)) return;
     auto it = clients_.find(ip);
     if (it != clients_.end() && it->second.active > 0) --it->second.active;
     auto n = subnets_.find(client_network(ip));
@@ -137,7 +138,7 @@ void Checker::disconnect(const std::string& ip) {
 }
 
 Decision Checker::mail(const std::string& ip) {
-    if (in_networks(ip, cfg_.limit_exceptions)) return {};
+    if (in_networks(ip, exceptions_)) return {};
     auto [minute, into] = minute_now();
     if (client(ip).messages.add(minute, into) > cfg_.message_rate)
         return {false, "450 4.7.1 Error: too many messages per minute from " + ip +
@@ -241,7 +242,7 @@ asio::awaitable<Decision> Checker::rcpt(const std::string& ip, const std::string
                                         const std::string& recipient, const DomainConfig& d,
                                         const Reputation& rep) {
     auto [minute, into] = minute_now();
-    if (!in_networks(ip, cfg_.limit_exceptions) &&
+    if (!in_networks(ip, exceptions_) &&
         client(ip).recipients.add(minute, into) > cfg_.recipient_rate)
         co_return Decision{false, "450 4.7.1 Error: too many recipients per minute from " + ip +
                                       " (policy.recipient_rate = " +

@@ -73,6 +73,7 @@ class Checker {
     Queue& queue_;
     dns::Resolver& resolver_;
     spf::ResolverDns spf_dns_;
+    std::vector<Network> exceptions_;  // policy.limit_exceptions, parsed once
     Verifier verifier_;
     std::unordered_map<std::string, Client> clients_;
     std::unordered_map<std::string, std::uint32_t> subnets_;  // active sessions per network

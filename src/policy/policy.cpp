@@ -1,5 +1,6 @@
 #include "policy/policy.hpp"
 
+#include <algorithm>
 #include <boost/asio/ip/address.hpp>
 
 #include "util/util.hpp"
@@ -83,32 +84,43 @@ std::string client_network(const std::string& ip) {
     return buf;
 }
 
-bool in_networks(const std::string& ip, const std::vector<std::string>& networks) {
+std::vector<Network> parse_networks(const std::vector<std::string>& cidrs) {
+    std::vector<Network> out;
+    for (const auto& n : cidrs) {
+        auto slash = n.find('/');
+        boost::system::error_code ec;
+        auto net = boost::asio::ip::make_address(n.substr(0, slash), ec);
+        if (ec) continue;
+        int full = net.is_v4() ? 32 : 128;
+        int len = slash == std::string::npos ? full : std::stoi(n.substr(slash + 1));
+        out.push_back({net, std::min(len, full)});
+    }
+    return out;
+}
+
+namespace {
+std::vector<unsigned char> bytes_of(const boost::asio::ip::address& a) {
+    if (a.is_v4()) {
+        auto b = a.to_v4().to_bytes();
+        return {b.begin(), b.end()};
+    }
+    auto b = a.to_v6().to_bytes();
+    return {b.begin(), b.end()};
+}
+}  // namespace
+
+bool in_networks(const std::string& ip, const std::vector<Network>& networks) {
     boost::system::error_code ec;
     auto a = boost::asio::ip::make_address(ip, ec);
     if (ec) return false;
     if (a.is_v6() && a.to_v6().is_v4_mapped())
         a = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6());
+    const auto x = bytes_of(a);
     for (const auto& n : networks) {
-        auto slash = n.find('/');
-        auto net = boost::asio::ip::make_address(n.substr(0, slash), ec);
-        if (ec || net.is_v4() != a.is_v4()) continue;
-        int len =
-            slash == std::string::npos ? (a.is_v4() ? 32 : 128) : std::stoi(n.substr(slash + 1));
-        auto bytes = [](const boost::asio::ip::address& ad) {
-            std::vector<unsigned char> v;
-            if (ad.is_v4()) {
-                auto b = ad.to_v4().to_bytes();
-                v.assign(b.begin(), b.end());
-            } else {
-                auto b = ad.to_v6().to_bytes();
-                v.assign(b.begin(), b.end());
-            }
-            return v;
-        };
-        const auto x = bytes(a), y = bytes(net);
+        if (n.address.is_v4() != a.is_v4()) continue;
+        const auto y = bytes_of(n.address);
         bool match = true;
-        for (int bit = 0; bit < len && match; ++bit) {
+        for (int bit = 0; bit < n.prefix && match; ++bit) {
             int mask = 0x80 >> (bit % 8);
             if ((x[static_cast<std::size_t>(bit / 8)] & mask) !=
                 (y[static_cast<std::size_t>(bit / 8)] & mask))

@@ -5,7 +5,9 @@
 // It must never do I/O itself and never accept a recipient outside a configured domain.
 #pragma once
 
+#include <boost/asio/ip/address.hpp>
 #include <string>
+#include <vector>
 
 #include "config/config.hpp"
 
@@ -32,7 +34,13 @@ Decision check_recipient_listed(const DomainPolicy& p, const std::string& addres
 Decision check_helo(const std::string& name);
 // The client's network for greylisting and subnet limits: "192.0.2" (/24) or "2001:db8:0:1" (/64).
 std::string client_network(const std::string& ip);
-// Is `ip` inside one of the "addr/len" networks (a bare address is a /32 or /128)?
-bool in_networks(const std::string& ip, const std::vector<std::string>& networks);
+// "addr/len" networks (a bare address is a /32 or /128), parsed once; bad entries are skipped
+// (config/ has refused them already).
+struct Network {
+    boost::asio::ip::address address;
+    int prefix = 0;
+};
+std::vector<Network> parse_networks(const std::vector<std::string>& cidrs);
+bool in_networks(const std::string& ip, const std::vector<Network>& networks);
 
 }  // namespace bmx::policy

@@ -102,3 +102,15 @@ TEST(PolicyRouting, SenderSpecifiedRoutingRefused) {
     EXPECT_TRUE(bmx::policy::check_recipient_routing("first.last+tag").ok);
     EXPECT_EQ(bmx::policy::check_recipient_routing("a%b").reply.substr(0, 9), "550 5.7.1");
 }
+
+TEST(PolicyNetworks, CidrMatchingForBothFamilies) {
+    auto nets = bmx::policy::parse_networks({"127.0.0.0/8", "192.0.2.7", "2001:db8::/32"});
+    ASSERT_EQ(nets.size(), 3u);
+    EXPECT_TRUE(bmx::policy::in_networks("127.1.2.3", nets));
+    EXPECT_TRUE(bmx::policy::in_networks("::ffff:127.0.0.1", nets));  // v4-mapped
+    EXPECT_TRUE(bmx::policy::in_networks("192.0.2.7", nets));
+    EXPECT_FALSE(bmx::policy::in_networks("192.0.2.8", nets));
+    EXPECT_TRUE(bmx::policy::in_networks("2001:db8:1::1", nets));
+    EXPECT_FALSE(bmx::policy::in_networks("2001:db9::1", nets));
+    EXPECT_FALSE(bmx::policy::in_networks("not an ip", nets));
+}
