@@ -136,6 +136,7 @@ class OutboundTls(E2ETest):
         s.quit()
         if expect_delivery:
             wait_until(lambda: primary.transactions, what="delivery")
+            b.wait_log(r"delivered id=")  # the primary answers before backupmx logs it
         else:
             b.wait_log(r"deferred id=", count=2)  # tried, and tried again: never falls back
             self.assertEqual(primary.transactions, [])
@@ -206,6 +207,7 @@ class Dane(E2ETest):
         s.quit()
         if expect_delivery:
             wait_until(lambda: primary.transactions, what="delivery")
+            b.wait_log(r"delivered id=")  # the primary answers before backupmx logs it
         else:
             b.wait_log(r"deferred id=", count=2)
             self.assertEqual(primary.transactions, [])
