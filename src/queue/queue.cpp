@@ -37,6 +37,24 @@ boost::asio::awaitable<void> Queue::commit(const std::vector<NewMessage>& msgs) 
         boost::asio::use_awaitable);
 }
 
+boost::asio::awaitable<int> Queue::record(const AttemptUpdate& u) {
+    auto ex = co_await boost::asio::this_coro::executor;
+    int left = 0;
+    co_await boost::asio::async_initiate<decltype(boost::asio::use_awaitable),
+                                         void(std::exception_ptr)>(
+        [this, ex, &u, &left](auto handler) {
+            auto h = std::make_shared<decltype(handler)>(std::move(handler));
+            // `u` and `left` live in this coroutine frame, suspended until the job is done.
+            submit(Job{nullptr,
+                       [h, ex](Store*, std::exception_ptr ep) {
+                           boost::asio::post(ex, [h, ep]() mutable { (*h)(ep); });
+                       },
+                       &u, &left});
+        },
+        boost::asio::use_awaitable);
+    co_return left;
+}
+
 void Queue::loop() {
     for (;;) {
         std::deque<Job> jobs;
@@ -60,7 +78,26 @@ void Queue::loop() {
                 batch_error = std::current_exception();
             }
         }
-        for (auto& j : jobs) j.run(store_.get(), j.insert ? batch_error : nullptr);
+        // Attempts finished together share one transaction too.
+        std::vector<const AttemptUpdate*> attempts;
+        for (auto& j : jobs)
+            if (j.attempt) attempts.push_back(j.attempt);
+        std::exception_ptr attempt_error;
+        if (!attempts.empty()) {
+            try {
+                auto left = store_->record_attempts(attempts);
+                std::size_t i = 0;
+                for (auto& j : jobs)
+                    if (j.attempt) *j.left = left.at(i++);
+                ++attempt_batches_;
+            } catch (...) {
+                attempt_error = std::current_exception();
+            }
+        }
+        for (auto& j : jobs)
+            j.run(store_.get(), j.insert    ? batch_error
+                                : j.attempt ? attempt_error
+                                            : nullptr);
     }
 }
 

@@ -1,6 +1,7 @@
 // queue: the asynchronous door to the store. Coroutines on the event loop hand it work; one
 // thread of its own runs every store call, and batches the new messages of all sessions that wait
-// at the same moment into one transaction (group commit: one fsync serves many 250s).
+// at the same moment into one transaction (group commit: one fsync serves many 250s), and likewise
+// the delivery attempts that finish together.
 // It must never run store calls on the event loop, and never complete a commit before the store
 // has returned from it.
 #pragma once
@@ -35,6 +36,10 @@ class Queue {
     // Commits all messages durably (grouped with other sessions' commits). Throws StoreError.
     boost::asio::awaitable<void> commit(const std::vector<NewMessage>& msgs);
 
+    // Records one delivery attempt (grouped with the other attempts waiting at the same moment
+    // into one transaction). Returns the recipients still pending. Throws StoreError.
+    boost::asio::awaitable<int> record(const AttemptUpdate& u);
+
     // Runs fn(store) on the store thread and resumes the caller on its executor with the result.
     // Callers pass a named std::function: GCC 12 may destroy a temporary inside co_await twice.
     template <class T>
@@ -63,11 +68,14 @@ class Queue {
     }
 
     std::uint64_t batches() const { return batches_.load(); }  // group commits (tests, metrics)
+    std::uint64_t attempt_batches() const { return attempt_batches_.load(); }
 
   private:
     struct Job {
         const std::vector<NewMessage>* insert;  // non-null: part of the next group commit
         std::function<void(Store*, std::exception_ptr)> run;
+        const AttemptUpdate* attempt = nullptr;  // non-null: part of the next attempt batch
+        int* left = nullptr;                     // where the attempt's result goes
     };
     void submit(Job job);
     void loop();
@@ -78,6 +86,7 @@ class Queue {
     std::deque<Job> jobs_;
     bool stopping_ = false;
     std::atomic<std::uint64_t> batches_{0};
+    std::atomic<std::uint64_t> attempt_batches_{0};
     std::thread thread_;
 };
 

@@ -375,8 +375,7 @@ asio::awaitable<void> Scheduler::finish(const std::string& id, AttemptUpdate u,
     int left = 0;
     bool committed = true;
     try {
-        const std::function<int(Store&)> record = [&u](Store& s) { return s.record_attempt(u); };
-        left = co_await queue_.call(record);
+        left = co_await queue_.record(u);
     } catch (const std::exception& e) {
         // Not recorded: the message is still queued as before; retry after the backoff.
         spdlog::error("store failure recording attempt for id={}: {}", id, e.what());

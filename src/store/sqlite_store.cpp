@@ -174,8 +174,16 @@ class SqliteStore final : public Store {
         return m;
     }
 
-    int record_attempt(const AttemptUpdate& u) override {
+    std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>& batch) override {
         Tx tx(*this);
+        std::vector<int> left;
+        left.reserve(batch.size());
+        for (const AttemptUpdate* u : batch) left.push_back(record_in_tx(*u));
+        tx.commit();
+        return left;
+    }
+
+    int record_in_tx(const AttemptUpdate& u) {
         {
             Stmt exists(db_, "SELECT 1 FROM messages WHERE id = ?");
             exists.bind(1, u.id);
@@ -214,7 +222,6 @@ class SqliteStore final : public Store {
                 .bind(4, u.id);
             m.run();
         }
-        tx.commit();
         return static_cast<int>(pending);
     }
 

@@ -106,9 +106,11 @@ class Store {
     virtual void insert(const std::vector<const NewMessage*>& batch) = 0;
     virtual std::vector<IndexEntry> load_index() = 0;
     virtual std::optional<StoredMessage> load(const std::string& id) = 0;
-    // Applies outcomes; deletes the message once nothing is pending. Returns pending count left
-    // (0 also when the message is gone, e.g. deleted by an operator meanwhile).
-    virtual int record_attempt(const AttemptUpdate& u) = 0;
+    // Applies each update's outcomes, all in one transaction (one durable commit for the batch);
+    // deletes a message once nothing is pending. Returns, per update, the pending count left (0
+    // also when the message is gone, e.g. deleted by an operator meanwhile). Throws StoreError.
+    virtual std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>& batch) = 0;
+    int record_attempt(const AttemptUpdate& u) { return record_attempts({&u}).front(); }
     virtual std::vector<QueueRow> list() = 0;
     virtual bool remove(const std::string& id) = 0;
 

@@ -39,7 +39,9 @@ struct FullStore : Store {
     void insert(const std::vector<const NewMessage*>&) override { throw StoreError("disk full"); }
     std::vector<IndexEntry> load_index() override { return {}; }
     std::optional<StoredMessage> load(const std::string&) override { return std::nullopt; }
-    int record_attempt(const AttemptUpdate&) override { throw StoreError("disk full"); }
+    std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>&) override {
+        throw StoreError("disk full");
+    }
     std::vector<QueueRow> list() override { return {}; }
     bool remove(const std::string&) override { return false; }
     GreyVerdict greylist(const std::string&, const std::string&, const std::string&, TimePoint,
@@ -82,6 +84,45 @@ TEST(Queue, ConcurrentCommitsShareTransactions) {
     EXPECT_EQ(store->load_index().size(), static_cast<std::size_t>(n));
 }
 
+TEST(Queue, ConcurrentAttemptRecordsShareTransactions) {
+    TempDir dir;
+    const int n = 300;
+    std::vector<NewMessage> msgs;
+    for (int i = 0; i < n; ++i) msgs.push_back(message(i));
+    int removed = 0, kept = 0;
+    std::uint64_t batches = 0;
+    {
+        Queue q(open_sqlite_store(dir.path + "/q.db"));
+        asio::io_context io;
+        asio::co_spawn(io, [&]() -> asio::awaitable<void> { co_await q.commit(msgs); },
+                       asio::detached);
+        io.run();
+        io.restart();
+        for (int i = 0; i < n; ++i) {
+            asio::co_spawn(
+                io,
+                [&, i]() -> asio::awaitable<void> {
+                    // Even messages are delivered (and leave), odd ones are deferred (and stay).
+                    AttemptUpdate u;
+                    u.id = msgs[i].id;
+                    u.next_attempt_at = now();
+                    u.outcomes = {{msgs[i].recipients[0],
+                                   i % 2 ? RcptStatus::Pending : RcptStatus::Delivered, "250 ok"}};
+                    int left = co_await q.record(u);
+                    ++(left == 0 ? removed : kept);
+                },
+                asio::detached);
+        }
+        io.run();
+        batches = q.attempt_batches();
+    }
+    EXPECT_EQ(removed, n / 2);
+    EXPECT_EQ(kept, n / 2);
+    EXPECT_LT(batches, static_cast<std::uint64_t>(n)) << "no transaction was shared";
+    auto store = open_sqlite_store(dir.path + "/q.db");
+    EXPECT_EQ(store->load_index().size(), static_cast<std::size_t>(n / 2));
+}
+
 TEST(Queue, CallRunsOnTheStoreThreadAndReturnsValues) {
     TempDir dir;
     Queue q(open_sqlite_store(dir.path + "/q.db"));
@@ -112,6 +153,26 @@ TEST(Queue, StoreFailureReachesTheCaller) {
             const std::vector<NewMessage> batch{message(1)};
             try {
                 co_await q.commit(batch);
+            } catch (const StoreError& e) {
+                error = e.what();
+            }
+        },
+        asio::detached);
+    io.run();
+    EXPECT_EQ(error, "disk full");
+}
+
+TEST(Queue, AttemptStoreFailureReachesTheCaller) {
+    Queue q(std::make_unique<FullStore>());
+    asio::io_context io;
+    std::string error;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            AttemptUpdate u;
+            u.id = "X";
+            try {
+                co_await q.record(u);
             } catch (const StoreError& e) {
                 error = e.what();
             }
