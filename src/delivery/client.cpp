@@ -294,23 +294,23 @@ asio::awaitable<std::optional<Extensions>> open_session(Conn& c, const std::vect
     co_return std::nullopt;
 }
 
-asio::awaitable<Outcome> transaction(Conn& c, const Settings& s, const std::vector<Target>& targets,
-                                     const Envelope& env, std::string_view body) {
-    auto fail = [&c] { return std::move(c.partial_); };
-    auto ext = co_await open_session(c, targets, s);
-    if (!ext) co_return fail();
-    c.partial_.error.clear();  // a failed TLS try that fell back to plaintext is not the outcome
+// How a connection stands after a transaction.
+enum class After { Broken, Idle, NeedsRset };
+
+// One mail transaction on an open session (MAIL, RCPT..., DATA, body): fills c.partial_.rcpt, or
+// c.partial_.error when the connection failed. Never QUITs: the caller decides.
+asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& env,
+                                std::string_view body) {
     const std::size_t n = env.recipients.size();
-    if (env.smtputf8 && !ext->smtputf8) {
+    if (env.smtputf8 && !ext.smtputf8) {
         c.partial_.rcpt.assign(
             n, local_reply(550, "5.6.7 " + c.partial_.remote +
                                     " does not support SMTPUTF8, which this message needs"));
-        co_await c.quit();
-        co_return fail();
+        co_return After::Idle;
     }
     std::string mail = "MAIL FROM:<" + env.sender + ">";
-    if (ext->size) mail += " SIZE=" + std::to_string(body.size());
-    if (env.eightbit && ext->eightbit) mail += " BODY=8BITMIME";
+    if (ext.size) mail += " SIZE=" + std::to_string(body.size());
+    if (env.eightbit && ext.eightbit) mail += " BODY=8BITMIME";
     if (env.smtputf8) mail += " SMTPUTF8";
     mail += "\r\n";
     std::vector<std::string> rcpt_cmds;
@@ -318,59 +318,73 @@ asio::awaitable<Outcome> transaction(Conn& c, const Settings& s, const std::vect
 
     std::optional<Reply> mail_reply, data_reply;
     std::vector<Reply> rcpt_replies;
-    if (ext->pipelining) {  // RFC 2920: MAIL, every RCPT and DATA in one write
+    if (ext.pipelining) {  // RFC 2920: MAIL, every RCPT and DATA in one write
         std::string batch = mail;
         for (auto& r : rcpt_cmds) batch += r;
         batch += "DATA\r\n";
         const bool sent = co_await c.send(batch, "after MAIL FROM");
-        if (!sent) co_return fail();
+        if (!sent) co_return After::Broken;
         mail_reply = co_await c.reply("after MAIL FROM");
-        if (!mail_reply) co_return fail();
+        if (!mail_reply) co_return After::Broken;
+        if (mail_reply->code == 421) {  // closing now: the other replies will not come
+            c.partial_.rcpt.assign(n, *mail_reply);
+            co_return After::Broken;
+        }
         for (std::size_t i = 0; i < n; ++i) {
             const std::string doing = "after RCPT TO:<" + env.recipients[i] + ">";
             auto r = co_await c.reply(doing);
-            if (!r) co_return fail();
+            if (!r) co_return After::Broken;
+            if (r->code == 421) {
+                c.partial_.rcpt.assign(n, *r);
+                co_return After::Broken;
+            }
             rcpt_replies.push_back(*r);
         }
         data_reply = co_await c.reply("after DATA");
-        if (!data_reply) co_return fail();
+        if (!data_reply) co_return After::Broken;
     } else {
         const bool sent = co_await c.send(mail, "after MAIL FROM");
-        if (!sent) co_return fail();
+        if (!sent) co_return After::Broken;
         mail_reply = co_await c.reply("after MAIL FROM");
-        if (!mail_reply) co_return fail();
+        if (!mail_reply) co_return After::Broken;
         if (mail_reply->positive()) {
             for (std::size_t i = 0; i < n; ++i) {
                 const std::string doing = "after RCPT TO:<" + env.recipients[i] + ">";
                 const bool rcpt_sent = co_await c.send(rcpt_cmds[i], doing);
-                if (!rcpt_sent) co_return fail();
+                if (!rcpt_sent) co_return After::Broken;
                 auto r = co_await c.reply(doing);
-                if (!r) co_return fail();
+                if (!r) co_return After::Broken;
                 rcpt_replies.push_back(*r);
             }
         }
     }
+    // 421: the server is closing the channel (RFC 5321 3.8), whatever else it said.
+    bool closing = mail_reply->code == 421 || (data_reply && data_reply->code == 421);
+    for (auto& r : rcpt_replies) closing = closing || r.code == 421;
     if (!mail_reply->positive()) {
         c.partial_.rcpt.assign(n, *mail_reply);
-        co_await c.quit();
-        co_return fail();
+        co_return closing ? After::Broken : After::NeedsRset;
     }
     bool any = false;
     for (auto& r : rcpt_replies) any = any || r.positive();
-    if (!ext->pipelining && any) {
+    if (!ext.pipelining && any) {
         const bool sent = co_await c.send("DATA\r\n", "after DATA");
-        if (!sent) co_return fail();
+        if (!sent) co_return After::Broken;
         data_reply = co_await c.reply("after DATA");
-        if (!data_reply) co_return fail();
+        if (!data_reply) co_return After::Broken;
+        closing = closing || data_reply->code == 421;
     }
     std::optional<Reply> final_reply;
+    bool finished = false;  // the transaction ended with the reply to the final dot
     if (data_reply && data_reply->code == 354) {
         // With no accepted recipient a (misbehaving) server may still say 354: end it empty.
         std::string data = any ? stuff_body(body) : std::string(".\r\n");
         const bool sent = co_await c.send(data, "after end of data");
-        if (!sent) co_return fail();
+        if (!sent) co_return After::Broken;
         final_reply = co_await c.reply("after end of data");
-        if (!final_reply) co_return fail();
+        if (!final_reply) co_return After::Broken;
+        closing = closing || final_reply->code == 421;
+        finished = true;
     } else if (data_reply) {
         final_reply = data_reply;
     }
@@ -378,8 +392,18 @@ asio::awaitable<Outcome> transaction(Conn& c, const Settings& s, const std::vect
         const Reply& r = rcpt_replies[i];
         c.partial_.rcpt.push_back(r.positive() && final_reply ? *final_reply : r);
     }
-    co_await c.quit();
-    co_return fail();
+    if (closing) co_return After::Broken;
+    co_return finished ? After::Idle : After::NeedsRset;
+}
+
+asio::awaitable<Outcome> transaction(Conn& c, const Settings& s, const std::vector<Target>& targets,
+                                     const Envelope& env, std::string_view body) {
+    auto ext = co_await open_session(c, targets, s);
+    if (!ext) co_return std::move(c.partial_);
+    c.partial_.error.clear();  // a failed TLS try that fell back to plaintext is not the outcome
+    auto after = co_await transact(c, *ext, env, body);
+    if (after != After::Broken) co_await c.quit();
+    co_return std::move(c.partial_);
 }
 
 asio::awaitable<Outcome> verify_session(Conn& c, const Settings& s,
@@ -427,6 +451,88 @@ asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& t
     // Named, not a temporary inside co_await: GCC 12 may destroy such temporaries twice.
     auto work = [&](Conn& conn) { return transaction(conn, s, targets, env, body); };
     co_return co_await c.run(work);
+}
+
+struct Session::Impl {
+    Impl(asio::any_io_executor ex, const Settings& s) : c(ex, s), s(s) {}
+    Conn c;
+    const Settings& s;
+    Extensions ext;
+    Outcome base;  // reached, remote and tls of the open session
+    bool usable = false;
+    bool rset = false;  // the last transaction did not end cleanly: RSET before the next
+    std::size_t sent = 0;
+    std::string open_error;
+};
+
+Session::Session(asio::any_io_executor ex, const Settings& s)
+    : impl_(std::make_unique<Impl>(ex, s)) {}
+Session::~Session() = default;
+
+bool Session::usable() const { return impl_->usable; }
+std::size_t Session::transactions() const { return impl_->sent; }
+
+asio::awaitable<Outcome> Session::open(const std::vector<Target>& targets) {
+    auto& i = *impl_;
+    auto work = [&](Conn& conn) -> asio::awaitable<Outcome> {
+        auto ext = co_await open_session(conn, targets, i.s);
+        if (ext) {
+            i.ext = *ext;
+            i.usable = true;
+            conn.partial_.error.clear();  // a failed TLS try that fell back to plaintext
+        }
+        co_return std::move(conn.partial_);
+    };
+    auto o = co_await i.c.run(work);
+    if (!o.error.empty()) i.usable = false;
+    i.base = Outcome{o.reached, o.remote, o.tls, {}, {}};
+    i.open_error = o.error;
+    co_return o;
+}
+
+asio::awaitable<Outcome> Session::send(const Envelope& env, std::string_view body) {
+    auto& i = *impl_;
+    if (!i.usable) {
+        Outcome o = i.base;  // why it could not open, for the message that was to go first
+        o.error = i.open_error.empty() ? "no open session with the primary" : i.open_error;
+        co_return o;
+    }
+    i.c.partial_ = i.base;
+    After after = After::Broken;
+    auto work = [&](Conn& conn) -> asio::awaitable<Outcome> {
+        if (i.rset) {
+            const bool sent = co_await conn.send("RSET\r\n", "after RSET");
+            if (!sent) co_return std::move(conn.partial_);
+            auto r = co_await conn.reply("after RSET");
+            if (!r) co_return std::move(conn.partial_);
+            if (!r->positive()) {
+                conn.partial_.error = conn.partial_.remote + " refused RSET: " + r->text();
+                co_return std::move(conn.partial_);
+            }
+            i.rset = false;
+        }
+        after = co_await transact(conn, i.ext, env, body);
+        co_return std::move(conn.partial_);
+    };
+    auto o = co_await i.c.run(work);
+    ++i.sent;
+    if (!o.error.empty()) after = After::Broken;  // a timeout or a lost connection
+    i.usable = after != After::Broken;
+    i.rset = after == After::NeedsRset;
+    if (!i.usable) i.c.drop();
+    co_return o;
+}
+
+asio::awaitable<void> Session::close() {
+    auto& i = *impl_;
+    if (!i.usable) co_return;
+    i.usable = false;
+    auto work = [&](Conn& conn) -> asio::awaitable<Outcome> {
+        co_await conn.quit();
+        co_return Outcome{};
+    };
+    co_await i.c.run(work);
+    i.c.drop();
 }
 
 asio::awaitable<Outcome> verify(const Settings& s, const std::vector<Target>& targets,

@@ -1,4 +1,4 @@
-// delivery/client: speaks SMTP to a primary for one queued message — EHLO (HELO fallback),
+// delivery/client: speaks SMTP to a primary for queued messages, one or many per connection — EHLO (HELO fallback),
 // STARTTLS by the domain's policy (may, encrypt, verify, dane), PIPELINING when offered,
 // per-recipient results, SIZE/8BITMIME/SMTPUTF8 as the message needs — and probes a primary for
 // liveness. It must never decide what happens to a message afterwards (the scheduler does), never
@@ -6,6 +6,7 @@
 // the policy asks for TLS.
 #pragma once
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <chrono>
@@ -57,6 +58,30 @@ struct Outcome {
     std::vector<Reply> rcpt;  // per recipient, in envelope order, when the transaction ran
 };
 
+// One connection to a primary, reused for many messages (as Postfix's connection cache does):
+// open() connects, greets and secures it by policy; each send() is one mail transaction on it
+// (RSET first when the last one ended early). After a failure, a 421 or a timeout the session is
+// no longer usable() and the caller opens a new one.
+class Session {
+public:
+    Session(boost::asio::any_io_executor ex, const Settings& s);  // `s` must outlive the session
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    // error empty: open; otherwise reached says whether the primary answered at all.
+    boost::asio::awaitable<Outcome> open(const std::vector<Target>& targets);
+    boost::asio::awaitable<Outcome> send(const Envelope& env, std::string_view body);
+    boost::asio::awaitable<void> close();  // QUIT, bounded in time
+    bool usable() const;
+    std::size_t transactions() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// One message over a connection of its own (connect, transaction, QUIT).
 boost::asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& targets,
                                         const Envelope& env, std::string_view body);
 

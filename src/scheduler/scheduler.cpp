@@ -180,7 +180,7 @@ void Scheduler::pump() {
         d.due.erase({it->second.next_attempt, id});
         it->second.in_flight = true;
         ++d.in_flight;
-        spawn(attempt(id));
+        spawn(expire(id));
     }
     if (!expiry_.empty()) next = std::min(next, expiry_.begin()->first);
     for (auto& [name, d] : dests_) {
@@ -194,14 +194,11 @@ void Scheduler::pump() {
             }
             continue;
         }
-        while (d.in_flight < d.limit && !d.due.empty() && d.due.begin()->first <= t) {
-            std::string id = d.due.begin()->second;
-            d.due.erase(d.due.begin());
-            auto it = entries_.find(id);
-            if (it == entries_.end()) continue;
-            it->second.in_flight = true;
+        while (d.in_flight < d.limit) {  // one connection each; it carries on with more
+            auto id = take_due(d, t);
+            if (!id) break;
             ++d.in_flight;
-            spawn(attempt(id));
+            spawn(worker(name, *id));
         }
         if (!d.due.empty() && d.in_flight < d.limit) next = std::min(next, d.due.begin()->first);
     }
@@ -244,14 +241,71 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
     flush(domain);
 }
 
-asio::awaitable<void> Scheduler::attempt(std::string id) {
-    std::string domain = entries_.at(id).domain;
-    struct Done {  // whatever happens, the slot is given back
-        Scheduler& s;
-        std::string domain;
-        ~Done() { --s.dest(domain).in_flight; }
-    } done{*this, domain};
+std::optional<std::string> Scheduler::take_due(Dest& d, TimePoint t) {
+    while (!d.due.empty() && d.due.begin()->first <= t) {
+        std::string id = d.due.begin()->second;
+        d.due.erase(d.due.begin());
+        auto it = entries_.find(id);
+        if (it == entries_.end() || it->second.in_flight) continue;
+        it->second.in_flight = true;
+        return id;
+    }
+    return std::nullopt;
+}
 
+namespace {
+struct Slot {  // whatever happens, a destination's connection slot is given back
+    std::string domain;
+    std::function<void(const std::string&)> give_back;
+    ~Slot() { give_back(domain); }
+};
+}  // namespace
+
+asio::awaitable<void> Scheduler::expire(std::string id) {
+    const std::string domain = entries_.at(id).domain;
+    Slot slot{domain, [this](const std::string& d) { --dest(d).in_flight; }};
+    co_await attempt(id, nullptr, nullptr);
+}
+
+// One connection to a destination's primary, carrying due messages one after another (Postfix's
+// connection cache does the same) until none is due, the primary falters, or the reuse limits.
+asio::awaitable<void> Scheduler::worker(std::string domain, std::string first) {
+    Slot slot{domain, [this](const std::string& d) { --dest(d).in_flight; }};
+    const auto r = co_await route(domain);
+    if (stopping_) co_return;
+    if (r.kind != delivery::Route::Kind::Ok) {
+        co_await attempt(first, nullptr, &r);  // no connection: the route decides this one
+        co_return;
+    }
+    const auto s = settings(domain);
+    delivery::Session session(co_await asio::this_coro::executor, s);
+    auto opened = co_await session.open(r.targets);
+    if (!opened.error.empty()) {
+        co_await attempt(first, &session, &r);  // records the failure (and marks the primary down)
+        co_return;
+    }
+    const auto started = std::chrono::steady_clock::now();
+    std::string id = first;
+    for (;;) {
+        co_await attempt(id, &session, &r);
+        if (stopping_ || !session.usable()) break;
+        if (session.transactions() >= kReuseCount ||
+            std::chrono::steady_clock::now() - started >= kReuseTime)
+            break;
+        auto& d = dest(domain);
+        if (!d.up) break;
+        auto next = take_due(d, now());
+        if (!next) break;
+        id = std::move(*next);
+    }
+    if (!stopping_) co_await session.close();
+}
+
+// Loads one message and tries it: over `session` when given (already open, or failed to open),
+// else on a connection of its own; `route` when the worker already has it. Records the outcome.
+asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* session,
+                                         const delivery::Route* known) {
+    std::string domain = entries_.at(id).domain;
     const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
         return s.load(id);
     };
@@ -287,13 +341,19 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
         co_return;
     }
 
-    auto r = co_await route(domain);
+    delivery::Route r;
+    if (known) r = *known;
+    else r = co_await route(domain);
     delivery::Outcome o;
     if (r.kind == delivery::Route::Kind::Ok) {
-        const auto s = settings(domain);
         const delivery::Envelope env{msg->sender, pending, msg->smtputf8, msg->eightbit};
         const std::string_view body = msg->body;
-        o = co_await delivery::deliver(s, r.targets, env, body);
+        if (session) {
+            o = co_await session->send(env, body);
+        } else {
+            const auto s = settings(domain);
+            o = co_await delivery::deliver(s, r.targets, env, body);
+        }
     } else if (r.kind == delivery::Route::Kind::NullMx) {
         o.reached = true;  // a final answer from DNS: every recipient bounces
         o.rcpt.assign(pending.size(),
@@ -349,7 +409,10 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
         }
         if (o.reached) {
             auto& d = dest(domain);
-            d.limit = std::min(cfg_.max_concurrency, d.limit + 1);  // slow start: it keeps up
+            if (d.limit < cfg_.max_concurrency) {
+                ++d.limit;  // slow start: it keeps up, one more connection may open
+                wake();
+            }
         }
     } else {
         u.last_error = o.error;
@@ -366,10 +429,12 @@ asio::awaitable<void> Scheduler::attempt(std::string id) {
         if (dsn) spdlog::info("dsn id={} for id={} to=<{}>", dsn->id, id, msg->sender);
     }
     u.dsn = dsn;
-    co_await finish(id, std::move(u), std::move(dsn));
+    // Recorded in the background: the connection goes on with the next message while the store
+    // commits this outcome together with others (the message stays in flight until then).
+    spawn(finish(id, std::move(u), std::move(dsn)));
 }
 
-asio::awaitable<void> Scheduler::finish(const std::string& id, AttemptUpdate u,
+asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
                                         std::optional<NewMessage> dsn) {
     auto next = u.next_attempt_at;
     int left = 0;

@@ -67,10 +67,19 @@ class Scheduler {
     delivery::Settings settings(const std::string& domain);
     void mark_down(const std::string& domain, const std::string& why);
     void spawn(boost::asio::awaitable<void> work);
-    boost::asio::awaitable<void> attempt(std::string id);
+    std::optional<std::string> take_due(Dest& d, TimePoint t);  // marks it in flight
+    boost::asio::awaitable<void> worker(std::string domain, std::string first);
+    boost::asio::awaitable<void> expire(std::string id);
+    boost::asio::awaitable<void> attempt(std::string id, delivery::Session* session,
+                                         const delivery::Route* route);
     boost::asio::awaitable<void> probe(std::string domain);
-    boost::asio::awaitable<void> finish(const std::string& id, AttemptUpdate u,
+    boost::asio::awaitable<void> finish(std::string id, AttemptUpdate u,
                                         std::optional<NewMessage> dsn);
+
+    // A connection to a primary carries at most this many messages, for at most this long
+    // (Postfix: smtp_connection_reuse_time_limit = 300s), then the worker reconnects.
+    static constexpr std::size_t kReuseCount = 1000;
+    static constexpr std::chrono::seconds kReuseTime{300};
 
     boost::asio::io_context& io_;
     const Config& cfg_;

@@ -197,7 +197,7 @@ class ScriptedPrimary:
 
     def __init__(self, answer=lambda rcpt: "250 2.1.5 Ok", pipelining=True, port=None,
                  data_reply="250 2.0.0 Ok: queued", data_delay=0.0, host="127.0.0.1", tls=None,
-                 family=socket.AF_INET):
+                 family=socket.AF_INET, max_per_connection=None):
         self.host = host
         self.tls = None  # (cert, key): offer STARTTLS with this certificate
         if tls:
@@ -215,6 +215,9 @@ class ScriptedPrimary:
         self.max_active = 0
         self.connections = 0
         self.reads_with_mail_and_data = 0
+        self.rsets = 0
+        self.max_per_connection = max_per_connection  # then 421 at the next MAIL, and close
+        self.per_connection = []  # transactions carried by each finished connection
         self.stopping = False
         self.sock = socket.socket(family)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -266,6 +269,7 @@ class ScriptedPrimary:
             conn.settimeout(30)
             send("220 scripted.primary ESMTP")
             mail, accepted = None, []
+            carried = 0
             secure = None  # TLS version once STARTTLS is done
             while True:
                 line = readline()
@@ -284,7 +288,14 @@ class ScriptedPrimary:
                     send("250 SIZE 100000000")
                 elif verb == "HELO":
                     send("250 scripted.primary")
+                elif verb == "MAIL" and self.max_per_connection is not None and \
+                        carried >= self.max_per_connection:
+                    send("421 4.7.0 scripted.primary: too many messages on one connection")
+                    return
                 elif verb == "MAIL":
+                    if mail is not None:  # RFC 5321 4.1.4: a second MAIL needs RSET or a DATA end
+                        send("503 5.5.1 nested MAIL command")
+                        continue
                     if b"DATA\r\n" in buf:  # RCPTs and DATA came in the same write as MAIL
                         with self.lock:
                             self.reads_with_mail_and_data += 1
@@ -313,6 +324,8 @@ class ScriptedPrimary:
                     with self.lock:
                         self.transactions.append({"mail": mail, "rcpts": list(accepted),
                                                   "data": data, "tls": secure})
+                    carried += 1
+                    mail, accepted = None, []
                     send(self.data_reply)
                 elif cmd.upper() == "STARTTLS" and self.tls and not secure:
                     send("220 2.0.0 go ahead")
@@ -322,7 +335,12 @@ class ScriptedPrimary:
                 elif verb == "QUIT":
                     send("221 2.0.0 Bye")
                     return
-                elif verb in ("RSET", "NOOP"):
+                elif verb == "RSET":
+                    with self.lock:
+                        self.rsets += 1
+                    mail, accepted = None, []
+                    send("250 2.0.0 Ok")
+                elif verb == "NOOP":
                     send("250 2.0.0 Ok")
                 else:
                     send("502 5.5.2 unknown")
@@ -331,6 +349,7 @@ class ScriptedPrimary:
         finally:
             with self.lock:
                 self.active -= 1
+                self.per_connection.append(carried)
             conn.close()
 
 

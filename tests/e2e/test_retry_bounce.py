@@ -120,6 +120,54 @@ class RetryBounce(E2ETest):
         self.assertGreaterEqual(p.max_active, 2, "never grew past the slow start")
         wait_until(lambda: b.queue() == [], what="empty queue")
 
+    def queue_while_down(self, n, **primary_kw):
+        p, senders, b = self.setup_pair(
+            extra_queue=FAST + '\nmax_concurrency = 3\ninitial_concurrency = 1', **primary_kw)
+        b.start()  # the primary is down
+        s = b.smtp()
+        for i in range(n):
+            s.sendmail("alice@sender.test", [f"u{i}@example.test"], f"Subject: {i}\r\n\r\n{i}\r\n")
+        s.quit()
+        wait_until(lambda: len(b.queue()) == n, what=f"{n} queued")
+        return p, senders, b
+
+    def test_connection_carries_many_messages(self):
+        p, senders, b = self.queue_while_down(40)
+        p.start()
+        wait_until(lambda: len(p.transactions) == 40, timeout=60, what="40 delivered")
+        wait_until(lambda: b.queue() == [], what="empty queue")
+        carried = [n for n in p.per_connection if n]
+        self.assertEqual(sum(carried), 40)
+        self.assertLessEqual(len(carried), 10, f"connections not reused: {p.per_connection}")
+        self.assertGreaterEqual(max(carried), 5, p.per_connection)
+        self.assertLessEqual(p.max_active, 3, "max_concurrency exceeded")
+        self.assertEqual(sorted(t["rcpts"][0] for t in p.transactions),
+                         sorted(f"u{i}@example.test" for i in range(40)))
+
+    def test_reuse_after_a_refused_transaction_sends_rset(self):
+        # Every third recipient is refused: those transactions end at DATA (554), and the next
+        # message on the same connection must start with RSET or the primary says 503.
+        refused = {f"u{i}@example.test" for i in range(0, 12, 3)}
+        p, senders, b = self.queue_while_down(
+            12, answer=lambda r: "550 5.1.1 no such user" if r in refused else "250 2.1.5 Ok")
+        p.start()
+        wait_until(lambda: len(p.transactions) == 8, timeout=60, what="8 delivered")
+        wait_until(lambda: b.queue() == [], what="empty queue")
+        self.assertGreaterEqual(p.rsets, 1)
+        self.assertNotIn("503", b.log())
+        self.assertEqual(len(dsns(senders)), 4)  # one DSN per refused message, nothing else
+        self.assertLess(len([n for n in p.per_connection if n]), 8, p.per_connection)
+
+    def test_primary_closing_with_421_loses_nothing(self):
+        p, senders, b = self.queue_while_down(20, max_per_connection=3)
+        p.start()
+        wait_until(lambda: len(p.transactions) == 20, timeout=60, what="20 delivered")
+        wait_until(lambda: b.queue() == [], what="empty queue")
+        self.assertTrue(all(n <= 3 for n in p.per_connection), p.per_connection)
+        self.assertEqual(len({t["rcpts"][0] for t in p.transactions}), 20)
+        self.assertEqual(dsns(senders), [])
+        self.assertIn("too many messages on one connection", b.log())  # deferred, then retried
+
     def test_expiry_sends_dsn_after_max_age(self):
         p, senders, b = self.setup_pair(extra_queue=FAST + '\nmax_age = "3s"')
         b.start()  # primary never comes up
