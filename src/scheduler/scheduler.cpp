@@ -36,8 +36,15 @@ Scheduler::Scheduler(asio::io_context& io, const Config& cfg, Queue& queue,
 
 Scheduler::Dest& Scheduler::dest(const std::string& domain) {
     auto [it, fresh] = dests_.try_emplace(domain);
-    if (fresh) it->second.limit = cfg_.initial_concurrency;
+    if (fresh) {
+        it->second.limit = cfg_.initial_concurrency;
+        it->second.id = index_.dest(domain);
+    }
     return it->second;
+}
+
+const std::string& Scheduler::domain_of(const std::string& id) {
+    return index_.domain(index_.find(*Index::key(id))->dest);
 }
 
 asio::awaitable<delivery::Route> Scheduler::route(const std::string& domain) {
@@ -78,9 +85,9 @@ asio::awaitable<policy::Verification> Scheduler::verify(const std::string& domai
 
 void Scheduler::index(const std::string& id, const std::string& domain, TimePoint received,
                       TimePoint next, int attempts) {
-    entries_[id] = Entry{domain, received, next, attempts, false};
-    dest(domain).due.emplace(next, id);
-    expiry_.emplace(received + cfg_.max_age, id);
+    dest(domain);
+    if (!index_.add(id, domain, received, next, attempts))
+        spdlog::error("scheduler: cannot schedule id={} (not a queue id, or twice)", id);
 }
 
 asio::awaitable<void> Scheduler::run() {
@@ -122,26 +129,14 @@ std::size_t Scheduler::flush(const std::string& domain) {
     for (auto& [name, d] : dests_) {
         if (!domain.empty() && !iequals(name, domain)) continue;
         if (!d.up) d.next_probe = t;
-        std::vector<std::string> ids;
-        for (auto& [when, id] : d.due) ids.push_back(id);
-        d.due.clear();
-        for (auto& id : ids) {
-            d.due.emplace(t, id);
-            entries_[id].next_attempt = t;
-        }
-        n += ids.size();
+        n += index_.due_all(d.id, t);
     }
     wake();
     return n;
 }
 
 void Scheduler::forget(const std::string& id) {
-    auto it = entries_.find(id);
-    if (it == entries_.end()) return;
-    auto& d = dest(it->second.domain);
-    d.due.erase({it->second.next_attempt, id});
-    expiry_.erase({it->second.received_at + cfg_.max_age, id});
-    if (!it->second.in_flight) entries_.erase(it);
+    if (auto k = Index::key(id)) index_.remove(*k, true);
 }
 
 void Scheduler::stop() {
@@ -171,21 +166,15 @@ void Scheduler::pump() {
     auto t = now();
     auto next = t + std::chrono::hours(1);
     // Expiry first: a message past max_age leaves with a DSN even while its primary is down.
-    while (!expiry_.empty() && expiry_.begin()->first <= t) {
-        std::string id = expiry_.begin()->second;
-        expiry_.erase(expiry_.begin());
-        auto it = entries_.find(id);
-        if (it == entries_.end() || it->second.in_flight) continue;  // an attempt will see it
-        auto& d = dest(it->second.domain);
-        d.due.erase({it->second.next_attempt, id});
-        it->second.in_flight = true;
-        ++d.in_flight;
+    while (auto k = index_.take_expired(t - cfg_.max_age)) {
+        std::string id = Index::id(*k);
+        ++dest(domain_of(id)).in_flight;
         spawn(expire(id));
     }
-    if (!expiry_.empty()) next = std::min(next, expiry_.begin()->first);
+    if (auto oldest = index_.oldest()) next = std::min(next, *oldest + cfg_.max_age);
     for (auto& [name, d] : dests_) {
         if (!d.up) {
-            if (d.due.empty() && d.in_flight == 0) continue;
+            if (index_.waiting(d.id) == 0 && d.in_flight == 0) continue;
             if (!d.probing && d.next_probe <= t) {
                 d.probing = true;
                 spawn(probe(name));
@@ -200,7 +189,8 @@ void Scheduler::pump() {
             ++d.in_flight;
             spawn(worker(name, *id));
         }
-        if (!d.due.empty() && d.in_flight < d.limit) next = std::min(next, d.due.begin()->first);
+        auto earliest = index_.earliest(d.id);
+        if (earliest && d.in_flight < d.limit) next = std::min(next, *earliest);
     }
     auto wait = std::max(next - t, TimePoint::duration::zero());
     timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(wait) +
@@ -235,22 +225,16 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
         co_return;
     }
     spdlog::info("primary for {} is up ({}) after {} down; sending {} queued messages", domain,
-                 o.remote, age(d.down_since, t), d.due.size());
+                 o.remote, age(d.down_since, t), index_.waiting(d.id));
     d.up = true;
     d.limit = cfg_.initial_concurrency;
     flush(domain);
 }
 
 std::optional<std::string> Scheduler::take_due(Dest& d, TimePoint t) {
-    while (!d.due.empty() && d.due.begin()->first <= t) {
-        std::string id = d.due.begin()->second;
-        d.due.erase(d.due.begin());
-        auto it = entries_.find(id);
-        if (it == entries_.end() || it->second.in_flight) continue;
-        it->second.in_flight = true;
-        return id;
-    }
-    return std::nullopt;
+    auto k = index_.take_due(d.id, t);
+    if (!k) return std::nullopt;
+    return Index::id(*k);
 }
 
 namespace {
@@ -262,7 +246,7 @@ struct Slot {  // whatever happens, a destination's connection slot is given bac
 }  // namespace
 
 asio::awaitable<void> Scheduler::expire(std::string id) {
-    const std::string domain = entries_.at(id).domain;
+    const std::string domain = domain_of(id);
     Slot slot{domain, [this](const std::string& d) { --dest(d).in_flight; }};
     co_await attempt(id, nullptr, nullptr);
 }
@@ -305,17 +289,14 @@ asio::awaitable<void> Scheduler::worker(std::string domain, std::string first) {
 // else on a connection of its own; `route` when the worker already has it. Records the outcome.
 asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* session,
                                          const delivery::Route* known) {
-    std::string domain = entries_.at(id).domain;
+    const std::string domain = domain_of(id);
+    const Index::Key key = *Index::key(id);
     const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
         return s.load(id);
     };
     auto msg = co_await queue_.call(load);
-    auto it = entries_.find(id);
-    if (!msg || it == entries_.end()) {  // deleted by an operator meanwhile
-        if (it != entries_.end()) {
-            expiry_.erase({it->second.received_at + cfg_.max_age, id});
-            entries_.erase(it);
-        }
+    if (!msg || !index_.find(key)) {  // deleted by an operator meanwhile
+        index_.remove(key);
         co_return;
     }
     std::vector<std::string> pending;
@@ -362,8 +343,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
         o.error = r.error;
     }
     if (stopping_) co_return;  // cancelled by shutdown: the message stays as it was
-    it = entries_.find(id);
-    if (it == entries_.end()) co_return;
+    if (!index_.find(key)) co_return;
     t = now();
     auto delay = age(msg->received_at, t);
     std::string primary = !o.remote.empty()     ? o.remote
@@ -447,19 +427,15 @@ asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
         left = 1;
         committed = false;
     }
-    auto it = entries_.find(id);
-    if (it == entries_.end()) co_return;
-    it->second.in_flight = false;
-    if (left == 0) {
-        expiry_.erase({it->second.received_at + cfg_.max_age, id});
-        entries_.erase(it);
-        spdlog::debug("removed id={} from the queue", id);
-    } else {
-        ++it->second.attempts;
-        auto& d = dest(it->second.domain);
-        it->second.next_attempt = d.up ? next : std::max(next, d.next_probe);
-        d.due.emplace(it->second.next_attempt, id);
-        expiry_.emplace(it->second.received_at + cfg_.max_age, id);  // pump may have dropped it
+    const Index::Key key = *Index::key(id);
+    if (auto* e = index_.find(key)) {
+        if (left == 0) {
+            index_.remove(key);
+            spdlog::debug("removed id={} from the queue", id);
+        } else {
+            auto& d = dest(index_.domain(e->dest));
+            index_.requeue(key, d.up ? next : std::max(next, d.next_probe), true);
+        }
     }
     if (dsn && committed) add({*dsn});
 }

@@ -13,9 +13,7 @@
 #include <list>
 #include <map>
 #include <optional>
-#include <set>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "config/config.hpp"
@@ -24,6 +22,7 @@
 #include "dns/resolver.hpp"
 #include "policy/checker.hpp"
 #include "queue/queue.hpp"
+#include "scheduler/index.hpp"
 
 namespace bmx {
 
@@ -43,23 +42,18 @@ class Scheduler {
                                                         const std::string& recipient);
 
   private:
-    struct Entry {
-        std::string domain;
-        TimePoint received_at, next_attempt;
-        int attempts = 0;
-        bool in_flight = false;
-    };
     struct Dest {
+        Index::Dest id = 0;
         bool up = true;  // unknown counts as up for fresh mail; restart marks it down
         bool probing = false;
         TimePoint next_probe{}, down_since{};
         unsigned in_flight = 0;
         unsigned limit = 1;
-        std::set<std::pair<TimePoint, std::string>> due;
     };
 
     void index(const std::string& id, const std::string& domain, TimePoint received, TimePoint next,
                int attempts);
+    const std::string& domain_of(const std::string& id);
     void pump();
     void wake();
     Dest& dest(const std::string& domain);
@@ -87,9 +81,8 @@ class Scheduler {
     dns::Resolver& resolver_;
     delivery::TlsContexts tls_;
     boost::asio::steady_timer timer_;
-    std::unordered_map<std::string, Entry> entries_;
+    Index index_;
     std::map<std::string, Dest> dests_;
-    std::set<std::pair<TimePoint, std::string>> expiry_;
     std::list<boost::asio::cancellation_signal> signals_;
     bool stopping_ = false;
 };

@@ -1,0 +1,74 @@
+// scheduler/index: the in-memory index the scheduler decides from — per message only its key,
+// destination, times and attempt count (about 170 bytes), per destination the messages ordered by
+// next attempt, and all messages ordered by arrival for expiry. Every decision (the next due
+// message of a destination, the next to expire, putting one back) costs O(log n): nothing here
+// scans the queue. It must never hold message contents, and never do I/O.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "util/util.hpp"
+
+namespace bmx {
+
+class Index {
+  public:
+    using Key = std::uint64_t;  // a queue id (16 hex digits, see new_queue_id) as a number
+    using Dest = std::uint32_t;
+
+    struct Entry {
+        Dest dest = 0;
+        int attempts = 0;
+        TimePoint received{}, next{};
+        bool in_flight = false;
+    };
+
+    static std::optional<Key> key(std::string_view id);  // nullopt: not a queue id
+    static std::string id(Key k);
+
+    Dest dest(const std::string& domain);  // interned: the same domain, the same number
+    const std::string& domain(Dest d) const { return domains_.at(d); }
+
+    // False when `id` is not a queue id or is indexed already.
+    bool add(std::string_view id, const std::string& domain, TimePoint received, TimePoint next,
+             int attempts);
+    Entry* find(Key k);
+    std::size_t size() const { return entries_.size(); }
+
+    // The destination's earliest message due at or before `t` that is not in flight: leaves the
+    // due order and is marked in flight.
+    std::optional<Key> take_due(Dest d, TimePoint t);
+    std::optional<TimePoint> earliest(Dest d) const;  // next attempt of the earliest waiting one
+    std::size_t waiting(Dest d) const;                // messages in the due order
+
+    // The oldest message received at or before `deadline` that is not in flight, marked in flight
+    // and out of the due order. In-flight ones met on the way leave the expiry order (requeue puts
+    // them back).
+    std::optional<Key> take_expired(TimePoint deadline);
+    std::optional<TimePoint> oldest() const;  // received_at of the oldest in the expiry order
+
+    // After an attempt that left recipients pending: due again at `next`, no longer in flight.
+    void requeue(Key k, TimePoint next, bool count_attempt);
+    // Gone from the store (delivered, expired, deleted): out of every order. An in-flight entry
+    // stays known when `unless_in_flight` (its attempt will remove it).
+    void remove(Key k, bool unless_in_flight = false);
+    // Every waiting message of `d` due at `t` (a flush). Returns how many.
+    std::size_t due_all(Dest d, TimePoint t);
+
+  private:
+    using Order = std::set<std::pair<TimePoint, Key>>;
+    std::unordered_map<Key, Entry> entries_;
+    std::vector<Order> due_;  // by destination
+    Order expiry_;            // by received_at
+    std::vector<std::string> domains_;
+    std::unordered_map<std::string, Dest> dest_ids_;
+};
+
+}  // namespace bmx
