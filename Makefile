@@ -44,6 +44,7 @@ fuzz: build
 # backupmx beside Postfix on this machine; results in bench/RESULTS.md (see bench/run.py).
 bench: build
 	python3 bench/run.py --write
+	python3 bench/backlog.py --write
 
 unit: build
 	./$(BUILD)/unit_tests

@@ -37,7 +37,7 @@ bool Index::add(std::string_view id, const std::string& domain, TimePoint receiv
     auto k = key(id);
     if (!k) return false;
     Dest d = dest(domain);
-    auto [it, fresh] = entries_.try_emplace(*k, Entry{d, attempts, received, next, false});
+    auto [it, fresh] = entries_.try_emplace(*k, Entry{d, attempts, received, next, false, true});
     if (!fresh) return false;
     due_[d].emplace(next, *k);
     expiry_.emplace(received, *k);
@@ -75,6 +75,7 @@ std::optional<Index::Key> Index::take_expired(TimePoint deadline) {
         Key k = expiry_.begin()->second;
         expiry_.erase(expiry_.begin());
         auto* e = find(k);
+        if (e) e->expiring = false;
         if (!e || e->in_flight) continue;  // its attempt will see the age, or requeue re-adds it
         due_[e->dest].erase({e->next, k});
         e->in_flight = true;
@@ -95,15 +96,19 @@ void Index::requeue(Key k, TimePoint next, bool count_attempt) {
     e->next = next;
     e->in_flight = false;
     if (count_attempt) ++e->attempts;
-    due_[e->dest].emplace(next, k);
-    expiry_.emplace(e->received, k);  // take_expired may have dropped it while in flight
+    due_[e->dest].emplace_hint(due_[e->dest].end(), next, k);  // usually the latest: O(1)
+    if (!e->expiring) {  // take_expired dropped it while in flight
+        expiry_.emplace(e->received, k);
+        e->expiring = true;
+    }
 }
 
 void Index::remove(Key k, bool unless_in_flight) {
     auto it = entries_.find(k);
     if (it == entries_.end()) return;
     due_[it->second.dest].erase({it->second.next, k});
-    expiry_.erase({it->second.received, k});
+    if (it->second.expiring) expiry_.erase({it->second.received, k});
+    it->second.expiring = false;
     if (unless_in_flight && it->second.in_flight) return;
     entries_.erase(it);
 }

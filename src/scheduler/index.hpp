@@ -28,6 +28,7 @@ class Index {
         int attempts = 0;
         TimePoint received{}, next{};
         bool in_flight = false;
+        bool expiring = true;  // in the expiry order (take_expired drops in-flight ones)
     };
 
     static std::optional<Key> key(std::string_view id);  // nullopt: not a queue id
