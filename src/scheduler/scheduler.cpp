@@ -1,5 +1,6 @@
 #include "scheduler/scheduler.hpp"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -86,24 +87,43 @@ asio::awaitable<policy::Verification> Scheduler::verify(const std::string& domai
 void Scheduler::index(const std::string& id, const std::string& domain, TimePoint received,
                       TimePoint next, int attempts) {
     dest(domain);
+    auto k = Index::key(id);
+    if (k && index_.find(*k)) return;  // accepted while the queue was loading: known already
     if (!index_.add(id, domain, received, next, attempts))
         spdlog::error("scheduler: cannot schedule id={} (not a queue id, or twice)", id);
 }
 
 asio::awaitable<void> Scheduler::run() {
-    const std::function<std::vector<IndexEntry>(Store&)> load = [](Store& s) {
-        return s.load_index();
-    };
-    auto all = co_await queue_.call(load);
-    auto t = now();
-    for (auto& e : all) {
-        index(e.id, e.domain, e.received_at, e.next_attempt_at, e.attempts);
-        auto& d = dest(e.domain);
-        d.up = false;  // state unknown after a restart: probe first, then send everything
-        d.next_probe = t;
-        d.down_since = t;
+    // A page at a time, so the event loop keeps serving SMTP while a large queue loads, and the
+    // rows never sit in memory twice.
+    std::int64_t after = 0;
+    std::size_t loaded = 0;
+    const auto t = now();
+    for (;;) {
+        struct Page {
+            std::vector<IndexEntry> rows;
+            bool more = false;
+        };
+        const std::function<Page(Store&)> load = [&after](Store& s) {
+            Page p;
+            p.more = s.load_index_page(after, 20000, p.rows);
+            return p;
+        };
+        auto page = co_await queue_.call(load);
+        for (auto& e : page.rows) {
+            index(e.id, e.domain, e.received_at, e.next_attempt_at, e.attempts);
+            auto& d = dest(e.domain);
+            if (d.up) {  // state unknown after a restart: probe first, then send everything
+                d.up = false;
+                d.next_probe = t;
+                d.down_since = t;
+            }
+        }
+        loaded += page.rows.size();
+        if (!page.more || stopping_) break;
     }
-    spdlog::info("scheduler: {} queued messages for {} destinations", all.size(), dests_.size());
+    malloc_trim(0);  // give the pages' transient memory back
+    spdlog::info("scheduler: {} queued messages for {} destinations", loaded, dests_.size());
     while (!stopping_) {
         pump();
         co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));

@@ -136,15 +136,21 @@ class SqliteStore final : public Store {
         tx.commit();
     }
 
-    std::vector<IndexEntry> load_index() override {
-        std::vector<IndexEntry> out;
+    bool load_index_page(std::int64_t& after, std::size_t limit,
+                         std::vector<IndexEntry>& out) override {
         Stmt s(db_,
-               "SELECT id, domain, received_at, next_attempt_at, attempts FROM messages "
-               "WHERE held = ''");
-        while (s.step())
+               "SELECT id, domain, received_at, next_attempt_at, attempts, held, rowid "
+               "FROM messages WHERE rowid > ? ORDER BY rowid LIMIT ?");
+        s.bind(1, after).bind(2, static_cast<std::int64_t>(limit));
+        bool any = false;
+        while (s.step()) {
+            any = true;
+            after = s.integer(6);
+            if (!s.text(5).empty()) continue;  // held: kept, never scheduled
             out.push_back({s.text(0), s.text(1), from_unix(s.integer(2)), from_unix(s.integer(3)),
                            static_cast<int>(s.integer(4))});
-        return out;
+        }
+        return any;
     }
 
     std::optional<StoredMessage> load(const std::string& id) override {

@@ -104,7 +104,18 @@ class Store {
     virtual ~Store() = default;
     // All messages in one transaction: one durable commit for the batch. Throws StoreError.
     virtual void insert(const std::vector<const NewMessage*>& batch) = 0;
-    virtual std::vector<IndexEntry> load_index() = 0;
+    // The scheduler's view of queued (not held) messages, a page at a time: appends to `out` what
+    // the next `limit` rows after position `after` (0 to start) hold, and moves `after` on.
+    // Returns false once there are no more rows.
+    virtual bool load_index_page(std::int64_t& after, std::size_t limit,
+                                 std::vector<IndexEntry>& out) = 0;
+    std::vector<IndexEntry> load_index() {  // every page at once (tools, tests)
+        std::vector<IndexEntry> all;
+        std::int64_t after = 0;
+        while (load_index_page(after, 100000, all)) {
+        }
+        return all;
+    }
     virtual std::optional<StoredMessage> load(const std::string& id) = 0;
     // Applies each update's outcomes, all in one transaction (one durable commit for the batch);
     // deletes a message once nothing is pending. Returns, per update, the pending count left (0

@@ -37,7 +37,9 @@ NewMessage message(int i) {
 // A store whose disk is "full": every write fails.
 struct FullStore : Store {
     void insert(const std::vector<const NewMessage*>&) override { throw StoreError("disk full"); }
-    std::vector<IndexEntry> load_index() override { return {}; }
+    bool load_index_page(std::int64_t&, std::size_t, std::vector<IndexEntry>&) override {
+        return false;
+    }
     std::optional<StoredMessage> load(const std::string&) override { return std::nullopt; }
     std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>&) override {
         throw StoreError("disk full");
