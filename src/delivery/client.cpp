@@ -294,13 +294,45 @@ asio::awaitable<std::optional<Extensions>> open_session(Conn& c, const std::vect
     co_return std::nullopt;
 }
 
+// Sends the body piece by piece, dot-stuffed; `end` receives what finishes it. False (with the
+// error set) when the connection or the store failed, or the pieces did not add up to the size:
+// then the final dot must never be sent.
+asio::awaitable<bool> send_body(Conn& c, const Body& body, std::string& end) {
+    Stuffer stuffer;
+    std::int64_t seen = 0;
+    std::string out;
+    for (;;) {
+        std::optional<std::string> piece;
+        try {
+            piece = co_await (*body.pieces)();
+        } catch (const std::exception& e) {
+            c.partial_.error = std::string("reading the queued body: ") + e.what();
+            co_return false;
+        }
+        if (!piece) break;
+        seen += static_cast<std::int64_t>(piece->size());
+        out.clear();
+        stuffer.feed(*piece, out);
+        const bool sent = co_await c.send(out, "after end of data");
+        if (!sent) co_return false;
+    }
+    if (seen != body.size) {
+        c.partial_.error = "the queued body has " + std::to_string(seen) + " bytes, not " +
+                           std::to_string(body.size) + "; not sent";
+        co_return false;
+    }
+    end.clear();
+    stuffer.finish(end);
+    co_return true;
+}
+
 // How a connection stands after a transaction.
 enum class After { Broken, Idle, NeedsRset };
 
 // One mail transaction on an open session (MAIL, RCPT..., DATA, body): fills c.partial_.rcpt, or
 // c.partial_.error when the connection failed. Never QUITs: the caller decides.
 asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& env,
-                                std::string_view body) {
+                                const Body& body) {
     const std::size_t n = env.recipients.size();
     if (env.smtputf8 && !ext.smtputf8) {
         c.partial_.rcpt.assign(
@@ -309,7 +341,7 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
         co_return After::Idle;
     }
     std::string mail = "MAIL FROM:<" + env.sender + ">";
-    if (ext.size) mail += " SIZE=" + std::to_string(body.size());
+    if (ext.size) mail += " SIZE=" + std::to_string(body.size);
     if (env.eightbit && ext.eightbit) mail += " BODY=8BITMIME";
     if (env.smtputf8) mail += " SMTPUTF8";
     mail += "\r\n";
@@ -378,8 +410,12 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
     bool finished = false;  // the transaction ended with the reply to the final dot
     if (data_reply && data_reply->code == 354) {
         // With no accepted recipient a (misbehaving) server may still say 354: end it empty.
-        std::string data = any ? stuff_body(body) : std::string(".\r\n");
-        const bool sent = co_await c.send(data, "after end of data");
+        std::string end = ".\r\n";
+        if (any) {
+            const bool streamed = co_await send_body(c, body, end);
+            if (!streamed) co_return After::Broken;  // no final dot: the primary discards it
+        }
+        const bool sent = co_await c.send(end, "after end of data");
         if (!sent) co_return After::Broken;
         final_reply = co_await c.reply("after end of data");
         if (!final_reply) co_return After::Broken;
@@ -397,7 +433,7 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
 }
 
 asio::awaitable<Outcome> transaction(Conn& c, const Settings& s, const std::vector<Target>& targets,
-                                     const Envelope& env, std::string_view body) {
+                                     const Envelope& env, const Body& body) {
     auto ext = co_await open_session(c, targets, s);
     if (!ext) co_return std::move(c.partial_);
     c.partial_.error.clear();  // a failed TLS try that fell back to plaintext is not the outcome
@@ -446,7 +482,7 @@ asio::awaitable<Outcome> probe_session(Conn& c, const Settings& s,
 }  // namespace
 
 asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& targets,
-                                 const Envelope& env, std::string_view body) {
+                                 const Envelope& env, const Body& body) {
     Conn c(co_await asio::this_coro::executor, s);
     // Named, not a temporary inside co_await: GCC 12 may destroy such temporaries twice.
     auto work = [&](Conn& conn) { return transaction(conn, s, targets, env, body); };
@@ -490,7 +526,7 @@ asio::awaitable<Outcome> Session::open(const std::vector<Target>& targets) {
     co_return o;
 }
 
-asio::awaitable<Outcome> Session::send(const Envelope& env, std::string_view body) {
+asio::awaitable<Outcome> Session::send(const Envelope& env, const Body& body) {
     auto& i = *impl_;
     if (!i.usable) {
         Outcome o = i.base;  // why it could not open, for the message that was to go first

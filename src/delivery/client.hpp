@@ -10,6 +10,9 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <string>
@@ -48,6 +51,17 @@ struct Settings {
     dns::Resolver* resolver = nullptr;  // required for tls = dane (TLSA lookups)
 };
 
+// Hands out a queued body a piece at a time, in order; nullopt after the last piece. May throw
+// (the store failed): the transaction is then abandoned before its final dot.
+using BodySource = std::function<boost::asio::awaitable<std::optional<std::string>>()>;
+
+// The body as it goes out: `size` bytes in all (SIZE=, and a check that every piece came),
+// read from `pieces` while it is sent, so a large body is never held whole.
+struct Body {
+    std::int64_t size = 0;
+    const BodySource* pieces = nullptr;
+};
+
 struct Outcome {
     bool reached = false;     // a 2xx greeting came back: the primary is alive
     std::string remote;       // "host[ip]:port" actually used
@@ -71,7 +85,7 @@ public:
 
     // error empty: open; otherwise reached says whether the primary answered at all.
     boost::asio::awaitable<Outcome> open(const std::vector<Target>& targets);
-    boost::asio::awaitable<Outcome> send(const Envelope& env, std::string_view body);
+    boost::asio::awaitable<Outcome> send(const Envelope& env, const Body& body);
     boost::asio::awaitable<void> close();  // QUIT, bounded in time
     bool usable() const;
     std::size_t transactions() const;
@@ -83,7 +97,7 @@ private:
 
 // One message over a connection of its own (connect, transaction, QUIT).
 boost::asio::awaitable<Outcome> deliver(const Settings& s, const std::vector<Target>& targets,
-                                        const Envelope& env, std::string_view body);
+                                        const Envelope& env, const Body& body);
 
 // Asks the primary whether a recipient exists (MAIL FROM:<>, RCPT TO:, QUIT; no message is sent).
 // rcpt[0] holds the RCPT reply when the question could be asked.

@@ -58,17 +58,28 @@ std::optional<Reply> ReplyParser::next(std::string& buf) {
     }
 }
 
+void Stuffer::feed(std::string_view piece, std::string& out) {
+    out.reserve(out.size() + piece.size() + piece.size() / 64 + 8);
+    for (char c : piece) {
+        if (bol_ && c == '.') out.push_back('.');
+        out.push_back(c);
+        bol_ = c == '\n';
+        last_[0] = last_[1];
+        last_[1] = c;
+    }
+    empty_ = empty_ && piece.empty();
+}
+
+void Stuffer::finish(std::string& out) {
+    if (!empty_ && !(last_[0] == '\r' && last_[1] == '\n')) out += "\r\n";
+    out += ".\r\n";
+}
+
 std::string stuff_body(std::string_view body) {
     std::string out;
-    out.reserve(body.size() + body.size() / 64 + 8);
-    bool bol = true;
-    for (char c : body) {
-        if (bol && c == '.') out.push_back('.');
-        out.push_back(c);
-        bol = c == '\n';
-    }
-    if (!body.empty() && !body.ends_with("\r\n")) out += "\r\n";
-    out += ".\r\n";
+    Stuffer s;
+    s.feed(body, out);
+    s.finish(out);
     return out;
 }
 

@@ -29,7 +29,20 @@ class ReplyParser {
     Reply partial_;
 };
 
-// Dot-stuffs a CRLF body for DATA and appends ".\r\n" (adding a CRLF first if the body lacks it).
+// Dot-stuffs a CRLF body for DATA a piece at a time, whatever the piece boundaries: feed() each
+// piece in order, then finish() gives the end (a CRLF if the body lacks one, and ".\r\n").
+class Stuffer {
+  public:
+    void feed(std::string_view piece, std::string& out);
+    void finish(std::string& out);
+
+  private:
+    bool bol_ = true;         // at the start of a line
+    char last_[2] = {0, 0};   // the body's last two bytes
+    bool empty_ = true;
+};
+
+// The whole body at once: stuffed, with the end added.
 std::string stuff_body(std::string_view body);
 
 }  // namespace bmx::delivery

@@ -311,8 +311,10 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
                                          const delivery::Route* known) {
     const std::string domain = domain_of(id);
     const Index::Key key = *Index::key(id);
+    // The first body piece only (a DSN needs no more than the header, which it holds); the rest
+    // is read while it is sent.
     const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
-        return s.load(id);
+        return s.load_head(id);
     };
     auto msg = co_await queue_.call(load);
     if (!msg || !index_.find(key)) {  // deleted by an operator meanwhile
@@ -348,7 +350,23 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     delivery::Outcome o;
     if (r.kind == delivery::Route::Kind::Ok) {
         const delivery::Envelope env{msg->sender, pending, msg->smtputf8, msg->eightbit};
-        const std::string_view body = msg->body;
+        std::size_t seq = 0;
+        std::int64_t given = 0;
+        const delivery::BodySource pieces = [&]() -> asio::awaitable<std::optional<std::string>> {
+            if (given >= msg->size) co_return std::nullopt;  // all of it (spares a store call)
+            std::optional<std::string> piece;
+            if (seq == 0) {
+                piece = msg->body;
+            } else {
+                const std::function<std::optional<std::string>(Store&)> read =
+                    [&id, n = seq](Store& st) { return st.read_body(id, n); };
+                piece = co_await queue_.call(read);
+            }
+            ++seq;
+            if (piece) given += static_cast<std::int64_t>(piece->size());
+            co_return piece;
+        };
+        const delivery::Body body{msg->size, &pieces};
         if (session) {
             o = co_await session->send(env, body);
         } else {

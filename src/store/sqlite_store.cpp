@@ -29,6 +29,12 @@ CREATE TABLE IF NOT EXISTS messages (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_domain ON messages(domain);
+CREATE TABLE IF NOT EXISTS body_pieces (
+    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (message_id, seq)
+);
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     address TEXT NOT NULL,
@@ -68,8 +74,8 @@ class Stmt {
         sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
         return *this;
     }
-    Stmt& bind_blob(int i, const std::string& v) {
-        sqlite3_bind_blob64(s_, i, v.data(), v.size(), SQLITE_STATIC);
+    Stmt& bind_blob(int i, std::string_view v) {  // `v` must live until the statement runs
+        sqlite3_bind_blob64(s_, i, v.empty() ? "" : v.data(), v.size(), SQLITE_STATIC);
         return *this;
     }
     Stmt& bind(int i, std::int64_t v) {
@@ -154,6 +160,17 @@ class SqliteStore final : public Store {
     }
 
     std::optional<StoredMessage> load(const std::string& id) override {
+        auto m = load_head(id);
+        if (!m) return m;
+        for (std::size_t seq = 1;; ++seq) {
+            auto piece = read_body(id, seq);
+            if (!piece) break;
+            m->body += *piece;
+        }
+        return m;
+    }
+
+    std::optional<StoredMessage> load_head(const std::string& id) override {
         Stmt s(db_,
                "SELECT id, domain, sender, received_at, size, attempts, next_attempt_at, "
                "last_error, smtputf8, eightbit, body FROM messages WHERE id = ?");
@@ -170,7 +187,8 @@ class SqliteStore final : public Store {
         m.last_error = s.text(7);
         m.smtputf8 = s.integer(8) != 0;
         m.eightbit = s.integer(9) != 0;
-        m.body = s.text(10);
+        m.body = s.text(10);  // a message stored before body pieces existed: all of it
+        if (m.body.empty()) m.body = read_body(id, 0).value_or("");
         Stmt r(db_,
                "SELECT address, status, last_reply FROM recipients WHERE message_id = ? "
                "ORDER BY rowid");
@@ -178,6 +196,13 @@ class SqliteStore final : public Store {
         while (r.step())
             m.recipients.push_back({r.text(0), static_cast<RcptStatus>(r.integer(1)), r.text(2)});
         return m;
+    }
+
+    std::optional<std::string> read_body(const std::string& id, std::size_t seq) override {
+        Stmt s(db_, "SELECT data FROM body_pieces WHERE message_id = ? AND seq = ?");
+        s.bind(1, id).bind(2, static_cast<std::int64_t>(seq));
+        if (!s.step()) return std::nullopt;
+        return s.text(0);
     }
 
     std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>& batch) override {
@@ -356,9 +381,17 @@ class SqliteStore final : public Store {
             .bind(7, std::int64_t{msg.smtputf8})
             .bind(8, std::int64_t{msg.eightbit})
             .bind(9, msg.client)
-            .bind_blob(10, msg.body)
+            .bind_blob(10, std::string_view{})  // the body goes in pieces, below
             .bind(11, msg.held);
         m.run();
+        Stmt b(db_, "INSERT INTO body_pieces(message_id, seq, data) VALUES(?,?,?)");
+        std::string_view body = msg.body;
+        for (std::int64_t seq = 0; !body.empty(); ++seq) {
+            auto piece = body.substr(0, kBodyPiece);
+            body.remove_prefix(piece.size());
+            b.bind(1, msg.id).bind(2, seq).bind_blob(3, piece);
+            b.run();
+        }
         Stmt r(db_, "INSERT OR IGNORE INTO recipients(message_id, address) VALUES(?,?)");
         for (const auto& a : msg.recipients) {
             r.bind(1, msg.id).bind(2, a);

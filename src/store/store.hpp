@@ -15,6 +15,9 @@
 
 namespace bmx {
 
+// Bodies are stored, read and sent in pieces of this size.
+inline constexpr std::size_t kBodyPiece = 64 * 1024;
+
 enum class RcptStatus : int { Pending = 0, Delivered = 1, Failed = 2 };
 
 struct NewMessage {
@@ -116,7 +119,12 @@ class Store {
         }
         return all;
     }
-    virtual std::optional<StoredMessage> load(const std::string& id) = 0;
+    virtual std::optional<StoredMessage> load(const std::string& id) = 0;  // the whole body
+    // Envelope, state and only the first body piece (all a small message has): delivery reads
+    // the rest with read_body, a piece at a time, and never holds a whole large body.
+    virtual std::optional<StoredMessage> load_head(const std::string& id) = 0;
+    // Body piece `seq` (0, 1, ...; each up to kBodyPiece bytes); nullopt past the last one.
+    virtual std::optional<std::string> read_body(const std::string& id, std::size_t seq) = 0;
     // Applies each update's outcomes, all in one transaction (one durable commit for the batch);
     // deletes a message once nothing is pending. Returns, per update, the pending count left (0
     // also when the message is gone, e.g. deleted by an operator meanwhile). Throws StoreError.

@@ -150,5 +150,49 @@ class Delivery(E2ETest):
         self.assertIn("not running", r.stderr)
 
 
+def vm_hwm_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+class LargeBodies(E2ETest):
+    def big_body(self, mb):
+        # Lines that start with dots, of every length, so that piece boundaries (64 KiB) fall
+        # inside lines, on CRLFs and just before dots to stuff.
+        lines, size, i = [], 0, 0
+        while size < mb * 1024 * 1024:
+            line = b"." * (i % 3) + (b"%07d" % i) + b"x" * (i * 37 % 900)
+            lines.append(line)
+            size += len(line) + 2
+            i += 1
+        return b"Subject: big\r\n\r\n" + b"\r\n".join(lines) + b"\r\n"
+
+    def test_large_message_leaves_intact_without_being_held_whole(self):
+        primary = self.scripted()
+        b = self.backupmx({"example.test": f"127.0.0.1:{primary.port}"},
+                          extra_smtp="max_message_size = 52428800",
+                          extra_queue='probe_interval = "1s"').start()
+        body = self.big_body(12)
+        s = b.smtp()
+        s.sendmail("alice@sender.test", ["bob@example.test"], body)
+        s.quit()
+        wait_until(lambda: len(b.queue()) == 1, what="queued")
+        # A fresh process delivers it: whatever it holds at its peak is the delivery's doing.
+        b.stop()
+        b.start()
+        primary.start()
+        wait_until(lambda: primary.transactions, timeout=60, what="delivery")
+        b.wait_log(r"delivered id=")
+        got = strip_our_received(unstuff(primary.transactions[0]["data"]))
+        self.assertEqual(len(got), len(body))
+        self.assertEqual(got, body)
+        peak_mb = vm_hwm_kb(b.proc.pid) / 1024
+        print(f"peak RSS {peak_mb:.1f} MB")
+        self.assertLess(peak_mb, 20, f"peak RSS {peak_mb:.1f} MB while sending a 12 MB body")
+
+
 if __name__ == "__main__":
     main()

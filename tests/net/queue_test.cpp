@@ -41,6 +41,10 @@ struct FullStore : Store {
         return false;
     }
     std::optional<StoredMessage> load(const std::string&) override { return std::nullopt; }
+    std::optional<StoredMessage> load_head(const std::string&) override { return std::nullopt; }
+    std::optional<std::string> read_body(const std::string&, std::size_t) override {
+        return std::nullopt;
+    }
     std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>&) override {
         throw StoreError("disk full");
     }

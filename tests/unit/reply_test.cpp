@@ -316,3 +316,21 @@ TEST(ReplyParserFirstDigit, OnlyTwoToFiveAreSmtpReplies) {  // found by fuzz_rep
         EXPECT_EQ(r->code, 0) << bad;
     }
 }
+
+TEST(Stuffer, AnySplitIntoPiecesGivesTheSameBytesAsTheWhole) {
+    const std::string bodies[] = {".first\r\nmid.dle\r\n..two\r\n.\r\nend.\r\n", "a\r\n.b",
+                                  "\r\n.\r\n.", "x\r", ".", ""};
+    for (const auto& body : bodies) {
+        const std::string whole = stuff_body(body);
+        for (std::size_t a = 0; a <= body.size(); ++a)
+            for (std::size_t b = a; b <= body.size(); ++b) {
+                Stuffer s;
+                std::string out;
+                s.feed(std::string_view(body).substr(0, a), out);
+                s.feed(std::string_view(body).substr(a, b - a), out);
+                s.feed(std::string_view(body).substr(b), out);
+                s.finish(out);
+                EXPECT_EQ(out, whole) << "split at " << a << "," << b << " of " << body;
+            }
+    }
+}
