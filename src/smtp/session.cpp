@@ -6,12 +6,15 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <filesystem>
 #include <map>
 
 #include "milter/milter.hpp"
 #include "netio/netio.hpp"
 #include "policy/checker.hpp"
 #include "policy/policy.hpp"
+#include "store/spool.hpp"
+#include "store/store.hpp"
 #include "util/util.hpp"
 
 namespace bmx::smtp {
@@ -492,6 +495,25 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     std::string id = new_queue_id();
     std::string body = received_header(id);
     DataScanner scan(cfg_.max_message_size);
+    // Without milters (they need the whole message), what arrives beyond the first piece goes
+    // to a spool file beside the queue: a session holds about one piece, whatever the size.
+    bool keep_whole = false;
+    for (auto& [spec, m] : milters_) keep_whole = keep_whole || m.in_transaction;
+    std::shared_ptr<Spool> spool;
+    std::string spool_error;
+    auto spill = [&] {
+        if (spool_error.empty()) {
+            try {
+                if (!spool)
+                    spool = Spool::open(
+                        std::filesystem::path(cfg_.store_path()).parent_path().string());
+                spool->append(std::string_view(body).substr(kBodyPiece));
+            } catch (const std::exception& e) {
+                spool_error = e.what();  // read on to the end, then 451
+            }
+        }
+        body.resize(kBodyPiece);
+    };
     // Postfix's smtpd_per_request_deadline with smtpd_min_data_rate: data_timeout for the
     // whole of DATA, extended by one second per min_data_rate bytes received. A fast sender
     // never meets it; a slow-drip client is cut off.
@@ -499,6 +521,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     for (;;) {
         std::size_t used = scan.feed(in_, body);
         in_.erase(0, used);
+        if (!keep_whole && body.size() >= 2 * kBodyPiece) spill();
         if (scan.done()) break;
         if (used > 0)
             deadline_.expires_at(deadline_.expiry() +
@@ -511,6 +534,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
             co_return;
         }
     }
+    if (spool && body.size() > kBodyPiece) spill();  // the tail follows what is spooled
     deadline_.expires_after(cfg_.command_timeout);
     std::string why;
     if (scan.bare_lf() || scan.bare_cr())
@@ -522,6 +546,11 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     else if (scan.too_big())
         why = "552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
               std::to_string(cfg_.max_message_size) + ")";
+    else if (!spool_error.empty()) {
+        spdlog::error("store failure, answering 451 to [{}] from=<{}>: {}", peer_,
+                      sender_->str(), spool_error);
+        why = "451 4.3.0 Error: queue file write error, try again later";
+    }
     if (!why.empty()) {
         spdlog::info("reject DATA from [{}] helo={}: from=<{}> size={}: {}", peer_, helo_,
                      sender_->str(), scan.size(), why);
@@ -550,19 +579,20 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     }
     co_await end_milter_transactions();
     if (!discard_.empty()) {
-        spdlog::info("discarded id={} from=<{}> size={}: by {}", id, sender_->str(), body.size(),
+        spdlog::info("discarded id={} from=<{}> size={}: by {}", id, sender_->str(), scan.size(),
                      discard_);
         reset_transaction();
         co_return reply("250 2.0.0 Ok: queued as " + id);  // accepted, and dropped (RFC: discard)
     }
     body.insert(0, spf_header_);  // RFC 7208 9.1: above our Received:
-    auto result = co_await commit(id, std::move(body), held);
+    auto result = co_await commit(id, std::move(body), spool, held);
     if (result.starts_with("250")) junk_ = 0;  // RSET between messages is not junk
     reply(result);
     reset_transaction();
 }
 
 asio::awaitable<std::string> Session::commit(const std::string& id, std::string body,
+                                             const std::shared_ptr<Spool>& spool,
                                              const std::string& held) {
     // One queue entry per destination domain, each with its own recipients.
     std::map<std::string, std::vector<std::string>> by_domain;
@@ -582,6 +612,7 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
         m.eightbit = eightbit_;
         m.client = helo_ + "[" + peer_ + "]";
         m.held = held;
+        m.spool = spool;  // every destination's copy takes the same spooled rest
         msgs.push_back(std::move(m));
     }
     for (std::size_t i = 0; i + 1 < msgs.size(); ++i) msgs[i].body = body;
@@ -596,7 +627,7 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
     std::string ids;
     for (auto& m : msgs) {
         spdlog::info("accepted id={} from=<{}> to={} size={} domain={} client={}", m.id, m.sender,
-                     join_rcpts(m.recipients), m.body.size(), m.domain, m.client);
+                     join_rcpts(m.recipients), body_size(m), m.domain, m.client);
         ids += (ids.empty() ? "" : " ") + m.id;
     }
     if (!held.empty()) {

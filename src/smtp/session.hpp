@@ -15,6 +15,7 @@
 #include "policy/checker.hpp"
 #include "smtp/protocol.hpp"
 #include "smtp/server.hpp"
+#include "store/spool.hpp"
 
 namespace bmx::smtp {
 
@@ -39,6 +40,7 @@ class Session {
     boost::asio::awaitable<void> on_data(const Command& c);
     boost::asio::awaitable<void> on_starttls(const Command& c);
     boost::asio::awaitable<std::string> commit(const std::string& id, std::string body,
+                                               const std::shared_ptr<Spool>& spool,
                                                const std::string& held);
     boost::asio::awaitable<policy::Decision> milter_rcpt(const DomainConfig& d,
                                                          const std::string& sender,

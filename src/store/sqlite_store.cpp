@@ -376,7 +376,7 @@ class SqliteStore final : public Store {
             .bind(2, msg.domain)
             .bind(3, msg.sender)
             .bind(4, to_unix(msg.received_at))
-            .bind(5, static_cast<std::int64_t>(msg.body.size()))
+            .bind(5, body_size(msg))
             .bind(6, to_unix(msg.next_attempt_at))
             .bind(7, std::int64_t{msg.smtputf8})
             .bind(8, std::int64_t{msg.eightbit})
@@ -385,12 +385,22 @@ class SqliteStore final : public Store {
             .bind(11, msg.held);
         m.run();
         Stmt b(db_, "INSERT INTO body_pieces(message_id, seq, data) VALUES(?,?,?)");
+        std::int64_t seq = 0;
         std::string_view body = msg.body;
-        for (std::int64_t seq = 0; !body.empty(); ++seq) {
+        while (!body.empty()) {
             auto piece = body.substr(0, kBodyPiece);
             body.remove_prefix(piece.size());
-            b.bind(1, msg.id).bind(2, seq).bind_blob(3, piece);
+            b.bind(1, msg.id).bind(2, seq++).bind_blob(3, piece);
             b.run();
+        }
+        if (msg.spool) {  // the rest arrived in a spool file: copied a piece at a time
+            for (std::int64_t off = 0; off < msg.spool->size();) {
+                const std::string piece = msg.spool->read(off, kBodyPiece);
+                if (piece.empty()) throw StoreError("spool shorter than it said");
+                off += static_cast<std::int64_t>(piece.size());
+                b.bind(1, msg.id).bind(2, seq++).bind_blob(3, piece);
+                b.run();
+            }
         }
         Stmt r(db_, "INSERT OR IGNORE INTO recipients(message_id, address) VALUES(?,?)");
         for (const auto& a : msg.recipients) {

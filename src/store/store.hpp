@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "store/spool.hpp"
 #include "util/util.hpp"
 
 namespace bmx {
@@ -26,6 +27,7 @@ struct NewMessage {
     std::string sender;  // empty = null sender <>
     std::vector<std::string> recipients;
     std::string body;  // CRLF lines, unstuffed, Received: already prepended
+    std::shared_ptr<const Spool> spool;  // non-null: the rest of the body, after `body`
     TimePoint received_at{};
     TimePoint next_attempt_at{};
     bool smtputf8 = false;
@@ -33,6 +35,10 @@ struct NewMessage {
     std::string client;  // "helo [ip]" for logs
     std::string held;    // non-empty: quarantined (a milter asked); kept, not delivered
 };
+
+inline std::int64_t body_size(const NewMessage& m) {
+    return static_cast<std::int64_t>(m.body.size()) + (m.spool ? m.spool->size() : 0);
+}
 
 struct StoredRecipient {
     std::string address;

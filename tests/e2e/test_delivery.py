@@ -180,6 +180,8 @@ class LargeBodies(E2ETest):
         s.sendmail("alice@sender.test", ["bob@example.test"], body)
         s.quit()
         wait_until(lambda: len(b.queue()) == 1, what="queued")
+        peak_mb = vm_hwm_kb(b.proc.pid) / 1024  # taking it in went by a spool file
+        self.assertLess(peak_mb, 20, f"peak RSS {peak_mb:.1f} MB while taking a 12 MB body")
         # A fresh process delivers it: whatever it holds at its peak is the delivery's doing.
         b.stop()
         b.start()
@@ -190,8 +192,20 @@ class LargeBodies(E2ETest):
         self.assertEqual(len(got), len(body))
         self.assertEqual(got, body)
         peak_mb = vm_hwm_kb(b.proc.pid) / 1024
-        print(f"peak RSS {peak_mb:.1f} MB")
         self.assertLess(peak_mb, 20, f"peak RSS {peak_mb:.1f} MB while sending a 12 MB body")
+
+    def test_large_message_for_two_domains_reaches_both_intact(self):
+        one, two = self.scripted().start(), self.scripted().start()
+        b = self.backupmx({"example.test": f"127.0.0.1:{one.port}",
+                           "other.test": f"127.0.0.1:{two.port}"},
+                          extra_smtp="max_message_size = 52428800").start()
+        body = self.big_body(3)
+        s = b.smtp()
+        s.sendmail("alice@sender.test", ["bob@example.test", "carol@other.test"], body)
+        s.quit()
+        wait_until(lambda: one.transactions and two.transactions, timeout=60, what="both")
+        for p in (one, two):
+            self.assertEqual(strip_our_received(unstuff(p.transactions[0]["data"])), body)
 
 
 if __name__ == "__main__":

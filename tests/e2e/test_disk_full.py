@@ -51,6 +51,35 @@ class DiskFull(E2ETest):
             got.add(subject[9:].decode())
         self.assertEqual(set(accepted) - got, set(), "accepted messages lost")
 
+    def test_large_message_on_a_full_disk_gets_451_and_leaves_no_trace(self):
+        # Past the first 64 KiB a body goes to a spool file beside the queue while it arrives:
+        # a disk that fills then gives 451 at the end of DATA, and the space comes back.
+        self.assertEqual(os.geteuid(), 0, "this test mounts a tmpfs: run make test as root")
+        store = os.path.join(self.dir, "store")
+        os.makedirs(store)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", store], check=True)
+        self.stoppers.insert(0, lambda: subprocess.run(["umount", "-l", store]))
+        sink = self.sink().start()
+        b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"},
+                          extra_smtp="max_message_size = 52428800")
+        with open(b.config) as f:
+            cfg = f.read().replace(f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
+        with open(b.config, "w") as f:
+            f.write(cfg)
+        b.start()
+        s = b.smtp()
+        big = "Subject: too big for the disk\r\n\r\n" + ("z" * 998 + "\r\n") * 4000  # 4 MB
+        with self.assertRaises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@sender.test", ["u@example.test"], big)
+        self.assertEqual(e.exception.smtp_code, 451)
+        self.assertIn("spool write", b.log())
+        free = os.statvfs(store)
+        self.assertGreater(free.f_bavail * free.f_frsize, 1024 * 1024, "spool space not freed")
+        s.sendmail("a@sender.test", ["u@example.test"], "Subject: small\r\n\r\nsmall\r\n")
+        s.quit()
+        wait_until(lambda: b.queue() == [], timeout=30, what="the small one delivered")
+        self.assertEqual(len(sink.messages()), 1)
+
 
 if __name__ == "__main__":
     main()
