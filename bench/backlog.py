@@ -10,8 +10,9 @@
      every second here), to show a huge queue does not slow delivery down;
   5. times one scheduling decision (bench/backlog_tool decide) with 1,000 to --messages queued.
 
-Postfix is not run here: filling its queue with 1,000,000 messages through smtpd takes more than
-half an hour on the reference machine (about 500 msg/s, see RESULTS.md). Prints a Markdown table;
+Postfix does not get the 1,000,000: filling its queue through smtpd runs at about 500 msg/s (over
+half an hour). Both servers instead get --compare messages (100,000 by default) for a restart
+comparison: start to SMTP greeting, and memory once each has taken in its queue. Prints a table;
 --write puts it into bench/RESULTS.md (replacing the BACKLOG section). --smoke runs a tiny version.
 """
 import argparse
@@ -27,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import BIN, HERE, Sink, free_port, rss_kb, wait  # noqa: E402
+from run import BIN, HERE, Backupmx, Postfix, Sink, free_port, rss_kb, wait  # noqa: E402
 
 TOOL = os.environ.get("BACKLOG_TOOL", os.path.join(os.path.dirname(BIN), "backlog_tool"))
 
@@ -48,16 +49,66 @@ def greeting(port):
         return False
 
 
+def restart_compare(n, size):
+    """Both servers with the same n messages queued (primary down): the time from starting the
+    server to its SMTP greeting, and its memory (PSS) 10 s later, when Postfix's queue manager
+    has filled its active queue and backupmx has loaded its index."""
+    out = {}
+    for kind in (Backupmx, Postfix):
+        work = tempfile.mkdtemp(prefix="bmx-backlog-cmp-")
+        os.chmod(work, 0o755)
+        server = kind(work, free_port(), 3600)
+        try:
+            t = time.monotonic()
+            if kind is Backupmx:  # straight into the store
+                subprocess.run([TOOL, "fill", os.path.join(server.dir, "queue.db"), str(n),
+                                str(size), "example.test"], check=True, capture_output=True,
+                               timeout=3600)
+            else:  # Postfix's queue fills through its smtpd
+                server.start()
+                subprocess.run(["smtp-source", "-s", "20", "-m", str(n), "-l", str(size), "-f",
+                                "load@sender.test", "-t", "bob@example.test",
+                                f"127.0.0.1:{server.port}"], check=True, capture_output=True,
+                               timeout=7200)
+                deadline = time.monotonic() + 600
+                while server.queued() < n and time.monotonic() < deadline:
+                    time.sleep(2)
+                server.stop()
+            fill_s = time.monotonic() - t
+            subprocess.run(["sync"], check=True)
+            t0 = time.monotonic()
+            if kind is Backupmx:
+                server.log = open(os.path.join(server.dir, "log"), "wb")
+                server.proc = subprocess.Popen([BIN, "serve", "--config", server.config],
+                                               stdout=server.log, stderr=subprocess.STDOUT)
+            else:
+                subprocess.Popen(["script", "-qc", f"postfix -c {server.conf} start", "/dev/null"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait(lambda: greeting(server.port), 120, f"{kind.name} greeting")
+            serving = time.monotonic() - t0
+            time.sleep(10)
+            out[kind.name] = {"fill": fill_s, "serving": serving, "pss": rss_kb(server.pids())}
+        finally:
+            try:
+                server.stop()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--drain", type=int, default=20000)
+    ap.add_argument("--compare", type=int, default=100000,
+                    help="messages queued in both servers for the restart comparison (0: skip)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     if args.smoke:
-        args.messages, args.drain = 2000, 500
+        args.messages, args.drain, args.compare = 2000, 500, 200
+    cmp = restart_compare(args.compare, args.size) if args.compare else None
     work = tempfile.mkdtemp(prefix="bmx-backlog-")
     os.chmod(work, 0o755)
     proc = sink = None
@@ -142,6 +193,19 @@ primary = "127.0.0.1:{primary}"
     ]
     for n, ns in decide:
         lines.append(f"| one scheduling decision with {n:,} queued, ns | {ns:.0f} |")
+    if cmp:
+        b, p = cmp["backupmx"], cmp["postfix"]
+        lines += [
+            "",
+            f"| with {args.compare:,} messages queued in both | backupmx | Postfix | backupmx/Postfix |",
+            "| --- | ---: | ---: | ---: |",
+            f"| filling the queue, s (backupmx: straight into the store; Postfix: through smtpd) "
+            f"| {b['fill']:.1f} | {p['fill']:.1f} | |",
+            f"| start to the SMTP greeting, s | {b['serving']:.2f} | {p['serving']:.2f} "
+            f"| {b['serving'] / p['serving']:.2f} |",
+            f"| memory (PSS) 10 s after the start, MB | {b['pss'] / 1024:.0f} | {p['pss'] / 1024:.0f} "
+            f"| {b['pss'] / max(p['pss'], 1):.2f} |",
+        ]
     table = "\n".join(lines)
     print(table)
     if args.write:
@@ -149,7 +213,8 @@ primary = "127.0.0.1:{primary}"
         with open(path) as f:
             text = f.read()
         section = (f"## Backlog\n\nCommand: `python3 bench/backlog.py --messages {args.messages} "
-                   f"--size {args.size} --drain {args.drain} --write`.\n\n{table}\n")
+                   f"--size {args.size} --drain {args.drain} --compare {args.compare} --write`."
+                   f"\n\n{table}\n")
         if "BACKLOG" in text:
             text = text.replace("BACKLOG", section)
         elif "## Backlog" in text:

@@ -541,7 +541,8 @@ asio::awaitable<EndOfMessage> Session::end_of_message() {
     co_return out;
 }
 
-asio::awaitable<EndOfMessage> Session::message(std::string_view stored, bool first_is_ours) {
+asio::awaitable<EndOfMessage> Session::message(std::string_view stored, bool first_is_ours,
+                                               const Spool* rest) {
     const MessageParts parts = split_message(stored);
     EndOfMessage out;
     for (std::size_t i = first_is_ours ? 1 : 0; i < parts.headers.size(); ++i) {
@@ -553,6 +554,13 @@ asio::awaitable<EndOfMessage> Session::message(std::string_view stored, bool fir
     if (out.verdict.action != Verdict::Continue) co_return out;
     out.verdict = co_await body(parts.body);
     if (out.verdict.action != Verdict::Continue) co_return out;
+    for (std::int64_t off = 0; rest && off < rest->size() && !body_skipped_;) {
+        const std::string piece = rest->read(off, kChunkSize);
+        if (piece.empty()) break;
+        off += static_cast<std::int64_t>(piece.size());
+        out.verdict = co_await body(piece);
+        if (out.verdict.action != Verdict::Continue) co_return out;
+    }
     co_return co_await end_of_message();
 }
 

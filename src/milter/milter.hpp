@@ -26,6 +26,8 @@
 #include <utility>
 #include <vector>
 
+#include "store/spool.hpp"
+
 namespace bmx::milter {
 
 // ---- Where a milter listens: Postfix's "inet:host:port" (host may be [v6]) or "unix:/path".
@@ -273,9 +275,12 @@ class Session {
     boost::asio::awaitable<EndOfMessage> end_of_message();
     // The content steps for a stored message (CRLF lines): each header — but the first when
     // `first_is_ours` (our Received:, which Postfix does not show milters) — end of headers,
-    // the body, end of message. Stops at the first verdict that does not proceed.
+    // the body, end of message. Stops at the first verdict that does not proceed. With `rest`,
+    // the body goes on in that spool after `stored` (which holds at least the whole header) and
+    // is read from it a piece at a time.
     boost::asio::awaitable<EndOfMessage> message(std::string_view stored,
-                                                 bool first_is_ours = true);
+                                                 bool first_is_ours = true,
+                                                 const Spool* rest = nullptr);
     boost::asio::awaitable<void> abort();
     boost::asio::awaitable<void> quit();
 

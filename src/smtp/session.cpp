@@ -24,6 +24,9 @@ using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
+// A header section longer than this is cut where the first body piece ends when a body spills.
+constexpr std::size_t kMaxHead = 1024 * 1024;
+
 std::string join_rcpts(const std::vector<std::string>& v) {
     std::string out;
     for (const auto& r : v) out += (out.empty() ? "<" : ",<") + r + ">";
@@ -495,24 +498,31 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     std::string id = new_queue_id();
     std::string body = received_header(id);
     DataScanner scan(cfg_.max_message_size);
-    // Without milters (they need the whole message), what arrives beyond the first piece goes
-    // to a spool file beside the queue: a session holds about one piece, whatever the size.
-    bool keep_whole = false;
-    for (auto& [spec, m] : milters_) keep_whole = keep_whole || m.in_transaction;
+    // What arrives beyond the first piece goes to a spool file beside the queue: a session holds
+    // about one piece, whatever the size. The head kept in memory holds the whole header section
+    // (milters and their edits need it) unless that is absurdly long.
     std::shared_ptr<Spool> spool;
     std::string spool_error;
-    auto spill = [&] {
+    std::size_t keep = 0;  // bytes of the head, decided at the first spill
+    auto spill = [&](bool at_end) {
+        if (keep == 0) {
+            auto end = body.find("\r\n\r\n");
+            if (end != std::string::npos && end < kMaxHead) keep = std::max(kBodyPiece, end + 4);
+            else if (at_end || body.size() >= kMaxHead) keep = kBodyPiece;  // cut, then
+            else return;  // the header is still coming: it stays whole for now
+        }
+        if (body.size() <= keep) return;
         if (spool_error.empty()) {
             try {
                 if (!spool)
                     spool = Spool::open(
                         std::filesystem::path(cfg_.store_path()).parent_path().string());
-                spool->append(std::string_view(body).substr(kBodyPiece));
+                spool->append(std::string_view(body).substr(keep));
             } catch (const std::exception& e) {
                 spool_error = e.what();  // read on to the end, then 451
             }
         }
-        body.resize(kBodyPiece);
+        body.resize(keep);
     };
     // Postfix's smtpd_per_request_deadline with smtpd_min_data_rate: data_timeout for the
     // whole of DATA, extended by one second per min_data_rate bytes received. A fast sender
@@ -521,7 +531,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     for (;;) {
         std::size_t used = scan.feed(in_, body);
         in_.erase(0, used);
-        if (!keep_whole && body.size() >= 2 * kBodyPiece) spill();
+        if (body.size() >= std::max(keep, kBodyPiece) + kBodyPiece) spill(false);
         if (scan.done()) break;
         if (used > 0)
             deadline_.expires_at(deadline_.expiry() +
@@ -534,7 +544,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
             co_return;
         }
     }
-    if (spool && body.size() > kBodyPiece) spill();  // the tail follows what is spooled
+    if (spool) spill(true);  // the tail follows what is spooled
     deadline_.expires_after(cfg_.command_timeout);
     std::string why;
     if (scan.bare_lf() || scan.bare_cr())
@@ -563,7 +573,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     for (auto& [spec, m] : milters_) {
         if (!m.in_transaction || !discard_.empty()) continue;
         m.session->set_macro("i", id);
-        auto eom = co_await m.session->message(body, true);
+        auto eom = co_await m.session->message(body, true, spool.get());
         if (eom.verdict.action == milter::Verdict::Discard) {
             discard_ = "milter " + spec;
         } else if (!eom.verdict.proceed()) {
@@ -573,7 +583,10 @@ asio::awaitable<void> Session::on_data(const Command& c) {
             reset_transaction();
             co_return reply(milter_reply(eom.verdict.reply));
         } else if (!eom.modifications.empty()) {
+            // Header edits fall in the head; a new body replaces the spooled rest too.
             body = milter::apply_modifications(body, eom.modifications, true);
+            for (const auto& mod : eom.modifications)
+                if (mod.type == milter::Modification::Type::ReplaceBody) spool.reset();
             if (auto q = eom.quarantine()) held = "milter " + spec + ": " + *q;
         }
     }

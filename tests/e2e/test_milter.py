@@ -131,6 +131,49 @@ class Milters(E2ETest):
         self.assertTrue(any(r.startswith("451") for r in replies), replies)
         self.assertEqual(self.b.queue(), [])
 
+    def send_large(self, mb):
+        body = b"".join(b"%06d " % i + b"." * (i % 5) + b"m" * (i * 31 % 700) + b"\r\n"
+                        for i in range(mb * 3000))
+        body = body[:mb * 1024 * 1024 - 200] + b"\r\nend\r\n"
+        head = b"Subject: large\r\nX-Spam-Flag: NO\r\n\r\n"
+        s = self.b.smtp()
+        s.sendmail("alice@sender.test", ["bob@example.test"], head + body)
+        s.quit()
+        return body
+
+    def test_large_message_streams_through_the_milter_and_keeps_its_edits(self):
+        import hashlib
+        edits = [["add", "X-Spam-Score", "1.5"], ["change", "X-Spam-Flag", 1, "YES"]]
+        self.start(stage="eom", edits=json.dumps(edits))
+        body = self.send_large(8)
+        peak_mb = vm_hwm_mb(self.b.proc.pid)
+        eom = [e for e in self.seen() if e["cb"] == "eom"][0]
+        self.assertEqual(eom["args"][0], len(body), "the milter did not see the whole body")
+        self.assertEqual(eom["args"][2], hashlib.sha256(body).hexdigest())
+        wait_until(lambda: self.primary.transactions, timeout=60, what="delivery")
+        data = self.primary.transactions[0]["data"]
+        self.assertIn(b"X-Spam-Score: 1.5\r\n", data)
+        self.assertIn(b"X-Spam-Flag: YES\r\n", data)
+        sent = data[:-3].replace(b"\r\n..", b"\r\n.")  # unstuff
+        self.assertTrue(sent.endswith(b"\r\n\r\n" + body), "body changed on the way")
+        self.assertLess(peak_mb, 20, f"peak RSS {peak_mb:.1f} MB taking an 8 MB body")
+
+    def test_large_message_body_replaced_by_the_milter(self):
+        self.start(stage="eom", edits=json.dumps([["body", "replaced\r\n"]]))
+        self.send_large(3)
+        wait_until(lambda: self.primary.transactions, timeout=60, what="delivery")
+        data = self.primary.transactions[0]["data"]
+        self.assertTrue(data.endswith(b"\r\n\r\nreplaced\r\n.\r\n"), data[-200:])
+        self.assertLess(len(data), 10000)
+
+
+def vm_hwm_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
 
 if __name__ == "__main__":
     main()
