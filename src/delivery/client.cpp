@@ -83,6 +83,9 @@ public:
             auto [ec] = co_await sock.async_connect(tcp::endpoint(t.address, t.port),
                                                     asio::as_tuple(asio::use_awaitable));
             if (!ec) {
+                // Every write is a whole batch (commands, or a body piece with what ends it):
+                // Nagle could only hold the last one back for a delayed ACK.
+                sock.set_option(tcp::no_delay(true), ec);
                 stream_.emplace(std::move(sock));
                 target_ = t;
                 partial_.remote = t.text();
@@ -300,7 +303,7 @@ asio::awaitable<std::optional<Extensions>> open_session(Conn& c, const std::vect
 asio::awaitable<bool> send_body(Conn& c, const Body& body, std::string& end) {
     Stuffer stuffer;
     std::int64_t seen = 0;
-    std::string out;
+    std::string out;  // one piece behind: the last one goes out with the final dot, in one write
     for (;;) {
         std::optional<std::string> piece;
         try {
@@ -311,18 +314,20 @@ asio::awaitable<bool> send_body(Conn& c, const Body& body, std::string& end) {
         }
         if (!piece) break;
         seen += static_cast<std::int64_t>(piece->size());
-        out.clear();
+        if (!out.empty()) {
+            const bool sent = co_await c.send(out, "after end of data");
+            if (!sent) co_return false;
+            out.clear();
+        }
         stuffer.feed(*piece, out);
-        const bool sent = co_await c.send(out, "after end of data");
-        if (!sent) co_return false;
     }
     if (seen != body.size) {
         c.partial_.error = "the queued body has " + std::to_string(seen) + " bytes, not " +
                            std::to_string(body.size) + "; not sent";
         co_return false;
     }
-    end.clear();
-    stuffer.finish(end);
+    stuffer.finish(out);
+    end = std::move(out);
     co_return true;
 }
 
