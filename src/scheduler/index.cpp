@@ -39,7 +39,7 @@ bool Index::add(std::string_view id, const std::string& domain, TimePoint receiv
     Dest d = dest(domain);
     auto [it, fresh] = entries_.try_emplace(*k, Entry{d, attempts, received, next, false, true});
     if (!fresh) return false;
-    due_[d].emplace(next, *k);
+    due_[d].due.emplace(next, *k);
     expiry_.emplace(received, *k);
     return true;
 }
@@ -51,24 +51,35 @@ Index::Entry* Index::find(Key k) {
 
 std::optional<Index::Key> Index::take_due(Dest d, TimePoint t) {
     if (d >= due_.size()) return std::nullopt;
-    auto& order = due_[d];
-    while (!order.empty() && order.begin()->first <= t) {
-        Key k = order.begin()->second;
-        order.erase(order.begin());
-        auto* e = find(k);
-        if (!e || e->in_flight) continue;
-        e->in_flight = true;
-        return k;
+    for (Order* order : {&due_[d].flushed, &due_[d].due}) {
+        const bool flushed = order == &due_[d].flushed;
+        while (!order->empty() && (flushed || order->begin()->first <= t)) {
+            Key k = order->begin()->second;
+            order->erase(order->begin());
+            auto* e = find(k);
+            if (!e || e->in_flight) continue;
+            e->in_flight = true;
+            return k;
+        }
     }
     return std::nullopt;
 }
 
 std::optional<TimePoint> Index::earliest(Dest d) const {
-    if (d >= due_.size() || due_[d].empty()) return std::nullopt;
-    return due_[d].begin()->first;
+    if (d >= due_.size()) return std::nullopt;
+    if (!due_[d].flushed.empty()) return TimePoint{};  // due now
+    if (due_[d].due.empty()) return std::nullopt;
+    return due_[d].due.begin()->first;
 }
 
-std::size_t Index::waiting(Dest d) const { return d < due_.size() ? due_[d].size() : 0; }
+std::size_t Index::waiting(Dest d) const {
+    return d < due_.size() ? due_[d].flushed.size() + due_[d].due.size() : 0;
+}
+
+void Index::forget_order(const Entry& e, Key k) {
+    due_[e.dest].due.erase({e.next, k});
+    if (!due_[e.dest].flushed.empty()) due_[e.dest].flushed.erase({e.next, k});
+}
 
 std::optional<Index::Key> Index::take_expired(TimePoint deadline) {
     while (!expiry_.empty() && expiry_.begin()->first <= deadline) {
@@ -77,7 +88,7 @@ std::optional<Index::Key> Index::take_expired(TimePoint deadline) {
         auto* e = find(k);
         if (e) e->expiring = false;
         if (!e || e->in_flight) continue;  // its attempt will see the age, or requeue re-adds it
-        due_[e->dest].erase({e->next, k});
+        forget_order(*e, k);
         e->in_flight = true;
         return k;
     }
@@ -92,11 +103,12 @@ std::optional<TimePoint> Index::oldest() const {
 void Index::requeue(Key k, TimePoint next, bool count_attempt) {
     auto* e = find(k);
     if (!e) return;
-    due_[e->dest].erase({e->next, k});
+    forget_order(*e, k);
     e->next = next;
     e->in_flight = false;
     if (count_attempt) ++e->attempts;
-    due_[e->dest].emplace_hint(due_[e->dest].end(), next, k);  // usually the latest: O(1)
+    auto& order = due_[e->dest].due;
+    order.emplace_hint(order.end(), next, k);  // usually the latest: O(1)
     if (!e->expiring) {  // take_expired dropped it while in flight
         expiry_.emplace(e->received, k);
         e->expiring = true;
@@ -106,22 +118,19 @@ void Index::requeue(Key k, TimePoint next, bool count_attempt) {
 void Index::remove(Key k, bool unless_in_flight) {
     auto it = entries_.find(k);
     if (it == entries_.end()) return;
-    due_[it->second.dest].erase({it->second.next, k});
+    forget_order(it->second, k);
     if (it->second.expiring) expiry_.erase({it->second.received, k});
     it->second.expiring = false;
     if (unless_in_flight && it->second.in_flight) return;
     entries_.erase(it);
 }
 
-std::size_t Index::due_all(Dest d, TimePoint t) {
+std::size_t Index::due_all(Dest d) {
     if (d >= due_.size()) return 0;
-    Order moved;
-    for (auto [when, k] : due_[d]) {
-        if (auto* e = find(k)) e->next = std::min(e->next, t);
-        moved.emplace(std::min(when, t), k);
-    }
-    due_[d].swap(moved);
-    return due_[d].size();
+    auto& q = due_[d];
+    if (q.flushed.empty()) q.flushed.swap(q.due);  // O(1)
+    else q.flushed.merge(q.due);                 // splices nodes, no allocation
+    return q.flushed.size();
 }
 
 }  // namespace bmx

@@ -60,13 +60,19 @@ class Index {
     // Gone from the store (delivered, expired, deleted): out of every order. An in-flight entry
     // stays known when `unless_in_flight` (its attempt will remove it).
     void remove(Key k, bool unless_in_flight = false);
-    // Every waiting message of `d` due at `t` (a flush). Returns how many.
-    std::size_t due_all(Dest d, TimePoint t);
+    // Every waiting message of `d` due now (a flush, or the primary is back): O(1), the due order
+    // is spliced whole into the flushed order, which take_due drains first. Returns how many.
+    std::size_t due_all(Dest d);
 
   private:
     using Order = std::set<std::pair<TimePoint, Key>>;
+    struct Queue {
+        Order flushed;  // due now whatever their time (kept in their order)
+        Order due;      // by next attempt
+    };
+    void forget_order(const Entry& e, Key k);  // out of its destination's orders
     std::unordered_map<Key, Entry> entries_;
-    std::vector<Order> due_;  // by destination
+    std::vector<Queue> due_;  // by destination
     Order expiry_;            // by received_at
     std::vector<std::string> domains_;
     std::unordered_map<std::string, Dest> dest_ids_;

@@ -149,7 +149,7 @@ std::size_t Scheduler::flush(const std::string& domain) {
     for (auto& [name, d] : dests_) {
         if (!domain.empty() && !iequals(name, domain)) continue;
         if (!d.up) d.next_probe = t;
-        n += index_.due_all(d.id, t);
+        n += index_.due_all(d.id);
     }
     wake();
     return n;

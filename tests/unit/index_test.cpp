@@ -103,7 +103,8 @@ TEST(Index, DueAllMakesEveryWaitingMessageDueNow) {
     for (int i = 0; i < 5; ++i) ix.add(qid(i), "a.test", at(0), at(100 + i), 0);
     ix.add(qid(9), "b.test", at(0), at(100), 0);
     auto a = ix.dest("a.test");
-    EXPECT_EQ(ix.due_all(a, at(1)), 5u);
+    EXPECT_EQ(ix.due_all(a), 5u);
+    EXPECT_EQ(ix.earliest(a), TimePoint{});  // due now
     int taken = 0;
     while (ix.take_due(a, at(1))) ++taken;
     EXPECT_EQ(taken, 5);
@@ -123,4 +124,33 @@ TEST(Index, ManyMessagesComeOutInDueOrder) {
         ++taken;
     }
     EXPECT_EQ(taken, n);
+}
+
+TEST(Index, AFlushedMessageThatFailsAgainWaitsForItsBackoff) {
+    Index ix;
+    ix.add(qid(1), "a.test", at(0), at(1000), 0);
+    ix.add(qid(2), "a.test", at(0), at(2000), 0);
+    auto a = ix.dest("a.test");
+    ix.due_all(a);
+    auto k = *ix.take_due(a, at(1));
+    ix.requeue(k, at(60), true);  // tried, deferred: back in the time order, not flushed
+    EXPECT_EQ(ix.take_due(a, at(1)), Index::key(qid(2)));  // the other flushed one
+    EXPECT_FALSE(ix.take_due(a, at(59)));
+    EXPECT_EQ(ix.take_due(a, at(60)), k);
+}
+
+TEST(Index, FlushedMessagesCanBeRemovedExpiredAndFlushedAgain) {
+    Index ix;
+    for (int i = 0; i < 4; ++i) ix.add(qid(i), "a.test", at(i), at(1000 + i), 0);
+    auto a = ix.dest("a.test");
+    EXPECT_EQ(ix.due_all(a), 4u);
+    ix.remove(*Index::key(qid(1)));
+    EXPECT_EQ(ix.take_expired(at(0)), Index::key(qid(0)));  // the oldest, out of the flushed order
+    ix.add(qid(9), "a.test", at(9), at(5000), 0);
+    EXPECT_EQ(ix.due_all(a), 3u);  // merged: 2, 3 and 9
+    EXPECT_EQ(ix.waiting(a), 3u);
+    std::vector<Index::Key> got;
+    while (auto k = ix.take_due(a, at(0))) got.push_back(*k);
+    EXPECT_EQ(got, (std::vector<Index::Key>{*Index::key(qid(2)), *Index::key(qid(3)),
+                                            *Index::key(qid(9))}));
 }
