@@ -129,6 +129,15 @@ class Backupmx:
                           what=f"log line /{pattern}/ x{count}")
 
 
+def vm_hwm_mb(pid):
+    """Peak resident memory of a process so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
 class SmtpSink:
     """Postfix's smtp-sink as the primary: accepts everything, dumps each message to a file."""
 

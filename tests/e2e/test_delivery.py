@@ -1,7 +1,7 @@
 """Store and forward: mail waits while the primary is down and leaves, intact, when it is back."""
 import time
 
-from harness import E2ETest, Raw, main, swaks, wait_until
+from harness import E2ETest, Raw, main, swaks, vm_hwm_mb, wait_until
 
 
 def unstuff(data):
@@ -150,14 +150,6 @@ class Delivery(E2ETest):
         self.assertIn("not running", r.stderr)
 
 
-def vm_hwm_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 class LargeBodies(E2ETest):
     def big_body(self, mb):
         # Lines that start with dots, of every length, so that piece boundaries (64 KiB) fall
@@ -180,7 +172,7 @@ class LargeBodies(E2ETest):
         s.sendmail("alice@sender.test", ["bob@example.test"], body)
         s.quit()
         wait_until(lambda: len(b.queue()) == 1, what="queued")
-        peak_mb = vm_hwm_kb(b.proc.pid) / 1024  # taking it in went by a spool file
+        peak_mb = vm_hwm_mb(b.proc.pid)  # taking it in went by a spool file
         self.assertLess(peak_mb, 20, f"peak RSS {peak_mb:.1f} MB while taking a 12 MB body")
         # A fresh process delivers it: whatever it holds at its peak is the delivery's doing.
         b.stop()
@@ -191,7 +183,7 @@ class LargeBodies(E2ETest):
         got = strip_our_received(unstuff(primary.transactions[0]["data"]))
         self.assertEqual(len(got), len(body))
         self.assertEqual(got, body)
-        peak_mb = vm_hwm_kb(b.proc.pid) / 1024
+        peak_mb = vm_hwm_mb(b.proc.pid)
         self.assertLess(peak_mb, 20, f"peak RSS {peak_mb:.1f} MB while sending a 12 MB body")
 
     def test_large_message_for_two_domains_reaches_both_intact(self):

@@ -8,21 +8,24 @@ from harness import E2ETest, main, wait_until
 
 
 class DiskFull(E2ETest):
-    def test_full_store_answers_451_and_keeps_what_it_took(self):
+    def on_small_disk(self, size, sink, **kw):
+        """A started backupmx whose store lives on a tmpfs of `size` (needs root)."""
         self.assertEqual(os.geteuid(), 0, "this test mounts a tmpfs: run make test as root")
         store = os.path.join(self.dir, "store")
         os.makedirs(store)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", store], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", store], check=True)
         self.stoppers.insert(0, lambda: subprocess.run(["umount", "-l", store]))
-        sink = self.sink()
-        b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"},
-                          extra_queue='probe_interval = "1s"\nretry_min = "1h"\nretry_max = "2h"')
-        # the store lives on the small tmpfs
+        b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"}, **kw)
         with open(b.config) as f:
             cfg = f.read().replace(f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
         with open(b.config, "w") as f:
             f.write(cfg)
-        b.start()
+        return store, b.start()
+
+    def test_full_store_answers_451_and_keeps_what_it_took(self):
+        sink = self.sink()
+        store, b = self.on_small_disk("1m", sink, extra_queue='probe_interval = "1s"\n'
+                                      'retry_min = "1h"\nretry_max = "2h"')
         accepted, refused = [], None
         s = b.smtp()
         for i in range(200):
@@ -54,19 +57,8 @@ class DiskFull(E2ETest):
     def test_large_message_on_a_full_disk_gets_451_and_leaves_no_trace(self):
         # Past the first 64 KiB a body goes to a spool file beside the queue while it arrives:
         # a disk that fills then gives 451 at the end of DATA, and the space comes back.
-        self.assertEqual(os.geteuid(), 0, "this test mounts a tmpfs: run make test as root")
-        store = os.path.join(self.dir, "store")
-        os.makedirs(store)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", store], check=True)
-        self.stoppers.insert(0, lambda: subprocess.run(["umount", "-l", store]))
         sink = self.sink().start()
-        b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"},
-                          extra_smtp="max_message_size = 52428800")
-        with open(b.config) as f:
-            cfg = f.read().replace(f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
-        with open(b.config, "w") as f:
-            f.write(cfg)
-        b.start()
+        store, b = self.on_small_disk("2m", sink, extra_smtp="max_message_size = 52428800")
         s = b.smtp()
         big = "Subject: too big for the disk\r\n\r\n" + ("z" * 998 + "\r\n") * 4000  # 4 MB
         with self.assertRaises(smtplib.SMTPDataError) as e:

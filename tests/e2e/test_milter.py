@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from harness import E2ETest, Raw, main, wait_until
+from harness import E2ETest, Raw, main, vm_hwm_mb, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MILTER = os.path.join(HERE, "..", "milter", "scripted_milter.py")
@@ -165,14 +165,6 @@ class Milters(E2ETest):
         data = self.primary.transactions[0]["data"]
         self.assertTrue(data.endswith(b"\r\n\r\nreplaced\r\n.\r\n"), data[-200:])
         self.assertLess(len(data), 10000)
-
-
-def vm_hwm_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 if __name__ == "__main__":

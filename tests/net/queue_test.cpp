@@ -149,41 +149,36 @@ TEST(Queue, CallRunsOnTheStoreThreadAndReturnsValues) {
     EXPECT_EQ(rows, 2u);
 }
 
-TEST(Queue, StoreFailureReachesTheCaller) {
+// Runs `step` against a queue whose store always fails; returns what the caller caught.
+template <class Step>
+std::string caught_from_full_store(Step step) {
     Queue q(std::make_unique<FullStore>());
     asio::io_context io;
     std::string error;
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
-            const std::vector<NewMessage> batch{message(1)};
             try {
-                co_await q.commit(batch);
+                co_await step(q);
             } catch (const StoreError& e) {
                 error = e.what();
             }
         },
         asio::detached);
     io.run();
-    EXPECT_EQ(error, "disk full");
+    return error;
+}
+
+TEST(Queue, StoreFailureReachesTheCaller) {
+    const std::vector<NewMessage> batch{message(1)};
+    EXPECT_EQ(caught_from_full_store([&](Queue& q) { return q.commit(batch); }), "disk full");
 }
 
 TEST(Queue, AttemptStoreFailureReachesTheCaller) {
-    Queue q(std::make_unique<FullStore>());
-    asio::io_context io;
-    std::string error;
-    asio::co_spawn(
-        io,
-        [&]() -> asio::awaitable<void> {
-            AttemptUpdate u;
-            u.id = "X";
-            try {
-                co_await q.record(u);
-            } catch (const StoreError& e) {
-                error = e.what();
-            }
-        },
-        asio::detached);
-    io.run();
-    EXPECT_EQ(error, "disk full");
+    AttemptUpdate u;
+    u.id = "X";
+    EXPECT_EQ(caught_from_full_store([&](Queue& q) -> asio::awaitable<void> {
+                  co_await q.record(u);
+              }),
+              "disk full");
 }
