@@ -136,22 +136,6 @@ std::chrono::seconds get_duration(const toml::table& t, const std::string& where
     return *d;
 }
 
-bool valid_domain_name(std::string_view d) {
-    if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.' || d.front() == '-')
-        return false;
-    std::size_t label = 0;
-    for (char c : d) {
-        if (c == '.') {
-            if (label == 0) return false;
-            label = 0;
-            continue;
-        }
-        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-')) return false;
-        if (++label > 63) return false;
-    }
-    return true;
-}
-
 const std::set<std::string> kDomainPolicyKeys{"recipients",     "recipient_list", "recipient_file",
                                               "verify_unknown", "greylisting",    "milters"};
 
@@ -240,6 +224,20 @@ bool policy_network_ok(const std::string& cidr) {
     if (len.empty() || len.size() > 3 || len.find_first_not_of("0123456789") != std::string::npos)
         return false;
     return std::stoi(len) <= (a.is_v4() ? 32 : 128);
+}
+
+// An array of networks at `key` (the last part of `name`, which errors print). Throws.
+std::vector<std::string> get_networks(const toml::table& t, const std::string& name) {
+    auto* arr = t.get(name.substr(name.rfind('.') + 1))->as_array();
+    if (!arr) fail(name, "must be an array of networks");
+    std::vector<std::string> out;
+    for (auto& el : *arr) {
+        auto v = el.value<std::string>();
+        if (!v || !policy_network_ok(*v))
+            fail(name, "bad network (want \"192.0.2.0/24\", \"::1/128\")");
+        out.push_back(*v);
+    }
+    return out;
 }
 
 std::optional<Config::DnsList> parse_dns_list(std::string s) {
@@ -453,18 +451,8 @@ Config parse_config(std::string_view text) {
                 c.dnsbl.push_back(*l);
             }
         }
-        if (auto node = p->get("limit_exceptions")) {
-            auto* arr = node->as_array();
-            if (!arr) fail("policy.limit_exceptions", "must be an array of networks");
-            c.limit_exceptions.clear();
-            for (auto& el : *arr) {
-                auto v = el.value<std::string>();
-                if (!v || !policy_network_ok(*v))
-                    fail("policy.limit_exceptions",
-                         "bad network (want \"192.0.2.0/24\", \"::1/128\")");
-                c.limit_exceptions.push_back(*v);
-            }
-        }
+        if (p->get("limit_exceptions"))
+            c.limit_exceptions = get_networks(*p, "policy.limit_exceptions");
         c.dnsbl_threshold = static_cast<int>(get_int(*p, w, "dnsbl_threshold", 1, 1, 1000));
         c.dnswl_threshold = static_cast<int>(get_int(*p, w, "dnswl_threshold", -1, -1000, -1));
     }
@@ -483,7 +471,7 @@ Config parse_config(std::string_view text) {
             std::string w = "domain[" + std::to_string(i) + "].";
             if (!t) fail("domain", "must be an array of tables ([[domain]])");
             std::set<std::string> keys = kDomainPolicyKeys;
-            keys.insert({"name", "primary", "tls", "tls_ca_file"});
+            keys.insert({"name", "primary", "tls", "tls_ca_file", "etrn_networks"});
             check_keys(*t, w.substr(0, w.size() - 1), keys);
             DomainConfig dc;
             dc.policy = c.policy;
@@ -513,6 +501,7 @@ Config parse_config(std::string_view text) {
             if (dc.tls == TlsPolicy::Dane && c.dns_trust_anchor.empty())
                 fail(w + "tls", "\"dane\" needs DNSSEC: set [dns] trust_anchor");
             dc.tls_ca_file = get_string(*t, w, "tls_ca_file", "");
+            if (t->get("etrn_networks")) dc.etrn_networks = get_networks(*t, w + "etrn_networks");
             c.domains.push_back(std::move(dc));
         }
     }

@@ -41,6 +41,9 @@ struct DomainConfig {
     std::optional<HostPort> primary;  // none: route by the domain's MX records (RFC 5321 5.1)
     TlsPolicy tls = TlsPolicy::May;   // outbound STARTTLS to the primary
     std::string tls_ca_file;          // for "verify": CAs to trust instead of the system's
+    // Clients that may ask for this domain's mail with ETRN (RFC 1985), besides the addresses
+    // of its primary: "192.0.2.0/24", "2001:db8::/32".
+    std::vector<std::string> etrn_networks;
 };
 
 struct Config {

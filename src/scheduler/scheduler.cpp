@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "bounce/dsn.hpp"
+#include "policy/policy.hpp"
 #include "delivery/client.hpp"
 
 namespace bmx {
@@ -63,6 +64,19 @@ delivery::Settings Scheduler::settings(const std::string& domain) {
     s.contexts = &tls_;
     s.resolver = &resolver_;
     return s;
+}
+
+asio::awaitable<bool> Scheduler::etrn_allowed(const std::string& domain, const std::string& ip) {
+    const auto* d = cfg_.find_domain(domain);
+    if (!d) co_return false;
+    if (policy::in_networks(ip, policy::parse_networks(d->etrn_networks))) co_return true;
+    auto r = co_await route(domain);
+    boost::system::error_code ec;
+    const auto client = asio::ip::make_address(ip, ec);
+    if (ec) co_return false;
+    for (const auto& t : r.targets)
+        if (t.address == client) co_return true;
+    co_return false;
 }
 
 asio::awaitable<policy::Verification> Scheduler::verify(const std::string& domain,

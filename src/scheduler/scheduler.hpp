@@ -37,6 +37,9 @@ class Scheduler {
     std::size_t flush(const std::string& domain);
     void forget(const std::string& id);  // an operator deleted it from the store
     void stop();                         // cancels attempts in flight; they stay queued
+    // ETRN (RFC 1985): may the client at `ip` ask for `domain`'s mail? Yes for the addresses its
+    // mail goes to (the primary, or its MX hosts) and the domain's etrn_networks.
+    boost::asio::awaitable<bool> etrn_allowed(const std::string& domain, const std::string& ip);
     // Recipient verification for policy/: asks the primary unless it is known to be down.
     boost::asio::awaitable<policy::Verification> verify(const std::string& domain,
                                                         const std::string& recipient);

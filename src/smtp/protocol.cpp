@@ -47,7 +47,7 @@ Command parse_command(std::string_view line) {
         {"RCPT", Verb::Rcpt}, {"DATA", Verb::Data}, {"RSET", Verb::Rset},
         {"NOOP", Verb::Noop}, {"QUIT", Verb::Quit}, {"VRFY", Verb::Vrfy},
         {"EXPN", Verb::Expn}, {"HELP", Verb::Help}, {"STARTTLS", Verb::StartTls},
-        {"BDAT", Verb::Bdat}, {"AUTH", Verb::Auth}};
+        {"BDAT", Verb::Bdat}, {"AUTH", Verb::Auth}, {"ETRN", Verb::Etrn}};
     if (line.empty()) {
         c.verb = Verb::Empty;
         return c;

@@ -49,6 +49,7 @@ enum class Verb {
     StartTls,
     Bdat,
     Auth,
+    Etrn,
     Unknown,
     Empty
 };

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "config/config.hpp"
@@ -22,9 +23,18 @@ namespace bmx::smtp {
 
 class Session;
 
+// What an ETRN (RFC 1985) for a node came to: the SMTP reply follows from it.
+struct EtrnAnswer {
+    enum class Kind { Started, NothingWaiting, NotAllowed, UnknownNode } kind;
+    std::string why;  // for NotAllowed / UnknownNode
+};
+
 class Server {
   public:
     using Accepted = std::function<void(const std::vector<NewMessage>&)>;
+    // Asked for ETRN <node> by the client at `ip`; unset: ETRN is not offered.
+    using Etrn = std::function<boost::asio::awaitable<EtrnAnswer>(const std::string& node,
+                                                                  const std::string& ip)>;
     Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, policy::Checker& checker,
            Accepted on_accepted);
     // Loads the TLS certificate, binds every listen address (throws on failure, before serving)
@@ -33,6 +43,7 @@ class Server {
     // Stops accepting and closes every session; a session waiting for its commit still finishes it.
     void stop();
     std::size_t sessions() const { return sessions_.size(); }
+    void on_etrn(Etrn f) { on_etrn_ = std::move(f); }
 
   private:
     boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
@@ -43,6 +54,7 @@ class Server {
     Queue& queue_;
     policy::Checker& checker_;
     Accepted on_accepted_;
+    Etrn on_etrn_;
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::set<Session*> sessions_;
     std::unique_ptr<boost::asio::ssl::context> tls_;  // set when smtp.tls_cert/tls_key are

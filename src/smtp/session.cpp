@@ -218,10 +218,18 @@ asio::awaitable<void> Session::converse() {
             case Verb::Help:
                 reply(
                     "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT "
-                    "VRFY");
+                    "VRFY ETRN");
                 break;
             case Verb::StartTls:
                 co_await on_starttls(c);
+                break;
+            case Verb::Etrn:
+                if (!server_.on_etrn_) {
+                    reply("502 5.5.1 Error: command not implemented");
+                    error = true;
+                } else if (!junk()) {
+                    co_await on_etrn(c);
+                }
                 break;
             case Verb::Expn:
             case Verb::Bdat:
@@ -270,6 +278,7 @@ void Session::on_helo(const Command& c, bool extended) {
     reply("250-8BITMIME");
     reply("250-ENHANCEDSTATUSCODES");
     if (server_.tls_ && !stream_.tls()) reply("250-STARTTLS");
+    if (server_.on_etrn_) reply("250-ETRN");
     reply("250 SMTPUTF8");
 }
 
@@ -290,6 +299,35 @@ asio::awaitable<void> Session::on_mail(const Command& c) {
     }
     sender_ = std::move(pending_sender_);
     reply("250 2.1.0 Ok");
+}
+
+// RFC 1985: a primary (or a network its domain allows) asks for the mail held for it.
+asio::awaitable<void> Session::on_etrn(const Command& c) {
+    if (helo_.empty()) co_return reply("503 5.5.1 Error: send HELO/EHLO first");
+    if (sender_) co_return reply("503 5.5.1 Error: MAIL transaction in progress");
+    std::string node = to_lower(c.arg);
+    if (node.starts_with('#'))
+        co_return reply("458 4.7.0 Unable to queue messages for node " + printable(c.arg) +
+                        ": named queues are not kept here");
+    if (node.starts_with('@')) node.erase(0, 1);  // "@domain": the domain and below; we hold
+    if (node.ends_with('.')) node.pop_back();     // mail per configured domain, so: the domain
+    if (!valid_domain_name(node)) co_return reply("501 5.5.4 Syntax: ETRN domain");
+    const std::string peer = peer_;
+    const auto answer = co_await server_.on_etrn_(node, peer);
+    using K = EtrnAnswer::Kind;
+    spdlog::info("ETRN {} from [{}]: {}", node, peer_,
+                 answer.kind == K::Started          ? "delivery started"
+                 : answer.kind == K::NothingWaiting ? "nothing waiting"
+                                                    : "refused (" + answer.why + ")");
+    switch (answer.kind) {
+        case K::Started:
+            co_return reply("250 2.0.0 OK, queuing for node " + node + " started");
+        case K::NothingWaiting:
+            co_return reply("251 2.0.0 OK, no messages waiting for node " + node);
+        case K::NotAllowed:
+        case K::UnknownNode:
+            co_return reply("459 4.7.1 Node " + node + " not allowed: " + answer.why);
+    }
 }
 
 std::optional<std::string> Session::mail_syntax(const Command& c) {

@@ -39,6 +39,7 @@ class Session {
     boost::asio::awaitable<void> on_rcpt(const Command& c);
     boost::asio::awaitable<void> on_data(const Command& c);
     boost::asio::awaitable<void> on_starttls(const Command& c);
+    boost::asio::awaitable<void> on_etrn(const Command& c);
     boost::asio::awaitable<std::string> commit(const std::string& id, std::string body,
                                                const std::shared_ptr<Spool>& spool,
                                                const std::string& held);

@@ -85,6 +85,22 @@ std::string new_queue_id() {
     return buf;
 }
 
+bool valid_domain_name(std::string_view d) {
+    if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.' || d.front() == '-')
+        return false;
+    std::size_t label = 0;
+    for (char c : d) {
+        if (c == '.') {
+            if (label == 0) return false;
+            label = 0;
+            continue;
+        }
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-')) return false;
+        if (++label > 63) return false;
+    }
+    return true;
+}
+
 std::string to_lower(std::string_view s) {
     std::string out(s);
     for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

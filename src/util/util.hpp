@@ -27,6 +27,8 @@ std::string format_duration(Seconds s);  // 3725 -> "1h2m5s"
 
 // Queue ids: 16 hex characters, time-ordered prefix plus randomness, unique across restarts.
 std::string new_queue_id();
+// An LDH domain or host name in A-label form: labels of 1-63 letters, digits and hyphens.
+bool valid_domain_name(std::string_view d);
 
 std::string to_lower(std::string_view s);
 bool iequals(std::string_view a, std::string_view b);

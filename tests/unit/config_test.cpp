@@ -406,3 +406,16 @@ TEST(ConfigRouting, BadRoutingValuesAreNamed) {
     expect("[smtp]\nalso_known_as = [\"bad name\"]\n", "smtp.also_known_as");
     expect("[delivery]\nport = 0\n", "delivery.port");
 }
+
+TEST(ConfigParse, EtrnNetworksPerDomain) {
+    auto c = parse_config(
+        "[[domain]]\nname = \"example.test\"\nprimary = \"127.0.0.1:2526\"\n"
+        "etrn_networks = [\"192.0.2.0/24\", \"2001:db8::1\"]\n");
+    ASSERT_EQ(c.domains.size(), 1u);
+    EXPECT_EQ(c.domains[0].etrn_networks,
+              (std::vector<std::string>{"192.0.2.0/24", "2001:db8::1"}));
+    expect_error("[[domain]]\nname = \"example.test\"\netrn_networks = [\"not-a-net\"]\n",
+                 "domain[0].etrn_networks");
+    expect_error("[[domain]]\nname = \"example.test\"\netrn_networks = \"192.0.2.0/24\"\n",
+                 "domain[0].etrn_networks");
+}
