@@ -71,18 +71,18 @@ int serve(const Config& cfg) {
         });
     smtp::Server smtp(io, cfg, *queue, checker,
                       [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
-    smtp.on_etrn([&](const std::string& node,
-                     const std::string& ip) -> asio::awaitable<smtp::EtrnAnswer> {
-        using K = smtp::EtrnAnswer::Kind;
-        if (!cfg.find_domain(node))
-            co_return smtp::EtrnAnswer{K::UnknownNode, "no mail is kept here for it"};
-        const bool allowed = co_await scheduler.etrn_allowed(node, ip);
-        if (!allowed)
-            co_return smtp::EtrnAnswer{K::NotAllowed, ip + " is not its primary nor in its "
-                                                           "etrn_networks"};
-        const auto n = scheduler.flush(node);
-        co_return smtp::EtrnAnswer{n ? K::Started : K::NothingWaiting, ""};
-    });
+    smtp.on_etrn(
+        [&](const std::string& node, const std::string& ip) -> asio::awaitable<smtp::EtrnAnswer> {
+            using K = smtp::EtrnAnswer::Kind;
+            if (!cfg.find_domain(node))
+                co_return smtp::EtrnAnswer{K::UnknownNode, "no mail is kept here for it"};
+            const bool allowed = co_await scheduler.etrn_allowed(node, ip);
+            if (!allowed)
+                co_return smtp::EtrnAnswer{K::NotAllowed, ip + " is not its primary nor in its "
+                                                               "etrn_networks"};
+            const auto n = scheduler.flush(node);
+            co_return smtp::EtrnAnswer{n ? K::Started : K::NothingWaiting, ""};
+        });
     control::Server ctl(io, cfg.control_socket, [&](const std::string& line) -> std::string {
         if (line == "ping") return "pong";
         if (line == "flush" || line.starts_with("flush ")) {

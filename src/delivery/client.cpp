@@ -26,8 +26,10 @@ asio::ssl::context& TlsContexts::get(const std::string& ca_file) {
     if (!c) {
         c = netio::client_context();
         boost::system::error_code ec;
-        if (ca_file.empty()) c->set_default_verify_paths(ec);
-        else c->load_verify_file(ca_file, ec);
+        if (ca_file.empty())
+            c->set_default_verify_paths(ec);
+        else
+            c->load_verify_file(ca_file, ec);
         // A bad CA file surfaces as a verification failure on every attempt, logged per message.
     }
     return *c;
@@ -52,10 +54,12 @@ Extensions parse_ehlo(const Reply& r) {
     return e;
 }
 
-Reply local_reply(int code, std::string text) { return Reply{code, {std::move(text)}}; }
+Reply local_reply(int code, std::string text) {
+    return Reply{code, {std::move(text)}};
+}
 
 class Conn {
-public:
+  public:
     Conn(asio::any_io_executor ex, const Settings& s) : ex_(ex), deadline_(ex), s_(s) {}
 
     // Runs `body(*this)` under the deadline watchdog; a timeout ends it with an error.
@@ -91,7 +95,8 @@ public:
                 partial_.remote = t.text();
                 co_return true;
             }
-            errors += (errors.empty() ? "" : "; ") + ("connect to " + t.text() + ": " + ec.message());
+            errors +=
+                (errors.empty() ? "" : "; ") + ("connect to " + t.text() + ": " + ec.message());
         }
         partial_.error = targets.empty() ? "no address to connect to" : errors;
         co_return false;
@@ -181,13 +186,13 @@ public:
             } else {
                 policy = TlsPolicy::May;  // RFC 7672 2.2: no secure TLSA, opportunistic TLS
                 dane_note_ = a.status == dns::Status::Ok && !a.secure ? " (TLSA not DNSSEC-signed)"
-                                                                       : " (no TLSA)";
+                                                                      : " (no TLSA)";
             }
         }
         if (!ext.starttls) {
             if (policy == TlsPolicy::May) co_return ext;
-            partial_.error = partial_.remote + " does not offer STARTTLS, required by tls = " +
-                             to_string(s_.tls);
+            partial_.error = partial_.remote +
+                             " does not offer STARTTLS, required by tls = " + to_string(s_.tls);
             co_return std::nullopt;
         }
         const bool sent = co_await send("STARTTLS\r\n", "after STARTTLS");
@@ -208,7 +213,8 @@ public:
             if (ec) SSL_set_tlsext_host_name(ssl, t.host.c_str());
             if (policy == TlsPolicy::Verify) {
                 SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
-                if (!ec) return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t.host.c_str()) == 1;
+                if (!ec)
+                    return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t.host.c_str()) == 1;
                 return SSL_set1_host(ssl, t.host.c_str()) == 1;
             }
             if (policy == TlsPolicy::Dane) {
@@ -233,8 +239,8 @@ public:
                 retry_plain = true;
                 partial_.error = "TLS handshake with " + partial_.remote + " failed: " + error;
             } else {
-                partial_.error = "TLS handshake with " + partial_.remote + " failed (tls = " +
-                                 std::string(to_string(s_.tls)) + "): " + error;
+                partial_.error = "TLS handshake with " + partial_.remote +
+                                 " failed (tls = " + std::string(to_string(s_.tls)) + "): " + error;
             }
             co_return std::nullopt;
         }
@@ -266,7 +272,7 @@ public:
 
     Outcome partial_;
 
-private:
+  private:
     asio::any_io_executor ex_;
     asio::steady_timer deadline_;
     const Settings& s_;
@@ -510,8 +516,12 @@ Session::Session(asio::any_io_executor ex, const Settings& s)
     : impl_(std::make_unique<Impl>(ex, s)) {}
 Session::~Session() = default;
 
-bool Session::usable() const { return impl_->usable; }
-std::size_t Session::transactions() const { return impl_->sent; }
+bool Session::usable() const {
+    return impl_->usable;
+}
+std::size_t Session::transactions() const {
+    return impl_->sent;
+}
 
 asio::awaitable<Outcome> Session::open(const std::vector<Target>& targets) {
     auto& i = *impl_;

@@ -1,9 +1,9 @@
-// delivery/client: speaks SMTP to a primary for queued messages, one or many per connection — EHLO (HELO fallback),
-// STARTTLS by the domain's policy (may, encrypt, verify, dane), PIPELINING when offered,
-// per-recipient results, SIZE/8BITMIME/SMTPUTF8 as the message needs — and probes a primary for
-// liveness. It must never decide what happens to a message afterwards (the scheduler does), never
-// alter the envelope or a byte of the body beyond dot-stuffing, and never send in plaintext when
-// the policy asks for TLS.
+// delivery/client: speaks SMTP to a primary for queued messages, one or many per connection — EHLO
+// (HELO fallback), STARTTLS by the domain's policy (may, encrypt, verify, dane), PIPELINING when
+// offered, per-recipient results, SIZE/8BITMIME/SMTPUTF8 as the message needs — and probes a
+// primary for liveness. It must never decide what happens to a message afterwards (the scheduler
+// does), never alter the envelope or a byte of the body beyond dot-stuffing, and never send in
+// plaintext when the policy asks for TLS.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -12,9 +12,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,10 +34,10 @@ struct Envelope {
 
 // Client TLS contexts, one per trust store ("" = the system's CAs).
 class TlsContexts {
-public:
+  public:
     boost::asio::ssl::context& get(const std::string& ca_file);
 
-private:
+  private:
     std::map<std::string, std::unique_ptr<boost::asio::ssl::context>> contexts_;
 };
 
@@ -47,7 +47,7 @@ struct Settings {
     std::chrono::seconds reply_timeout{300};
     TlsPolicy tls = TlsPolicy::May;
     std::string tls_ca_file;
-    TlsContexts* contexts = nullptr;   // required
+    TlsContexts* contexts = nullptr;    // required
     dns::Resolver* resolver = nullptr;  // required for tls = dane (TLSA lookups)
 };
 
@@ -63,8 +63,8 @@ struct Body {
 };
 
 struct Outcome {
-    bool reached = false;     // a 2xx greeting came back: the primary is alive
-    std::string remote;       // "host[ip]:port" actually used
+    bool reached = false;      // a 2xx greeting came back: the primary is alive
+    std::string remote;        // "host[ip]:port" actually used
     std::string tls = "none";  // "TLSv1.3 cipher=... verify=dane|ok|none" once encrypted
     // Set when the whole transaction failed (connect, greeting, TLS policy, MAIL, DATA, lost
     // connection); rcpt is then empty and every recipient is deferred.
@@ -77,7 +77,7 @@ struct Outcome {
 // (RSET first when the last one ended early). After a failure, a 421 or a timeout the session is
 // no longer usable() and the caller opens a new one.
 class Session {
-public:
+  public:
     Session(boost::asio::any_io_executor ex, const Settings& s);  // `s` must outlive the session
     ~Session();
     Session(const Session&) = delete;
@@ -90,7 +90,7 @@ public:
     bool usable() const;
     std::size_t transactions() const;
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -37,8 +37,8 @@ class Stuffer {
     void finish(std::string& out);
 
   private:
-    bool bol_ = true;         // at the start of a line
-    char last_[2] = {0, 0};   // the body's last two bytes
+    bool bol_ = true;        // at the start of a line
+    char last_[2] = {0, 0};  // the body's last two bytes
     bool empty_ = true;
 };
 

@@ -27,8 +27,9 @@ MxPlan plan_mx(std::vector<dns::Mx> records, const std::vector<std::string>& our
     plan.loops = plan.we_are_listed && plan.hosts.empty();
     // Equal preferences share the load at random: shuffle, then a stable sort keeps that order.
     std::shuffle(plan.hosts.begin(), plan.hosts.end(), rng);
-    std::stable_sort(plan.hosts.begin(), plan.hosts.end(),
-                     [](const dns::Mx& a, const dns::Mx& b) { return a.preference < b.preference; });
+    std::stable_sort(plan.hosts.begin(), plan.hosts.end(), [](const dns::Mx& a, const dns::Mx& b) {
+        return a.preference < b.preference;
+    });
     return plan;
 }
 
@@ -40,13 +41,14 @@ std::mt19937& rng() {
 }
 
 // Adds every address of `host` to the route; false (with the reason in `why`) when it has none.
-asio::awaitable<bool> add_host(dns::Resolver& resolver, const std::string& host,
-                               std::uint16_t port, bool from_mx, bool mx_secure, Route& route,
-                               std::string& why, dns::Status& status) {
+asio::awaitable<bool> add_host(dns::Resolver& resolver, const std::string& host, std::uint16_t port,
+                               bool from_mx, bool mx_secure, Route& route, std::string& why,
+                               dns::Status& status) {
     auto a = co_await resolver.addresses(host);
     status = a.status;
     if (a.status != dns::Status::Ok) {
-        why = host + ": " + dns::to_string(a.status) + (a.error.empty() ? "" : " (" + a.error + ")");
+        why =
+            host + ": " + dns::to_string(a.status) + (a.error.empty() ? "" : " (" + a.error + ")");
         co_return false;
     }
     if (from_mx && !a.cname.empty())
@@ -64,8 +66,10 @@ asio::awaitable<Route> route(dns::Resolver& resolver, const Config& cfg,
     Route r;
     const DomainConfig* dc = cfg.find_domain(domain);
     std::optional<HostPort> fixed;
-    if (dc && dc->primary) fixed = dc->primary;
-    else if (!dc && cfg.relayhost) fixed = cfg.relayhost;
+    if (dc && dc->primary)
+        fixed = dc->primary;
+    else if (!dc && cfg.relayhost)
+        fixed = cfg.relayhost;
     if (fixed) {
         boost::system::error_code ec;
         auto ip = asio::ip::make_address(fixed->host, ec);
@@ -109,8 +113,8 @@ asio::awaitable<Route> route(dns::Resolver& resolver, const Config& cfg,
     }
     auto plan = plan_mx(mx.records, cfg.our_names(), rng());
     if (plan.loops) {
-        r.error = "mail for " + domain + " loops back to myself: no MX is preferred over " +
-                  cfg.hostname;
+        r.error =
+            "mail for " + domain + " loops back to myself: no MX is preferred over " + cfg.hostname;
         r.warnings.push_back(r.error);
         co_return r;
     }

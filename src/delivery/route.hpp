@@ -22,8 +22,8 @@ struct Target {
     std::string host;  // the name we connect to (for logs, SNI and certificate checks)
     boost::asio::ip::address address;
     std::uint16_t port = 25;
-    bool from_mx = false;     // reached through an MX lookup (DANE applies to MX hosts)
-    bool dnssec = false;      // the MX and address answers were DNSSEC-validated
+    bool from_mx = false;      // reached through an MX lookup (DANE applies to MX hosts)
+    bool dnssec = false;       // the MX and address answers were DNSSEC-validated
     std::string text() const;  // "host[ip]:port"
 };
 

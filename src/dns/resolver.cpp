@@ -23,11 +23,16 @@ constexpr int kTypeA = 1, kTypeNs = 2, kTypeMx = 15, kTypeAaaa = 28, kTypeTlsa =
 
 const char* to_string(Status s) {
     switch (s) {
-        case Status::Ok: return "ok";
-        case Status::NoData: return "no data";
-        case Status::NxDomain: return "NXDOMAIN";
-        case Status::TempFail: return "temporary failure";
-        case Status::Bogus: return "DNSSEC bogus";
+        case Status::Ok:
+            return "ok";
+        case Status::NoData:
+            return "no data";
+        case Status::NxDomain:
+            return "NXDOMAIN";
+        case Status::TempFail:
+            return "temporary failure";
+        case Status::Bogus:
+            return "DNSSEC bogus";
     }
     return "?";
 }
@@ -49,7 +54,8 @@ std::optional<std::string> decode_name(std::string_view wire, std::size_t& pos) 
 std::optional<Mx> decode_mx(std::string_view rdata) {
     if (rdata.size() < 3) return std::nullopt;
     Mx mx;
-    mx.preference = (static_cast<unsigned char>(rdata[0]) << 8) | static_cast<unsigned char>(rdata[1]);
+    mx.preference =
+        (static_cast<unsigned char>(rdata[0]) << 8) | static_cast<unsigned char>(rdata[1]);
     std::size_t pos = 2;
     auto host = decode_name(rdata, pos);
     if (!host || pos != rdata.size()) return std::nullopt;
@@ -79,7 +85,6 @@ struct Resolver::Impl {
     asio::posix::stream_descriptor fd;
     std::set<Op*> ops;  // in flight; owned here until they finish
     bool watching = false;
-
 };
 
 Resolver::Resolver(asio::io_context& io, const Settings& s) : io_(io), settings_(s) {
@@ -164,7 +169,8 @@ void Resolver::on_result(void* data, int err, ::ub_result* r) {
             a.error = "no records";
         } else {
             a.status = Status::Ok;
-            for (int i = 0; r->data[i]; ++i) a.rdata.emplace_back(r->data[i], static_cast<std::size_t>(r->len[i]));
+            for (int i = 0; r->data[i]; ++i)
+                a.rdata.emplace_back(r->data[i], static_cast<std::size_t>(r->len[i]));
         }
         ub_resolve_free(r);
     }
@@ -189,7 +195,8 @@ asio::awaitable<Answer> Resolver::query(const std::string& name, int rrtype) {
                 d(std::move(a));
             };
             impl_->ops.insert(op);
-            int rc = ub_resolve_async(ctx_, name.c_str(), rrtype, 1, op, &Resolver::on_result, &op->id);
+            int rc =
+                ub_resolve_async(ctx_, name.c_str(), rrtype, 1, op, &Resolver::on_result, &op->id);
             if (rc != 0) {
                 op->complete(Answer{Status::TempFail, {}, {}, false, ub_strerror(rc)});
                 return;
@@ -198,7 +205,10 @@ asio::awaitable<Answer> Resolver::query(const std::string& name, int rrtype) {
             op->timer.async_wait([this, op](const boost::system::error_code& ec) {
                 if (ec || !impl_->ops.count(op)) return;
                 ub_cancel(ctx_, op->id);
-                op->complete(Answer{Status::TempFail, {}, {}, false,
+                op->complete(Answer{Status::TempFail,
+                                    {},
+                                    {},
+                                    false,
                                     "no answer within " + format_duration(settings_.timeout)});
             });
             watch();

@@ -34,7 +34,7 @@ struct Answer {
     std::vector<std::string> rdata;  // wire-format rdata, one per record
     std::string canonname;           // set when a CNAME was followed
     bool secure = false;
-    std::string error;               // why, for logs, when not Ok
+    std::string error;  // why, for logs, when not Ok
 };
 
 struct Mx {
@@ -53,9 +53,9 @@ struct MxAnswer {
 };
 
 struct AddressAnswer {
-    Status status = Status::TempFail;  // Ok when at least one address
+    Status status = Status::TempFail;                 // Ok when at least one address
     std::vector<boost::asio::ip::address> addresses;  // AAAA first, then A
-    std::string cname;                               // the target when the name was an alias
+    std::string cname;                                // the target when the name was an alias
     bool secure = false;
     std::string error;
 };
@@ -84,7 +84,7 @@ std::optional<Mx> decode_mx(std::string_view rdata);
 std::optional<Tlsa> decode_tlsa(std::string_view rdata);
 
 class Resolver {
-public:
+  public:
     // Throws std::runtime_error when the settings are unusable (bad resolver address, anchor file).
     Resolver(boost::asio::io_context& io, const Settings& s);
     ~Resolver();
@@ -101,7 +101,7 @@ public:
 
     struct Op;
 
-private:
+  private:
     void watch();
     static void on_result(void* data, int err, ::ub_result* result);
 

@@ -16,9 +16,12 @@ namespace asio = boost::asio;
 
 const char* to_string(Level l) {
     switch (l) {
-        case Level::Ok: return "ok";
-        case Level::Warning: return "warning";
-        case Level::Error: return "error";
+        case Level::Ok:
+            return "ok";
+        case Level::Warning:
+            return "warning";
+        case Level::Error:
+            return "error";
     }
     return "?";
 }
@@ -151,8 +154,8 @@ asio::awaitable<Report> check(dns::Resolver& resolver, const std::string& domain
         if (primaries.empty())
             add(Level::Error, "primary-preferred",
                 "no MX is preferred over this backup: it would receive the mail first",
-                "give the primary a lower number than " + std::to_string(publish_pref) +
-                    ", e.g. " + publish_primary);
+                "give the primary a lower number than " + std::to_string(publish_pref) + ", e.g. " +
+                    publish_primary);
         else if (ours >= 0)
             add(Level::Ok, "primary-preferred",
                 primaries[0].host + " (" + std::to_string(primaries[0].preference) +
@@ -164,7 +167,8 @@ asio::awaitable<Report> check(dns::Resolver& resolver, const std::string& domain
     for (auto& r : records) {
         if (r.host.empty() || addrs.count(r.host)) continue;
         if (looks_like_ip(r.host)) {
-            add(Level::Error, "mx-target", "MX target " + r.host + " is an IP address, not a host name",
+            add(Level::Error, "mx-target",
+                "MX target " + r.host + " is an IP address, not a host name",
                 "publish a host name (with an A/AAAA record for " + r.host + ") as the MX target");
             addrs[r.host] = {};
             continue;
@@ -214,7 +218,8 @@ asio::awaitable<Report> check(dns::Resolver& resolver, const std::string& domain
                 for (auto& ma : mine) {
                     if (pa == ma) {
                         level = Level::Error;
-                        msg = p.host + " and " + opt.hostname + " share the address " + pa.to_string();
+                        msg = p.host + " and " + opt.hostname + " share the address " +
+                              pa.to_string();
                     } else if (same_network(pa, ma) && level == Level::Ok) {
                         level = Level::Warning;
                         msg = p.host + " (" + pa.to_string() + ") and " + opt.hostname + " (" +
@@ -256,8 +261,9 @@ asio::awaitable<Report> check(dns::Resolver& resolver, const std::string& domain
         std::string list;
         for (auto& n : ns.names) list += (list.empty() ? "" : ", ") + n;
         if (spread)
-            add(Level::Ok, "ns", zone + " has " + std::to_string(ns.names.size()) +
-                                     " name servers on different networks: " + list);
+            add(Level::Ok, "ns",
+                zone + " has " + std::to_string(ns.names.size()) +
+                    " name servers on different networks: " + list);
         else
             add(Level::Warning, "ns",
                 "all name servers of " + zone + " are in one network (/24 or /48): " + list,
@@ -277,7 +283,8 @@ asio::awaitable<Report> check(dns::Resolver& resolver, const std::string& domain
             add(Level::Ok, "primary-smtp", o.remote + " answers SMTP");
         else
             add(Level::Error, "primary-smtp",
-                "no primary answered SMTP on port " + std::to_string(opt.smtp_port) + ": " + o.error,
+                "no primary answered SMTP on port " + std::to_string(opt.smtp_port) + ": " +
+                    o.error,
                 "check that the primary listens on port " + std::to_string(opt.smtp_port) +
                     " and that its firewall lets this backup in");
     }

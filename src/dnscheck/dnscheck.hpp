@@ -34,7 +34,7 @@ struct Report {
 };
 
 struct Options {
-    std::string hostname;               // this backup's name as it should appear in the MX set
+    std::string hostname;                // this backup's name as it should appear in the MX set
     std::vector<std::string> our_names;  // hostname + also_known_as
     const Config* config = nullptr;      // when given: is the domain configured here?
     std::uint16_t smtp_port = 25;        // where the primary must answer

@@ -278,8 +278,7 @@ class Session {
     // the body, end of message. Stops at the first verdict that does not proceed. With `rest`,
     // the body goes on in that spool after `stored` (which holds at least the whole header) and
     // is read from it a piece at a time.
-    boost::asio::awaitable<EndOfMessage> message(std::string_view stored,
-                                                 bool first_is_ours = true,
+    boost::asio::awaitable<EndOfMessage> message(std::string_view stored, bool first_is_ours = true,
                                                  const Spool* rest = nullptr);
     boost::asio::awaitable<void> abort();
     boost::asio::awaitable<void> quit();

@@ -53,9 +53,9 @@ asio::awaitable<bool> Stream::handshake_server(ssl::context& ctx, std::string& e
 }
 
 asio::awaitable<bool> Stream::handshake(bool client, std::string& error) {
-    auto [ec] = co_await tls_->async_handshake(client ? ssl::stream_base::client
-                                                      : ssl::stream_base::server,
-                                               asio::as_tuple(asio::use_awaitable));
+    auto [ec] =
+        co_await tls_->async_handshake(client ? ssl::stream_base::client : ssl::stream_base::server,
+                                       asio::as_tuple(asio::use_awaitable));
     if (!ec) co_return true;
     error = ec.message();
     if (client) {

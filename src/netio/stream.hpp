@@ -14,7 +14,7 @@
 namespace bmx::netio {
 
 class Stream {
-public:
+  public:
     explicit Stream(boost::asio::ip::tcp::socket sock) : sock_(std::move(sock)) {}
     boost::asio::ip::tcp::socket& socket() { return sock_; }
     bool tls() const { return tls_ != nullptr; }
@@ -25,7 +25,8 @@ public:
 
     // STARTTLS. `prepare` may configure the SSL object (SNI, verification, DANE) before the
     // handshake. On failure returns false with OpenSSL's reason in `error`.
-    boost::asio::awaitable<bool> handshake_server(boost::asio::ssl::context& ctx, std::string& error);
+    boost::asio::awaitable<bool> handshake_server(boost::asio::ssl::context& ctx,
+                                                  std::string& error);
     template <class Prepare>
     boost::asio::awaitable<bool> handshake_client(boost::asio::ssl::context& ctx, Prepare prepare,
                                                   std::string& error) {
@@ -43,7 +44,7 @@ public:
     int tls_bits() const;
     void close();
 
-private:
+  private:
     void make_tls(boost::asio::ssl::context& ctx);
     boost::asio::awaitable<bool> handshake(bool client, std::string& error);
 

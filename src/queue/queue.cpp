@@ -95,9 +95,7 @@ void Queue::loop() {
             }
         }
         for (auto& j : jobs)
-            j.run(store_.get(), j.insert    ? batch_error
-                                : j.attempt ? attempt_error
-                                            : nullptr);
+            j.run(store_.get(), j.insert ? batch_error : j.attempt ? attempt_error : nullptr);
     }
 }
 

@@ -8,9 +8,7 @@ std::optional<Index::Key> Index::key(std::string_view id) {
     if (id.size() != 16) return std::nullopt;
     Key k = 0;
     for (char c : id) {
-        int v = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
         if (v < 0) return std::nullopt;
         k = k << 4 | static_cast<Key>(v);
     }
@@ -109,7 +107,7 @@ void Index::requeue(Key k, TimePoint next, bool count_attempt) {
     if (count_attempt) ++e->attempts;
     auto& order = due_[e->dest].due;
     order.emplace_hint(order.end(), next, k);  // usually the latest: O(1)
-    if (!e->expiring) {  // take_expired dropped it while in flight
+    if (!e->expiring) {                        // take_expired dropped it while in flight
         expiry_.emplace(e->received, k);
         e->expiring = true;
     }
@@ -128,8 +126,10 @@ void Index::remove(Key k, bool unless_in_flight) {
 std::size_t Index::due_all(Dest d) {
     if (d >= due_.size()) return 0;
     auto& q = due_[d];
-    if (q.flushed.empty()) q.flushed.swap(q.due);  // O(1)
-    else q.flushed.merge(q.due);                 // splices nodes, no allocation
+    if (q.flushed.empty())
+        q.flushed.swap(q.due);  // O(1)
+    else
+        q.flushed.merge(q.due);  // splices nodes, no allocation
     return q.flushed.size();
 }
 

@@ -11,8 +11,8 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "bounce/dsn.hpp"
-#include "policy/policy.hpp"
 #include "delivery/client.hpp"
+#include "policy/policy.hpp"
 
 namespace bmx {
 
@@ -32,8 +32,7 @@ std::string age(TimePoint from, TimePoint to) {
 
 }  // namespace
 
-Scheduler::Scheduler(asio::io_context& io, const Config& cfg, Queue& queue,
-                     dns::Resolver& resolver)
+Scheduler::Scheduler(asio::io_context& io, const Config& cfg, Queue& queue, dns::Resolver& resolver)
     : io_(io), cfg_(cfg), queue_(queue), resolver_(resolver), timer_(io) {}
 
 Scheduler::Dest& Scheduler::dest(const std::string& domain) {
@@ -80,14 +79,13 @@ asio::awaitable<bool> Scheduler::etrn_allowed(const std::string& domain, const s
 }
 
 asio::awaitable<policy::Verification> Scheduler::verify(const std::string& domain,
-                                                      const std::string& recipient) {
+                                                        const std::string& recipient) {
     using Kind = policy::Verification::Kind;
     auto it = dests_.find(domain);
     if (it != dests_.end() && !it->second.up)
         co_return policy::Verification{Kind::Unknown, "primary for " + domain + " is down"};
     auto r = co_await route(domain);
-    if (r.kind != delivery::Route::Kind::Ok)
-        co_return policy::Verification{Kind::Unknown, r.error};
+    if (r.kind != delivery::Route::Kind::Ok) co_return policy::Verification{Kind::Unknown, r.error};
     auto s = settings(domain);
     s.connect_timeout = s.reply_timeout = cfg_.verify_timeout;
     auto o = co_await delivery::verify(s, r.targets, recipient);
@@ -247,8 +245,10 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
     auto r = co_await route(domain);
     const auto s = settings(domain);
     delivery::Outcome o;
-    if (r.kind == delivery::Route::Kind::Ok) o = co_await delivery::probe(s, r.targets);
-    else o.error = r.error;
+    if (r.kind == delivery::Route::Kind::Ok)
+        o = co_await delivery::probe(s, r.targets);
+    else
+        o.error = r.error;
     if (stopping_) co_return;
     auto& d = dest(domain);
     d.probing = false;
@@ -359,8 +359,10 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     }
 
     delivery::Route r;
-    if (known) r = *known;
-    else r = co_await route(domain);
+    if (known)
+        r = *known;
+    else
+        r = co_await route(domain);
     delivery::Outcome o;
     if (r.kind == delivery::Route::Kind::Ok) {
         const delivery::Envelope env{msg->sender, pending, msg->smtputf8, msg->eightbit};
@@ -389,8 +391,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
         }
     } else if (r.kind == delivery::Route::Kind::NullMx) {
         o.reached = true;  // a final answer from DNS: every recipient bounces
-        o.rcpt.assign(pending.size(),
-                      delivery::Reply{556, {"5.1.10 " + r.error}});
+        o.rcpt.assign(pending.size(), delivery::Reply{556, {"5.1.10 " + r.error}});
     } else {
         o.error = r.error;
     }
@@ -398,7 +399,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     if (!index_.find(key)) co_return;
     t = now();
     auto delay = age(msg->received_at, t);
-    std::string primary = !o.remote.empty()     ? o.remote
+    std::string primary = !o.remote.empty()    ? o.remote
                           : !r.targets.empty() ? r.targets.front().text()
                                                : "none";
 

@@ -545,9 +545,12 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     auto spill = [&](bool at_end) {
         if (keep == 0) {
             auto end = body.find("\r\n\r\n");
-            if (end != std::string::npos && end < kMaxHead) keep = std::max(kBodyPiece, end + 4);
-            else if (at_end || body.size() >= kMaxHead) keep = kBodyPiece;  // cut, then
-            else return;  // the header is still coming: it stays whole for now
+            if (end != std::string::npos && end < kMaxHead)
+                keep = std::max(kBodyPiece, end + 4);
+            else if (at_end || body.size() >= kMaxHead)
+                keep = kBodyPiece;  // cut, then
+            else
+                return;  // the header is still coming: it stays whole for now
         }
         if (body.size() <= keep) return;
         if (spool_error.empty()) {
@@ -595,8 +598,8 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         why = "552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
               std::to_string(cfg_.max_message_size) + ")";
     else if (!spool_error.empty()) {
-        spdlog::error("store failure, answering 451 to [{}] from=<{}>: {}", peer_,
-                      sender_->str(), spool_error);
+        spdlog::error("store failure, answering 451 to [{}] from=<{}>: {}", peer_, sender_->str(),
+                      spool_error);
         why = "451 4.3.0 Error: queue file write error, try again later";
     }
     if (!why.empty()) {

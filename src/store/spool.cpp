@@ -19,7 +19,9 @@ std::shared_ptr<Spool> Spool::open(const std::string& dir) {
     return std::shared_ptr<Spool>(new Spool(fd));
 }
 
-Spool::~Spool() { ::close(fd_); }
+Spool::~Spool() {
+    ::close(fd_);
+}
 
 void Spool::append(std::string_view data) {
     while (!data.empty()) {

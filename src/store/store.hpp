@@ -26,7 +26,7 @@ struct NewMessage {
     std::string domain;  // destination domain: one queue entry per destination
     std::string sender;  // empty = null sender <>
     std::vector<std::string> recipients;
-    std::string body;  // CRLF lines, unstuffed, Received: already prepended
+    std::string body;                    // CRLF lines, unstuffed, Received: already prepended
     std::shared_ptr<const Spool> spool;  // non-null: the rest of the body, after `body`
     TimePoint received_at{};
     TimePoint next_attempt_at{};

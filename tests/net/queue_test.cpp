@@ -100,8 +100,8 @@ TEST(Queue, ConcurrentAttemptRecordsShareTransactions) {
     {
         Queue q(open_sqlite_store(dir.path + "/q.db"));
         asio::io_context io;
-        asio::co_spawn(io, [&]() -> asio::awaitable<void> { co_await q.commit(msgs); },
-                       asio::detached);
+        asio::co_spawn(
+            io, [&]() -> asio::awaitable<void> { co_await q.commit(msgs); }, asio::detached);
         io.run();
         io.restart();
         for (int i = 0; i < n; ++i) {
@@ -177,8 +177,7 @@ TEST(Queue, StoreFailureReachesTheCaller) {
 TEST(Queue, AttemptStoreFailureReachesTheCaller) {
     AttemptUpdate u;
     u.id = "X";
-    EXPECT_EQ(caught_from_full_store([&](Queue& q) -> asio::awaitable<void> {
-                  co_await q.record(u);
-              }),
-              "disk full");
+    EXPECT_EQ(
+        caught_from_full_store([&](Queue& q) -> asio::awaitable<void> { co_await q.record(u); }),
+        "disk full");
 }

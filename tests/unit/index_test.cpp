@@ -7,9 +7,13 @@ using namespace bmx;
 
 namespace {
 
-TimePoint at(int s) { return TimePoint{} + Seconds(1'000'000 + s); }
+TimePoint at(int s) {
+    return TimePoint{} + Seconds(1'000'000 + s);
+}
 
-std::string qid(int n) { return Index::id(0xABC0000000000000ULL + static_cast<unsigned>(n)); }
+std::string qid(int n) {
+    return Index::id(0xABC0000000000000ULL + static_cast<unsigned>(n));
+}
 
 }  // namespace
 

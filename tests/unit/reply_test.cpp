@@ -318,8 +318,8 @@ TEST(ReplyParserFirstDigit, OnlyTwoToFiveAreSmtpReplies) {  // found by fuzz_rep
 }
 
 TEST(Stuffer, AnySplitIntoPiecesGivesTheSameBytesAsTheWhole) {
-    const std::string bodies[] = {".first\r\nmid.dle\r\n..two\r\n.\r\nend.\r\n", "a\r\n.b",
-                                  "\r\n.\r\n.", "x\r", ".", ""};
+    const std::string bodies[] = {
+        ".first\r\nmid.dle\r\n..two\r\n.\r\nend.\r\n", "a\r\n.b", "\r\n.\r\n.", "x\r", ".", ""};
     for (const auto& body : bodies) {
         const std::string whole = stuff_body(body);
         for (std::size_t a = 0; a <= body.size(); ++a)
