@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  g++ clang libclang-rt-14-dev cmake ninja-build pkg-config make
+  g++ clang clang-format libclang-rt-14-dev cmake ninja-build pkg-config make
   libboost1.81-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
   libsqlite3-dev libssl-dev libgtest-dev libunbound-dev
   python3 python3-yaml swaks libnet-ssleay-perl libio-socket-ssl-perl postfix procps iproute2 openssl unbound nsd ldnsutils python3-milter opendkim opendkim-tools
