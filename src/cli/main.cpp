@@ -71,6 +71,8 @@ int serve(const Config& cfg) {
         });
     smtp::Server smtp(io, cfg, *queue, checker,
                       [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
+    Alerts alerts(io, cfg, *queue, [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
+    if (alerts.enabled()) scheduler.set_alerts(&alerts);
     smtp.on_etrn(
         [&](const std::string& node, const std::string& ip) -> asio::awaitable<smtp::EtrnAnswer> {
             using K = smtp::EtrnAnswer::Kind;

@@ -274,8 +274,9 @@ Config parse_config(std::string_view text) {
         throw ConfigError(os.str());
     }
     Config c;
-    check_keys(root, "",
-               {"hostname", "smtp", "queue", "delivery", "dns", "policy", "log", "domain"});
+    check_keys(
+        root, "",
+        {"hostname", "smtp", "queue", "delivery", "dns", "policy", "log", "alerts", "domain"});
     c.hostname = to_lower(get_string(root, "", "hostname", c.hostname));
     if (!valid_domain_name(c.hostname)) fail("hostname", "must be a host name");
 
@@ -463,6 +464,21 @@ Config parse_config(std::string_view text) {
         if (!levels.count(c.log_level))
             fail("log.level", "must be trace, debug, info, warn or error");
     }
+    if (auto* a = table_of("alerts")) {
+        check_keys(*a, "alerts", {"webhook", "email", "down_after", "queue_threshold"});
+        c.alert_webhook = get_string(*a, "alerts.", "webhook", "");
+        if (!c.alert_webhook.empty() && !parse_http_url(c.alert_webhook))
+            fail("alerts.webhook", "must be \"http://host[:port]/path\"");
+        c.alert_email = get_string(*a, "alerts.", "email", "");
+        auto at = c.alert_email.rfind('@');
+        if (!c.alert_email.empty() && (at == 0 || at == std::string::npos ||
+                                       !valid_domain_name(c.alert_email.substr(at + 1))))
+            fail("alerts.email", "must be an address like \"ops@example.net\"");
+        c.alert_down_after =
+            static_cast<std::uint32_t>(get_int(*a, "alerts.", "down_after", 3, 1, 1000));
+        c.alert_queue_threshold =
+            static_cast<std::uint32_t>(get_int(*a, "alerts.", "queue_threshold", 0, 0, 100000000));
+    }
     if (auto node = root.get("domain")) {
         auto* arr = node->as_array();
         if (!arr) fail("domain", "must be an array of tables ([[domain]])");
@@ -511,6 +527,20 @@ Config parse_config(std::string_view text) {
             (dir.empty() ? std::filesystem::path(".") : dir).string() + "/control.sock";
     }
     return c;
+}
+
+std::optional<HttpUrl> parse_http_url(std::string_view url) {
+    if (!url.starts_with("http://")) return std::nullopt;
+    url.remove_prefix(7);
+    auto slash = url.find('/');
+    std::string_view authority = url.substr(0, slash);
+    HttpUrl u;
+    if (slash != std::string_view::npos) u.target = std::string(url.substr(slash));
+    auto hp = parse_host_port(std::string(authority), 80);
+    if (!hp || hp->host.empty()) return std::nullopt;
+    u.host = hp->host;
+    u.port = hp->port;
+    return u;
 }
 
 Config load_config_file(const std::string& path) {

@@ -110,6 +110,12 @@ struct Config {
     int dnswl_threshold = -1;  // score at or below: allowlisted (skips greylisting)
     // [log]
     std::string log_level = "info";
+    // [alerts]: a primary down (after `down_after` failed tries in a row), back up, or a domain's
+    // queue past `queue_threshold` messages: an HTTP POST of JSON, and/or an email.
+    std::string alert_webhook;  // "http://host:port/path"
+    std::string alert_email;    // "ops@example.net"
+    std::uint32_t alert_down_after = 3;
+    std::uint32_t alert_queue_threshold = 0;  // 0: off
 
     std::vector<DomainConfig> domains;
 
@@ -123,6 +129,14 @@ struct ConfigError : std::runtime_error {
 };
 
 Config load_config_file(const std::string& path);  // throws ConfigError
-Config parse_config(std::string_view toml_text);   // throws ConfigError
+
+// "http://host[:port]/path" (IPv6 hosts in brackets); nullopt when it is not one.
+struct HttpUrl {
+    std::string host;
+    std::uint16_t port = 80;
+    std::string target = "/";
+};
+std::optional<HttpUrl> parse_http_url(std::string_view url);
+Config parse_config(std::string_view toml_text);  // throws ConfigError
 
 }  // namespace bmx

@@ -151,6 +151,7 @@ void Scheduler::add(const std::vector<NewMessage>& msgs) {
         auto& d = dest(m.domain);
         // A down primary gets new mail with the next probe, not before.
         index(m.id, m.domain, m.received_at, d.up ? m.next_attempt_at : d.next_probe, 0);
+        check_queue(m.domain);
     }
     wake();
 }
@@ -229,10 +230,33 @@ void Scheduler::pump() {
                          std::chrono::milliseconds(5));
 }
 
+void Scheduler::failed_try(const std::string& domain, const std::string& why) {
+    auto& d = dest(domain);
+    ++d.failures;
+    if (alerts_ && !d.alerted_down && d.failures >= cfg_.alert_down_after) {
+        d.alerted_down = true;
+        alerts_->primary_down(domain, why, index_.waiting(d.id) + d.in_flight);
+    }
+}
+
+void Scheduler::check_queue(const std::string& domain) {
+    const auto limit = cfg_.alert_queue_threshold;
+    if (!alerts_ || limit == 0) return;
+    auto& d = dest(domain);
+    const auto queued = index_.waiting(d.id) + d.in_flight;
+    if (!d.alerted_queue && queued >= limit) {
+        d.alerted_queue = true;
+        alerts_->queue_over(domain, queued);
+    } else if (d.alerted_queue && queued < limit / 2) {
+        d.alerted_queue = false;
+    }
+}
+
 void Scheduler::mark_down(const std::string& domain, const std::string& why) {
     auto& d = dest(domain);
     auto t = now();
     d.limit = std::max(1u, d.limit / 2);
+    failed_try(domain, why);
     if (!d.up) return;
     d.up = false;
     d.down_since = t;
@@ -256,7 +280,14 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
     if (!o.reached) {
         d.next_probe = t + cfg_.probe_interval;
         spdlog::debug("probe of primary for {} failed: {}", domain, o.error);
+        failed_try(domain, o.error);
         co_return;
+    }
+    d.failures = 0;
+    if (d.alerted_down && alerts_) {
+        d.alerted_down = false;
+        alerts_->primary_up(domain, std::chrono::duration_cast<Seconds>(t - d.down_since),
+                            index_.waiting(d.id));
     }
     spdlog::info("primary for {} is up ({}) after {} down; sending {} queued messages", domain,
                  o.remote, age(d.down_since, t), index_.waiting(d.id));
@@ -442,6 +473,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
         }
         if (o.reached) {
             auto& d = dest(domain);
+            d.failures = 0;
             if (d.limit < cfg_.max_concurrency) {
                 ++d.limit;  // slow start: it keeps up, one more connection may open
                 wake();
@@ -483,8 +515,10 @@ asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
     const Index::Key key = *Index::key(id);
     if (auto* e = index_.find(key)) {
         if (left == 0) {
+            const std::string domain = index_.domain(e->dest);
             index_.remove(key);
             spdlog::debug("removed id={} from the queue", id);
+            check_queue(domain);
         } else {
             auto& d = dest(index_.domain(e->dest));
             index_.requeue(key, d.up ? next : std::max(next, d.next_probe), true);

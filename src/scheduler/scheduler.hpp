@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "alerts/alerts.hpp"
 #include "config/config.hpp"
 #include "delivery/client.hpp"
 #include "delivery/route.hpp"
@@ -35,8 +36,9 @@ class Scheduler {
     void add(const std::vector<NewMessage>& msgs);  // newly committed messages
     // Everything (or one domain) due now; a down primary is probed now. Returns messages affected.
     std::size_t flush(const std::string& domain);
-    void forget(const std::string& id);  // an operator deleted it from the store
-    void stop();                         // cancels attempts in flight; they stay queued
+    void forget(const std::string& id);          // an operator deleted it from the store
+    void stop();                                 // cancels attempts in flight; they stay queued
+    void set_alerts(Alerts* a) { alerts_ = a; }  // told of outages and full queues
     // ETRN (RFC 1985): may the client at `ip` ask for `domain`'s mail? Yes for the addresses its
     // mail goes to (the primary, or its MX hosts) and the domain's etrn_networks.
     boost::asio::awaitable<bool> etrn_allowed(const std::string& domain, const std::string& ip);
@@ -52,7 +54,12 @@ class Scheduler {
         TimePoint next_probe{}, down_since{};
         unsigned in_flight = 0;
         unsigned limit = 1;
+        unsigned failures = 0;       // tries in a row that did not reach the primary
+        bool alerted_down = false;   // an outage alert went out: the recovery is told too
+        bool alerted_queue = false;  // over the queue threshold (re-armed below half of it)
     };
+    void failed_try(const std::string& domain, const std::string& why);
+    void check_queue(const std::string& domain);
 
     void index(const std::string& id, const std::string& domain, TimePoint received, TimePoint next,
                int attempts);
@@ -88,6 +95,7 @@ class Scheduler {
     std::map<std::string, Dest> dests_;
     std::list<boost::asio::cancellation_signal> signals_;
     bool stopping_ = false;
+    Alerts* alerts_ = nullptr;
 };
 
 }  // namespace bmx

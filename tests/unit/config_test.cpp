@@ -419,3 +419,25 @@ TEST(ConfigParse, EtrnNetworksPerDomain) {
     expect_error("[[domain]]\nname = \"example.test\"\netrn_networks = \"192.0.2.0/24\"\n",
                  "domain[0].etrn_networks");
 }
+
+TEST(ConfigParse, Alerts) {
+    auto c = parse_config(
+        "[alerts]\nwebhook = \"http://[::1]:8080/hook\"\nemail = \"ops@example.net\"\n"
+        "down_after = 5\nqueue_threshold = 1000\n");
+    EXPECT_EQ(c.alert_webhook, "http://[::1]:8080/hook");
+    EXPECT_EQ(c.alert_email, "ops@example.net");
+    EXPECT_EQ(c.alert_down_after, 5u);
+    EXPECT_EQ(c.alert_queue_threshold, 1000u);
+    auto u = parse_http_url(c.alert_webhook);
+    ASSERT_TRUE(u);
+    EXPECT_EQ(u->host, "::1");
+    EXPECT_EQ(u->port, 8080);
+    EXPECT_EQ(u->target, "/hook");
+    EXPECT_EQ(parse_http_url("http://hooks.example.net")->target, "/");
+    EXPECT_FALSE(parse_http_url("https://hooks.example.net/x"));  // plain HTTP only, for now
+    expect_error("[alerts]\nwebhook = \"ftp://x/\"\n", "alerts.webhook");
+    expect_error("[alerts]\nemail = \"nobody\"\n", "alerts.email");
+    expect_error("[alerts]\nemail = \"a@bad..domain\"\n", "alerts.email");
+    expect_error("[alerts]\ndown_after = 0\n", "alerts.down_after");
+    expect_error("[alerts]\nbogus = 1\n", "alerts.bogus");
+}
