@@ -35,10 +35,16 @@ bool Index::add(std::string_view id, const std::string& domain, TimePoint receiv
     auto k = key(id);
     if (!k) return false;
     Dest d = dest(domain);
-    auto [it, fresh] = entries_.try_emplace(*k, Entry{d, attempts, received, next, false, true});
+    auto [it, fresh] = entries_.try_emplace(*k);
     if (!fresh) return false;
-    due_[d].due.emplace(next, *k);
-    expiry_.emplace(received, *k);
+    Entry& e = it->second;
+    e.key = *k;
+    e.dest = d;
+    e.attempts = attempts;
+    e.received = received;
+    e.next = next;
+    link_due(e);
+    expiry_.insert(e);
     return true;
 }
 
@@ -47,78 +53,76 @@ Index::Entry* Index::find(Key k) {
     return it == entries_.end() ? nullptr : &it->second;
 }
 
+void Index::link_due(Entry& e) {
+    auto& q = due_[e.dest];
+    q.due.insert(q.due.end(), e);  // a hint: a later next attempt than the rest, usually
+    ++q.linked;
+}
+
+void Index::unlink_order(Entry& e) {
+    if (!e.order.is_linked()) return;
+    e.order.unlink();
+    --due_[e.dest].linked;
+}
+
 std::optional<Index::Key> Index::take_due(Dest d, TimePoint t) {
     if (d >= due_.size()) return std::nullopt;
-    for (Order* order : {&due_[d].flushed, &due_[d].due}) {
-        const bool flushed = order == &due_[d].flushed;
-        while (!order->empty() && (flushed || order->begin()->first <= t)) {
-            Key k = order->begin()->second;
-            order->erase(order->begin());
-            auto* e = find(k);
-            if (!e || e->in_flight) continue;
-            e->in_flight = true;
-            return k;
-        }
-    }
-    return std::nullopt;
+    auto& q = due_[d];
+    Entry* e = nullptr;
+    if (!q.flushed.empty())
+        e = &*q.flushed.begin();
+    else if (!q.due.empty() && q.due.begin()->next <= t)
+        e = &*q.due.begin();
+    if (!e) return std::nullopt;
+    unlink_order(*e);
+    e->in_flight = true;
+    return e->key;
 }
 
 std::optional<TimePoint> Index::earliest(Dest d) const {
     if (d >= due_.size()) return std::nullopt;
     if (!due_[d].flushed.empty()) return TimePoint{};  // due now
     if (due_[d].due.empty()) return std::nullopt;
-    return due_[d].due.begin()->first;
+    return due_[d].due.begin()->next;
 }
 
 std::size_t Index::waiting(Dest d) const {
-    return d < due_.size() ? due_[d].flushed.size() + due_[d].due.size() : 0;
-}
-
-void Index::forget_order(const Entry& e, Key k) {
-    due_[e.dest].due.erase({e.next, k});
-    if (!due_[e.dest].flushed.empty()) due_[e.dest].flushed.erase({e.next, k});
+    return d < due_.size() ? due_[d].linked : 0;
 }
 
 std::optional<Index::Key> Index::take_expired(TimePoint deadline) {
-    while (!expiry_.empty() && expiry_.begin()->first <= deadline) {
-        Key k = expiry_.begin()->second;
-        expiry_.erase(expiry_.begin());
-        auto* e = find(k);
-        if (e) e->expiring = false;
-        if (!e || e->in_flight) continue;  // its attempt will see the age, or requeue re-adds it
-        forget_order(*e, k);
-        e->in_flight = true;
-        return k;
+    while (!expiry_.empty() && expiry_.begin()->received <= deadline) {
+        Entry& e = *expiry_.begin();
+        e.expiry.unlink();
+        if (e.in_flight) continue;  // its attempt will see the age, or requeue re-adds it
+        unlink_order(e);
+        e.in_flight = true;
+        return e.key;
     }
     return std::nullopt;
 }
 
 std::optional<TimePoint> Index::oldest() const {
     if (expiry_.empty()) return std::nullopt;
-    return expiry_.begin()->first;
+    return expiry_.begin()->received;
 }
 
 void Index::requeue(Key k, TimePoint next, bool count_attempt) {
     auto* e = find(k);
     if (!e) return;
-    forget_order(*e, k);
+    unlink_order(*e);
     e->next = next;
     e->in_flight = false;
     if (count_attempt) ++e->attempts;
-    auto& order = due_[e->dest].due;
-    order.emplace_hint(order.end(), next, k);  // usually the latest: O(1)
-    if (!e->expiring) {                        // take_expired dropped it while in flight
-        expiry_.emplace(e->received, k);
-        e->expiring = true;
-    }
+    link_due(*e);
+    if (!e->expiry.is_linked()) expiry_.insert(*e);  // take_expired dropped it while in flight
 }
 
 void Index::remove(Key k, bool unless_in_flight) {
     auto it = entries_.find(k);
     if (it == entries_.end()) return;
-    forget_order(it->second, k);
-    if (it->second.expiring) expiry_.erase({it->second.received, k});
-    it->second.expiring = false;
+    unlink_order(it->second);
+    it->second.expiry.unlink();
     if (unless_in_flight && it->second.in_flight) return;
     entries_.erase(it);
 }
@@ -126,11 +130,16 @@ void Index::remove(Key k, bool unless_in_flight) {
 std::size_t Index::due_all(Dest d) {
     if (d >= due_.size()) return 0;
     auto& q = due_[d];
-    if (q.flushed.empty())
+    if (q.flushed.empty()) {
         q.flushed.swap(q.due);  // O(1)
-    else
-        q.flushed.merge(q.due);  // splices nodes, no allocation
-    return q.flushed.size();
+    } else {
+        while (!q.due.empty()) {  // a flush while another drains: rare, no allocation
+            Entry& e = *q.due.begin();
+            q.due.erase(q.due.begin());
+            q.flushed.insert(e);
+        }
+    }
+    return q.linked;
 }
 
 }  // namespace bmx

@@ -1,13 +1,16 @@
 // scheduler/index: the in-memory index the scheduler decides from — per message only its key,
-// destination, times and attempt count (about 170 bytes), per destination the messages ordered by
-// next attempt, and all messages ordered by arrival for expiry. Every decision (the next due
-// message of a destination, the next to expire, putting one back) costs O(log n): nothing here
-// scans the queue. It must never hold message contents, and never do I/O.
+// destination, times and attempt count (about 120 bytes with the hooks that order it), per
+// destination the messages ordered by next attempt, and all messages ordered by arrival for
+// expiry. Every decision (the next due message of a destination, the next to expire, putting one
+// back) costs O(log n) at most: nothing here scans the queue. The orders are Boost.Intrusive sets
+// whose hooks live in the entry itself, so a message is one allocation, not three.
+// It must never hold message contents, and never do I/O.
 #pragma once
 
+#include <boost/intrusive/set.hpp>
 #include <cstdint>
+#include <deque>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -23,12 +26,17 @@ class Index {
     using Key = std::uint64_t;  // a queue id (16 hex digits, see new_queue_id) as a number
     using Dest = std::uint32_t;
 
+    using Hook = boost::intrusive::set_member_hook<
+        boost::intrusive::link_mode<boost::intrusive::auto_unlink>,
+        boost::intrusive::optimize_size<true>>;
     struct Entry {
+        Key key = 0;
         Dest dest = 0;
         int attempts = 0;
         TimePoint received{}, next{};
         bool in_flight = false;
-        bool expiring = true;  // in the expiry order (take_expired drops in-flight ones)
+        Hook order;   // in its destination's due or flushed order (unlinked while in flight)
+        Hook expiry;  // in the expiry order (take_expired unlinks in-flight ones)
     };
 
     static std::optional<Key> key(std::string_view id);  // nullopt: not a queue id
@@ -65,15 +73,33 @@ class Index {
     std::size_t due_all(Dest d);
 
   private:
-    using Order = std::set<std::pair<TimePoint, Key>>;
-    struct Queue {
-        Order flushed;  // due now whatever their time (kept in their order)
-        Order due;      // by next attempt
+    struct ByNext {
+        bool operator()(const Entry& a, const Entry& b) const {
+            return a.next < b.next || (a.next == b.next && a.key < b.key);
+        }
     };
-    void forget_order(const Entry& e, Key k);  // out of its destination's orders
-    std::unordered_map<Key, Entry> entries_;
-    std::vector<Queue> due_;  // by destination
-    Order expiry_;            // by received_at
+    struct ByReceived {
+        bool operator()(const Entry& a, const Entry& b) const {
+            return a.received < b.received || (a.received == b.received && a.key < b.key);
+        }
+    };
+    template <Hook Entry::*H, class Less>
+    using Order = boost::intrusive::multiset<Entry, boost::intrusive::member_hook<Entry, Hook, H>,
+                                             boost::intrusive::compare<Less>,
+                                             boost::intrusive::constant_time_size<false>>;
+    using DueOrder = Order<&Entry::order, ByNext>;
+    using ExpiryOrder = Order<&Entry::expiry, ByReceived>;
+    struct Queue {
+        DueOrder flushed;        // due now whatever their time (kept in their order)
+        DueOrder due;            // by next attempt
+        std::size_t linked = 0;  // entries in either order
+    };
+    void unlink_order(Entry& e);  // out of its destination's orders, if in one
+    void link_due(Entry& e);
+
+    std::unordered_map<Key, Entry> entries_;  // node-based: entries never move
+    std::deque<Queue> due_;                   // by destination (a deque: never moved)
+    ExpiryOrder expiry_;                      // by received_at
     std::vector<std::string> domains_;
     std::unordered_map<std::string, Dest> dest_ids_;
 };
