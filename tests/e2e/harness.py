@@ -173,7 +173,12 @@ class SmtpSink:
         """Parsed dumps: dicts with sender, recipients, mail_args, content (LF line ends)."""
         out = []
         for name in sorted(os.listdir(self.dump)):
-            with open(os.path.join(self.dump, name), "rb") as f:
+            path = os.path.join(self.dump, name)
+            # smtp-sink writes a dump while the message arrives: a file still growing is not a
+            # message yet (a reader would see it cut short).
+            if time.time() - os.stat(path).st_mtime < 0.3:
+                continue
+            with open(path, "rb") as f:
                 raw = f.read()
             out.append(parse_sink_dump(raw))
         return out
