@@ -149,18 +149,33 @@ class SmtpSink:
         os.chmod(self.dump, 0o777)
         self.extra = list(extra)
         self.proc = None
+        self.base = self.done = 0  # messages smtp-sink has finished (its -c counter)
 
     def start(self):
         exe = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-        args = [exe, "-d", self.dump + "/msg.", *self.extra]
+        args = [exe, "-c", "-d", self.dump + "/msg.", *self.extra]
         if os.geteuid() == 0:
             args += ["-u", "nobody"]
         args += [f"{self.host}:{self.port}", "256"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.base = len(os.listdir(self.dump))  # finished by an earlier run of this sink
+        self.done = 0
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        threading.Thread(target=self._count, args=(self.proc.stdout,), daemon=True).start()
         wait_until(lambda: port_open(self.port, self.host) or self.proc.poll() is not None,
                    what="smtp-sink to listen")
         assert self.proc.poll() is None, self.proc.stderr.read()
         return self
+
+    def _count(self, out):
+        pending = b""
+        while True:
+            chunk = out.read1(4096)
+            if not chunk:
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\r")
+            for status in lines:  # "sess=N quit=N mesg=N", once a message is finished
+                self.done = max(self.done, int(status.rsplit(b"mesg=", 1)[1]))
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -171,13 +186,13 @@ class SmtpSink:
 
     def messages(self):
         """Parsed dumps: dicts with sender, recipients, mail_args, content (LF line ends)."""
+        # smtp-sink writes a dump while the message arrives: only the `done` oldest files are
+        # whole messages (the ones still growing are the newest), so a reader never sees one cut.
+        done = self.base + self.done
+        paths = [os.path.join(self.dump, n) for n in os.listdir(self.dump)]
+        paths.sort(key=lambda p: os.stat(p).st_mtime_ns)
         out = []
-        for name in sorted(os.listdir(self.dump)):
-            path = os.path.join(self.dump, name)
-            # smtp-sink writes a dump while the message arrives: a file still growing is not a
-            # message yet (a reader would see it cut short).
-            if time.time() - os.stat(path).st_mtime < 0.3:
-                continue
+        for path in sorted(paths[:done]):
             with open(path, "rb") as f:
                 raw = f.read()
             out.append(parse_sink_dump(raw))
