@@ -5,22 +5,14 @@
 #include <random>
 
 #include "milter/milter.hpp"
+#include "support.hpp"
 
 using namespace bmx::milter;
+using namespace bmx::test;
 using T = Modification::Type;
 using K = Response::Kind;
 
 namespace {
-
-std::string u32(std::uint32_t v) {
-    std::string s;
-    for (int shift = 24; shift >= 0; shift -= 8) s += static_cast<char>((v >> shift) & 0xff);
-    return s;
-}
-
-std::string z(std::string_view s) {
-    return std::string(s) + '\0';
-}
 
 Response parse(char command, std::string data) {
     std::string error;

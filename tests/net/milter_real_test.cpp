@@ -22,9 +22,11 @@
 #include <thread>
 
 #include "milter/milter.hpp"
+#include "support.hpp"
 #include "util/util.hpp"
 
 using namespace bmx::milter;
+using namespace bmx::test;
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 namespace json = boost::json;
@@ -32,24 +34,7 @@ using namespace std::chrono_literals;
 
 extern char** environ;
 
-namespace bmx::milter {
-inline void PrintTo(const Verdict& v, std::ostream* os) {  // for gtest's failure messages
-    static const char* names[] = {"Continue", "Accept",  "Reject",
-                                  "Tempfail", "Discard", "ReplyCode"};
-    *os << names[v.action] << (v.reply.empty() ? "" : " \"" + v.reply + "\"");
-}
-}  // namespace bmx::milter
-
 namespace {
-
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/bmx-milter-XXXXXX";
-        path = mkdtemp(tmpl);
-    }
-    ~TempDir() { fs::remove_all(path); }
-    std::string path;
-};
 
 std::string read_file(const std::string& path) {
     std::ifstream f(path, std::ios::binary);

@@ -18,39 +18,15 @@
 #include <map>
 
 #include "milter/milter.hpp"
+#include "support.hpp"
 
 using namespace bmx::milter;
+using namespace bmx::test;
 namespace asio = boost::asio;
 using local = asio::local::stream_protocol;
 using namespace std::chrono_literals;
 
-namespace bmx::milter {
-inline void PrintTo(const Verdict& v, std::ostream* os) {  // for gtest's failure messages
-    static const char* names[] = {"Continue", "Accept",  "Reject",
-                                  "Tempfail", "Discard", "ReplyCode"};
-    *os << names[v.action] << (v.reply.empty() ? "" : " \"" + v.reply + "\"");
-}
-}  // namespace bmx::milter
-
 namespace {
-
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/bmx-milter-XXXXXX";
-        path = mkdtemp(tmpl);
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string path;
-};
-
-std::string u32(std::uint32_t v) {
-    std::string s;
-    for (int shift = 24; shift >= 0; shift -= 8) s += static_cast<char>((v >> shift) & 0xff);
-    return s;
-}
-std::string z(std::string_view s) {
-    return std::string(s) + '\0';
-}
 
 std::string optneg_reply(std::uint32_t actions, std::uint32_t protocol, std::string lists = "") {
     return frame('O', u32(6) + u32(actions) + u32(protocol) + lists);

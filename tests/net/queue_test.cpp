@@ -9,19 +9,13 @@
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
 
+#include "support.hpp"
+
 using namespace bmx;
+using bmx::test::TempDir;
 namespace asio = boost::asio;
 
 namespace {
-
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/bmx-queue-XXXXXX";
-        path = mkdtemp(tmpl);
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string path;
-};
 
 NewMessage message(int i) {
     NewMessage m;

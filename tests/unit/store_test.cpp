@@ -492,10 +492,8 @@ TEST_F(StoreTest, OpenFailsOnFileThatIsNotADatabase) {
 
 // ---- greylisting and the recipient verification cache ----
 
-TEST(StoreGreylist, FirstSeenTooEarlyPassedThenAllowlisted) {
-    char tmpl[] = "/tmp/bmx-grey-XXXXXX";
-    std::string dir = mkdtemp(tmpl);
-    auto store = open_sqlite_store(dir + "/q.db");
+TEST_F(StoreTest, GreylistFirstSeenTooEarlyPassedThenAllowlisted) {
+    auto& store = store_;
     const GreylistRule rule{Seconds(300), Seconds(3600), Seconds(86400)};
     auto t0 = from_unix(1'800'000'000);
     EXPECT_EQ(store->greylist("192.0.2", "a@s.test", "u@d.test", t0, rule), GreyVerdict::FirstSeen);
@@ -510,32 +508,24 @@ TEST(StoreGreylist, FirstSeenTooEarlyPassedThenAllowlisted) {
               GreyVerdict::FirstSeen);
     EXPECT_EQ(store->greylist("192.0.2", "b@s.test", "v@d.test", t0 + Seconds(300 + 86401), rule),
               GreyVerdict::FirstSeen);
-    std::filesystem::remove_all(dir);
 }
 
-TEST(StoreGreylist, RetryAfterExpiryStartsOver) {
-    char tmpl[] = "/tmp/bmx-grey-XXXXXX";
-    std::string dir = mkdtemp(tmpl);
-    auto store = open_sqlite_store(dir + "/q.db");
+TEST_F(StoreTest, GreylistRetryAfterExpiryStartsOver) {
+    auto& store = store_;
     const GreylistRule rule{Seconds(300), Seconds(3600), Seconds(86400)};
     auto t0 = from_unix(1'800'000'000);
     store->greylist("192.0.2", "a@s.test", "u@d.test", t0, rule);
     EXPECT_EQ(store->greylist("192.0.2", "a@s.test", "u@d.test", t0 + Seconds(3601), rule),
               GreyVerdict::FirstSeen);
-    std::filesystem::remove_all(dir);
 }
 
-TEST(StoreVerifyCache, RemembersUntilExpiry) {
-    char tmpl[] = "/tmp/bmx-verify-XXXXXX";
-    std::string dir = mkdtemp(tmpl);
+TEST_F(StoreTest, VerifyCacheRemembersUntilExpiry) {
     auto t0 = from_unix(1'800'000'000);
-    {
-        auto store = open_sqlite_store(dir + "/q.db");
-        EXPECT_FALSE(store->verify_get("u@d.test", t0));
-        store->verify_put("u@d.test", VerifyEntry{true, t0 + Seconds(60), "250 ok"});
-        store->verify_put("gone@d.test", VerifyEntry{false, t0 + Seconds(60), "550 5.1.1 no"});
-    }
-    auto store = open_sqlite_store(dir + "/q.db");  // survives a restart
+    EXPECT_FALSE(store_->verify_get("u@d.test", t0));
+    store_->verify_put("u@d.test", VerifyEntry{true, t0 + Seconds(60), "250 ok"});
+    store_->verify_put("gone@d.test", VerifyEntry{false, t0 + Seconds(60), "550 5.1.1 no"});
+    reopen();  // survives a restart
+    auto& store = store_;
     auto e = store->verify_get("u@d.test", t0 + Seconds(59));
     ASSERT_TRUE(e);
     EXPECT_TRUE(e->exists);
@@ -544,7 +534,6 @@ TEST(StoreVerifyCache, RemembersUntilExpiry) {
     EXPECT_FALSE(n->exists);
     EXPECT_EQ(n->reply, "550 5.1.1 no");
     EXPECT_FALSE(store->verify_get("u@d.test", t0 + Seconds(60)));
-    std::filesystem::remove_all(dir);
 }
 
 // ---------------------------------------------------------------------------
