@@ -93,21 +93,19 @@ asio::awaitable<void> Alerts::mail(NewMessage m) {
 
 asio::awaitable<void> Alerts::post(std::string body) {
     const auto url = parse_http_url(cfg_.alert_webhook);  // checked by config already
+    auto failed = [this](const boost::system::error_code& ec) {
+        if (ec) spdlog::error("alert webhook {}: {}", cfg_.alert_webhook, ec.message());
+        return bool(ec);
+    };
     auto ex = co_await asio::this_coro::executor;
     tcp::resolver resolver(ex);
     auto [rec, endpoints] = co_await resolver.async_resolve(url->host, std::to_string(url->port),
                                                             asio::as_tuple(asio::use_awaitable));
-    if (rec) {
-        spdlog::error("alert webhook {}: {}", cfg_.alert_webhook, rec.message());
-        co_return;
-    }
+    if (failed(rec)) co_return;
     boost::beast::tcp_stream stream(ex);
     stream.expires_after(std::chrono::seconds(10));  // one try, bounded: alerts never pile up
     auto [cec, ep] = co_await stream.async_connect(endpoints, asio::as_tuple(asio::use_awaitable));
-    if (cec) {
-        spdlog::error("alert webhook {}: {}", cfg_.alert_webhook, cec.message());
-        co_return;
-    }
+    if (failed(cec)) co_return;
     http::request<http::string_body> req{http::verb::post, url->target, 11};
     req.set(http::field::host, url->host);
     req.set(http::field::user_agent, "backupmx");
@@ -115,18 +113,12 @@ asio::awaitable<void> Alerts::post(std::string body) {
     req.body() = std::move(body);
     req.prepare_payload();
     auto [wec, wn] = co_await http::async_write(stream, req, asio::as_tuple(asio::use_awaitable));
-    if (wec) {
-        spdlog::error("alert webhook {}: {}", cfg_.alert_webhook, wec.message());
-        co_return;
-    }
+    if (failed(wec)) co_return;
     boost::beast::flat_buffer buf;
     http::response<http::string_body> res;
     auto [rdec, rn] =
         co_await http::async_read(stream, buf, res, asio::as_tuple(asio::use_awaitable));
-    if (rdec) {
-        spdlog::error("alert webhook {}: {}", cfg_.alert_webhook, rdec.message());
-        co_return;
-    }
+    if (failed(rdec)) co_return;
     if (res.result_int() / 100 != 2)
         spdlog::error("alert webhook {}: HTTP {}", cfg_.alert_webhook, res.result_int());
     boost::system::error_code ignored;

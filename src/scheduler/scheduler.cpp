@@ -303,23 +303,21 @@ std::optional<std::string> Scheduler::take_due(Dest& d, TimePoint t) {
 }
 
 namespace {
-struct Slot {  // whatever happens, a destination's connection slot is given back
-    std::string domain;
-    std::function<void(const std::string&)> give_back;
-    ~Slot() { give_back(domain); }
+struct Slot {             // whatever happens, a destination's connection slot is given back
+    unsigned& in_flight;  // a Dest's: std::map entries stay where they are
+    ~Slot() { --in_flight; }
 };
 }  // namespace
 
 asio::awaitable<void> Scheduler::expire(std::string id) {
-    const std::string domain = domain_of(id);
-    Slot slot{domain, [this](const std::string& d) { --dest(d).in_flight; }};
+    Slot slot{dest(domain_of(id)).in_flight};
     co_await attempt(id, nullptr, nullptr);
 }
 
 // One connection to a destination's primary, carrying due messages one after another (Postfix's
 // connection cache does the same) until none is due, the primary falters, or the reuse limits.
 asio::awaitable<void> Scheduler::worker(std::string domain, std::string first) {
-    Slot slot{domain, [this](const std::string& d) { --dest(d).in_flight; }};
+    Slot slot{dest(domain).in_flight};
     const auto r = co_await route(domain);
     if (stopping_) co_return;
     if (r.kind != delivery::Route::Kind::Ok) {
@@ -328,11 +326,8 @@ asio::awaitable<void> Scheduler::worker(std::string domain, std::string first) {
     }
     const auto s = settings(domain);
     delivery::Session session(co_await asio::this_coro::executor, s);
-    auto opened = co_await session.open(r.targets);
-    if (!opened.error.empty()) {
-        co_await attempt(first, &session, &r);  // records the failure (and marks the primary down)
-        co_return;
-    }
+    // When it does not open, the first attempt records why (and may mark the primary down).
+    co_await session.open(r.targets);
     const auto started = std::chrono::steady_clock::now();
     std::string id = first;
     for (;;) {
