@@ -9,6 +9,7 @@ PACKAGES=(
   libboost1.81-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
   libsqlite3-dev libssl-dev libgtest-dev libunbound-dev
   python3 python3-yaml swaks libnet-ssleay-perl libio-socket-ssl-perl postfix procps iproute2 openssl unbound nsd ldnsutils python3-milter opendkim opendkim-tools
+  libsodium-dev prometheus chromium
 )
 
 missing=()
@@ -17,7 +18,23 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# Node.js and npm run the browser tests (Playwright). The machine's own Node (e.g. NodeSource's,
+# which bundles npm) serves; Debian's packages only when there is none.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+
+# playwright-core (no browser download: it drives Debian's /usr/bin/chromium), pinned by the lock.
+browser_deps() {
+  local dir
+  dir="$(dirname "$0")/../tests/browser"
+  if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules/playwright-core" ]; then
+    echo "install-deps: npm ci in tests/browser"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+if [ ${#missing[@]} -eq 0 ]; then
+  browser_deps
+  exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: missing packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
@@ -37,3 +54,4 @@ fi
 trap '[ $made_policy = 1 ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+browser_deps

@@ -16,10 +16,13 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "accounts/accounts.hpp"
+#include "admin/admin.hpp"
 #include "config/config.hpp"
 #include "control/control.hpp"
 #include "dns/resolver.hpp"
 #include "dnscheck/dnscheck.hpp"
+#include "domains/domains.hpp"
 #include "queue/queue.hpp"
 #include "scheduler/scheduler.hpp"
 #include "smtp/server.hpp"
@@ -54,12 +57,17 @@ void raise_fd_limit() {
     }
 }
 
-int serve(const Config& cfg) {
+int serve(Config cfg) {
     setup_logging(cfg.log_level);
     apply_time_offset();
     raise_fd_limit();
     asio::io_context io(1);
-    auto queue = std::make_unique<Queue>(open_sqlite_store(cfg.store_path()));
+    auto store = open_sqlite_store(cfg.store_path());
+    // The domains added at run time, loaded before the first SMTP session can ask for them.
+    Domains domains(cfg);
+    domains.load(store->domains());
+    cfg.live_domains = [&domains](std::string_view name) { return domains.find(name); };
+    auto queue = std::make_unique<Queue>(std::move(store));
     dns::Resolver resolver(io,
                            dns::Settings{cfg.dns_resolver, cfg.dns_trust_anchor, cfg.dns_timeout});
     Scheduler scheduler(io, cfg, *queue, resolver);
@@ -98,13 +106,34 @@ int serve(const Config& cfg) {
             scheduler.forget(line.substr(7));
             return "ok";
         }
+        if (line == "domains") {  // the CLI changed the store's domains: read them again
+            asio::co_spawn(
+                io,
+                [&]() -> asio::awaitable<void> {
+                    const std::function<std::vector<StoredDomain>(Store&)> read = [](Store& s) {
+                        return s.domains();
+                    };
+                    try {
+                        auto all = co_await queue->call(read);
+                        domains.load(all);
+                        spdlog::info("domains reloaded: {} added at run time", domains.size());
+                    } catch (const std::exception& e) {
+                        spdlog::error("domains not reloaded: {}", e.what());
+                    }
+                },
+                asio::detached);
+            return "ok";
+        }
         return "error unknown command";
     });
+    admin::Admin console(io, admin::Parts{cfg, *queue, scheduler, domains, resolver,
+                                          [&smtp] { return smtp.sessions(); }});
     smtp.start();
     ctl.start();
+    if (!cfg.admin_listen.empty()) console.start();
     asio::co_spawn(io, scheduler.run(), asio::detached);
     spdlog::info("backupmx ready: hostname={} domains={} store={} control={}", cfg.hostname,
-                 cfg.domains.size(), cfg.store, cfg.control_socket);
+                 cfg.domains.size() + domains.size(), cfg.store, cfg.control_socket);
 
     bool hard_stop = false;
     asio::steady_timer grace(io);
@@ -114,6 +143,7 @@ int serve(const Config& cfg) {
         spdlog::info("signal {}: stopping (no new sessions; queued mail stays queued)", sig);
         smtp.stop();
         ctl.stop();
+        console.stop();
         scheduler.stop();
         resolver.stop();
         grace.expires_after(std::chrono::seconds(20));
@@ -219,6 +249,117 @@ int dns_check(const std::string& domain, const Config* cfg, std::string hostname
     return report.ok() ? 0 : 1;
 }
 
+// The one who runs the CLI, for the audit table.
+std::string cli_user() {
+    const char* u = std::getenv("SUDO_USER");
+    if (!u) u = std::getenv("USER");
+    return std::string("cli:") + (u ? u : std::to_string(getuid()));
+}
+
+void cli_audit(Store& store, const std::string& action, const std::string& target,
+               const std::string& detail) {
+    store.audit(AuditEntry{now(), cli_user(), action, target, detail, "local"});
+}
+
+int add_user(const Config& cfg, const std::string& name, const std::string& role,
+             std::vector<std::string> domains) {
+    if (!accounts::parse_role(role)) {
+        std::cerr << "--role must be operator or customer\n";
+        return 2;
+    }
+    if (name.empty() || name.size() > 64 ||
+        name.find_first_of(" \t\r\n:/\\\"'<>&") != std::string::npos) {
+        std::cerr << "a user name is 1-64 characters without spaces, quotes or : / \\ < > &\n";
+        return 2;
+    }
+    for (auto& d : domains) {
+        if (auto e = Domains::check_name(d); !e.empty()) {
+            std::cerr << "--domain: " << e << "\n";
+            return 2;
+        }
+    }
+    if (role == "customer" && domains.empty())
+        std::cerr << "note: this customer owns no domain yet (it may add its own)\n";
+    auto store = open_sqlite_store(cfg.store_path());
+    const std::string password = accounts::new_password();
+    Account a{name, role, accounts::hash_password(password), domains, now()};
+    if (!store->add_account(a)) {
+        std::cerr << "there is already an account " << name << "\n";
+        return 1;
+    }
+    std::string owned;
+    for (const auto& d : domains) owned += " " + d;
+    cli_audit(*store, "user.add", name,
+              "role " + role + (owned.empty() ? "" : ", domains" + owned));
+    std::cout << "user " << name << " (" << role << ") created; its one-time password follows\n"
+              << "password: " << password << "\n";
+    return 0;
+}
+
+int domain_add(const Config& cfg, std::string name, const std::string& primary,
+               const std::string& owner) {
+    if (auto e = Domains::check_name(name); !e.empty()) {
+        std::cerr << e << "\n";
+        return 2;
+    }
+    if (auto e = Domains::check_primary(primary); !e.empty()) {
+        std::cerr << e << "\n";
+        return 2;
+    }
+    if (cfg.find_domain(name)) {
+        std::cerr << name << " is in the config file already\n";
+        return 1;
+    }
+    auto store = open_sqlite_store(cfg.store_path());
+    if (!owner.empty() && !store->account(owner)) {
+        std::cerr << "no account " << owner << "\n";
+        return 1;
+    }
+    StoredDomain d{name, primary, "any", false, cli_user(), now()};
+    if (!store->add_domain(d)) {
+        std::cerr << name << " is served here already\n";
+        return 1;
+    }
+    if (!owner.empty()) store->add_owner(owner, name);
+    cli_audit(*store, "domain.add", name, "primary " + primary);
+    control::request(cfg.control_socket, "domains");  // the running server takes it at once
+    std::cout << "added " << name << " (primary " << primary << "); publish:\n"
+              << name << ". 3600 IN MX 20 " << cfg.hostname << ".\n"
+              << "then check it with: backupmx dns-check " << name << "\n";
+    return 0;
+}
+
+int domain_list(const Config& cfg) {
+    for (const auto& d : cfg.domains)
+        std::cout << d.name << " primary=" << (d.primary ? d.primary->text() : "(MX records)")
+                  << " source=config\n";
+    auto store = open_sqlite_store(cfg.store_path());
+    for (const auto& d : store->domains())
+        std::cout << d.name << " primary=" << d.primary << " source=store\n";
+    return 0;
+}
+
+int domain_delete(const Config& cfg, std::string name) {
+    name = to_lower(name);
+    auto store = open_sqlite_store(cfg.store_path());
+    bool found = false;
+    for (const auto& d : store->domains()) found = found || d.name == name;
+    if (!found) {
+        std::cerr << "no run-time domain " << name
+                  << (cfg.find_domain(name) ? " (it is in the config file)" : "") << "\n";
+        return 1;
+    }
+    if (auto n = store->remove_domain(name); n > 0) {
+        std::cerr << n << " messages are queued for " << name
+                  << ": deliver, bounce or delete them first\n";
+        return 1;
+    }
+    cli_audit(*store, "domain.delete", name, "");
+    control::request(cfg.control_socket, "domains");
+    std::cout << "deleted " << name << "\n";
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -255,6 +396,35 @@ int main(int argc, char** argv) {
     dns_cmd->add_option("--hostname", check_hostname, "this backup's host name (default: config)");
     dns_cmd->add_flag("--json", check_json, "print JSON");
 
+    auto* admin_cmd = app.add_subcommand("admin", "admin accounts (web panel and HTTP API)");
+    admin_cmd->require_subcommand(1);
+    std::string user_name, user_role;
+    std::vector<std::string> user_domains;
+    auto* add_user_cmd = admin_cmd->add_subcommand("add-user",
+                                                   "create an account; prints its "
+                                                   "one-time password");
+    add_user_cmd->add_option("--config", config_path, "config file")->required();
+    add_user_cmd->add_option("name", user_name, "user name")->required();
+    add_user_cmd->add_option("--role", user_role, "operator or customer")->required();
+    add_user_cmd->add_option("--domain", user_domains, "a domain the customer owns (repeatable)");
+
+    auto* domain_cmd =
+        app.add_subcommand("domain", "domains added at run time (kept in the store)");
+    domain_cmd->require_subcommand(1);
+    std::string dom_name, dom_primary, dom_owner;
+    auto* dom_add = domain_cmd->add_subcommand("add", "serve a domain: its name and its primary");
+    dom_add->add_option("--config", config_path, "config file")->required();
+    dom_add->add_option("name", dom_name, "the mail domain")->required();
+    dom_add->add_option("primary", dom_primary, "host, host:port or [ip]:port")->required();
+    dom_add->add_option("--owner", dom_owner, "the customer account that owns it");
+    auto* dom_list = domain_cmd->add_subcommand("list", "every domain served, and where it is set");
+    dom_list->add_option("--config", config_path, "config file")->required();
+    auto* dom_del = domain_cmd->add_subcommand("delete",
+                                               "stop serving a run-time domain (refused "
+                                               "while mail is queued for it)");
+    dom_del->add_option("--config", config_path, "config file")->required();
+    dom_del->add_option("name", dom_name, "the mail domain")->required();
+
     CLI11_PARSE(app, argc, argv);
     if (*dns_cmd && dns_cmd->count("--config") == 0) {
         try {
@@ -281,6 +451,10 @@ int main(int argc, char** argv) {
         if (*serve_cmd) return serve(cfg);
         if (*dns_cmd) return dns_check(check_domain, &cfg, check_hostname, check_json);
         if (*list_cmd) return queue_list(cfg, json);
+        if (*add_user_cmd) return add_user(cfg, user_name, user_role, user_domains);
+        if (*dom_add) return domain_add(cfg, dom_name, dom_primary, dom_owner);
+        if (*dom_list) return domain_list(cfg);
+        if (*dom_del) return domain_delete(cfg, dom_name);
         if (*flush_cmd) {
             auto r = control::request(cfg.control_socket, flush_domain.empty()
                                                               ? "flush"

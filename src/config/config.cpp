@@ -85,13 +85,27 @@ std::string Config::store_path() const {
 const DomainConfig* Config::find_domain(std::string_view domain) const {
     for (const auto& d : domains)
         if (iequals(d.name, domain)) return &d;
-    return nullptr;
+    return live_domains ? live_domains(domain) : nullptr;
 }
 
 namespace {
 
 [[noreturn]] void fail(const std::string& key, const std::string& why) {
     throw ConfigError("config: " + key + ": " + why);
+}
+
+// "listen": a non-empty array of "ip:port" / "[v6]:port".
+std::vector<HostPort> get_listen(const toml::table& t, const std::string& key) {
+    auto* arr = t.get("listen")->as_array();
+    if (!arr || arr->empty()) fail(key, "must be a non-empty array of \"ip:port\"");
+    std::vector<HostPort> out;
+    for (auto& el : *arr) {
+        auto str = el.value<std::string>();
+        auto hp = str ? parse_host_port(*str, 25) : std::nullopt;
+        if (!hp) fail(key, "bad address (want \"ip:port\" or \"[v6]:port\")");
+        out.push_back(*hp);
+    }
+    return out;
 }
 
 void check_keys(const toml::table& t, const std::string& where,
@@ -109,6 +123,15 @@ std::string get_string(const toml::table& t, const std::string& where, const cha
     auto v = node->value<std::string>();
     if (!v || node->type() != toml::node_type::string) fail(where + key, "must be a string");
     return *v;
+}
+
+// tls_cert and tls_key: both or neither.
+void get_cert_pair(const toml::table& t, const std::string& where, std::string& cert,
+                   std::string& key) {
+    cert = get_string(t, where, "tls_cert", "");
+    key = get_string(t, where, "tls_key", "");
+    if (cert.empty() != key.empty())
+        fail(where + (cert.empty() ? "tls_cert" : "tls_key"), "tls_cert and tls_key go together");
 }
 
 std::int64_t get_int(const toml::table& t, const std::string& where, const char* key,
@@ -274,9 +297,9 @@ Config parse_config(std::string_view text) {
         throw ConfigError(os.str());
     }
     Config c;
-    check_keys(
-        root, "",
-        {"hostname", "smtp", "queue", "delivery", "dns", "policy", "log", "alerts", "domain"});
+    check_keys(root, "",
+               {"hostname", "smtp", "queue", "delivery", "dns", "policy", "log", "admin", "alerts",
+                "domain"});
     c.hostname = to_lower(get_string(root, "", "hostname", c.hostname));
     if (!valid_domain_name(c.hostname)) fail("hostname", "must be a host name");
 
@@ -293,18 +316,7 @@ Config parse_config(std::string_view text) {
                    {"listen", "max_message_size", "max_recipients", "max_connections",
                     "command_timeout", "data_timeout", "max_errors", "max_junk_commands",
                     "min_data_rate", "also_known_as", "tls_cert", "tls_key"});
-        if (auto node = s->get("listen")) {
-            auto* arr = node->as_array();
-            if (!arr || arr->empty())
-                fail("smtp.listen", "must be a non-empty array of \"ip:port\"");
-            c.listen.clear();
-            for (auto& el : *arr) {
-                auto str = el.value<std::string>();
-                auto hp = str ? parse_host_port(*str, 25) : std::nullopt;
-                if (!hp) fail("smtp.listen", "bad address (want \"ip:port\" or \"[v6]:port\")");
-                c.listen.push_back(*hp);
-            }
-        }
+        if (s->get("listen")) c.listen = get_listen(*s, "smtp.listen");
         c.max_message_size = static_cast<std::uint64_t>(
             get_int(*s, w, "max_message_size", static_cast<std::int64_t>(c.max_message_size), 1024,
                     4LL * 1024 * 1024 * 1024));
@@ -330,11 +342,7 @@ Config parse_config(std::string_view text) {
                 c.also_known_as.push_back(name);
             }
         }
-        c.tls_cert = get_string(*s, w, "tls_cert", "");
-        c.tls_key = get_string(*s, w, "tls_key", "");
-        if (c.tls_cert.empty() != c.tls_key.empty())
-            fail(c.tls_cert.empty() ? "smtp.tls_cert" : "smtp.tls_key",
-                 "tls_cert and tls_key go together");
+        get_cert_pair(*s, "smtp.", c.tls_cert, c.tls_key);
         c.data_timeout = get_duration(*s, w, "data_timeout", c.data_timeout);
     }
     if (auto* q = table_of("queue")) {
@@ -463,6 +471,11 @@ Config parse_config(std::string_view text) {
         static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
         if (!levels.count(c.log_level))
             fail("log.level", "must be trace, debug, info, warn or error");
+    }
+    if (auto* a = table_of("admin")) {
+        check_keys(*a, "admin", {"listen", "tls_cert", "tls_key"});
+        if (a->get("listen")) c.admin_listen = get_listen(*a, "admin.listen");
+        get_cert_pair(*a, "admin.", c.admin_tls_cert, c.admin_tls_key);
     }
     if (auto* a = table_of("alerts")) {
         check_keys(*a, "alerts", {"webhook", "email", "down_after", "queue_threshold"});

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -110,6 +111,9 @@ struct Config {
     int dnswl_threshold = -1;  // score at or below: allowlisted (skips greylisting)
     // [log]
     std::string log_level = "info";
+    // [admin]: the HTTP API, web panel and metrics (off when listen is empty); HTTPS with both.
+    std::vector<HostPort> admin_listen;
+    std::string admin_tls_cert, admin_tls_key;
     // [alerts]: a primary down (after `down_after` failed tries in a row), back up, or a domain's
     // queue past `queue_threshold` messages: an HTTP POST of JSON, and/or an email.
     std::string alert_webhook;  // "http://host:port/path"
@@ -118,6 +122,8 @@ struct Config {
     std::uint32_t alert_queue_threshold = 0;  // 0: off
 
     std::vector<DomainConfig> domains;
+    // Domains added at run time (kept in the store, see domains/): asked after the file's own.
+    std::function<const DomainConfig*(std::string_view)> live_domains;
 
     std::string store_path() const;              // "sqlite:var/queue.db" -> "var/queue.db"
     std::vector<std::string> our_names() const;  // hostname + also_known_as

@@ -78,9 +78,11 @@ asio::awaitable<std::pair<spf::Outcome, Decision>> Checker::spf(const std::strin
                               ? "the domain's SPF record does not allow " + ip + " to send for it"
                               : out.explanation;
         const bool by_helo = out.identity == "helo";
-        d = Decision{false, "550 5.7.23 <" + (by_helo ? helo : sender) + ">: " +
-                                (by_helo ? "Helo command rejected" : "Sender address rejected") +
-                                ": SPF fail: " + why.substr(0, 300) + " (policy.spf)"};
+        d = Decision{false,
+                     "550 5.7.23 <" + (by_helo ? helo : sender) +
+                         ">: " + (by_helo ? "Helo command rejected" : "Sender address rejected") +
+                         ": SPF fail: " + why.substr(0, 300) + " (policy.spf)",
+                     "spf"};
     }
     co_return std::pair<spf::Outcome, Decision>{out, d};
 }
@@ -112,18 +114,22 @@ Decision Checker::connect(const std::string& ip) {
     const auto net = client_network(ip);
     auto [minute, into] = minute_now();
     if (c.active >= cfg_.client_connections)
-        return {false, "421 4.7.0 " + cfg_.hostname + " Error: too many connections from " + ip +
-                           " (policy.client_connections = " +
-                           std::to_string(cfg_.client_connections) + ")"};
+        return {false,
+                "421 4.7.0 " + cfg_.hostname + " Error: too many connections from " + ip +
+                    " (policy.client_connections = " + std::to_string(cfg_.client_connections) +
+                    ")",
+                "client_connections"};
     if (subnets_[net] >= cfg_.subnet_connections)
-        return {false, "421 4.7.0 " + cfg_.hostname + " Error: too many connections from " + net +
-                           " (policy.subnet_connections = " +
-                           std::to_string(cfg_.subnet_connections) + ")"};
+        return {false,
+                "421 4.7.0 " + cfg_.hostname + " Error: too many connections from " + net +
+                    " (policy.subnet_connections = " + std::to_string(cfg_.subnet_connections) +
+                    ")",
+                "subnet_connections"};
     if (c.connections.add(minute, into) > cfg_.connection_rate)
-        return {false, "421 4.7.0 " + cfg_.hostname +
-                           " Error: too many connections per minute from " + ip +
-                           " (policy.connection_rate = " + std::to_string(cfg_.connection_rate) +
-                           ")"};
+        return {false,
+                "421 4.7.0 " + cfg_.hostname + " Error: too many connections per minute from " +
+                    ip + " (policy.connection_rate = " + std::to_string(cfg_.connection_rate) + ")",
+                "connection_rate"};
     ++c.active;
     ++subnets_[net];
     return {};
@@ -141,9 +147,11 @@ Decision Checker::mail(const std::string& ip) {
     if (in_networks(ip, exceptions_)) return {};
     auto [minute, into] = minute_now();
     if (client(ip).messages.add(minute, into) > cfg_.message_rate)
-        return {false, "450 4.7.1 Error: too many messages per minute from " + ip +
-                           " (policy.message_rate = " + std::to_string(cfg_.message_rate) +
-                           "), try again later"};
+        return {false,
+                "450 4.7.1 Error: too many messages per minute from " + ip +
+                    " (policy.message_rate = " + std::to_string(cfg_.message_rate) +
+                    "), try again later",
+                "message_rate"};
     return {};
 }
 
@@ -221,19 +229,23 @@ asio::awaitable<Decision> Checker::verify(const std::string& recipient, const Do
         case Verification::Kind::Exists:
             co_return Decision{};
         case Verification::Kind::NoSuchUser:
-            co_return Decision{false, "550 5.1.1 <" + recipient +
-                                          ">: Recipient address rejected: unknown user "
-                                          "(verified with the primary: " +
-                                          v.reply + ")"};
+            co_return Decision{false,
+                               "550 5.1.1 <" + recipient +
+                                   ">: Recipient address rejected: unknown user "
+                                   "(verified with the primary: " +
+                                   v.reply + ")",
+                               "unknown_recipient"};
         case Verification::Kind::Unknown:
             if (d.policy.verify_unknown_accept) {
                 spdlog::info("verify <{}>: no answer ({}); accepting (verify_unknown = accept)",
                              recipient, v.reply);
                 co_return Decision{};
             }
-            co_return Decision{false, "450 4.1.1 <" + recipient +
-                                          ">: Recipient address rejected: unverified address: " +
-                                          v.reply + " (verify_unknown = tempfail)"};
+            co_return Decision{false,
+                               "450 4.1.1 <" + recipient +
+                                   ">: Recipient address rejected: unverified address: " + v.reply +
+                                   " (verify_unknown = tempfail)",
+                               "unverified_recipient"};
     }
     co_return Decision{};
 }
@@ -244,12 +256,16 @@ asio::awaitable<Decision> Checker::rcpt(const std::string& ip, const std::string
     auto [minute, into] = minute_now();
     if (!in_networks(ip, exceptions_) &&
         client(ip).recipients.add(minute, into) > cfg_.recipient_rate)
-        co_return Decision{false, "450 4.7.1 Error: too many recipients per minute from " + ip +
-                                      " (policy.recipient_rate = " +
-                                      std::to_string(cfg_.recipient_rate) + "), try again later"};
+        co_return Decision{false,
+                           "450 4.7.1 Error: too many recipients per minute from " + ip +
+                               " (policy.recipient_rate = " + std::to_string(cfg_.recipient_rate) +
+                               "), try again later",
+                           "recipient_rate"};
     if (rep.blocked)
-        co_return Decision{false, "554 5.7.1 Service unavailable; client [" + ip +
-                                      "] blocked using " + rep.hits + " (policy.dnsbl)"};
+        co_return Decision{false,
+                           "554 5.7.1 Service unavailable; client [" + ip + "] blocked using " +
+                               rep.hits + " (policy.dnsbl)",
+                           "dnsbl"};
     if (d.policy.recipients == RecipientCheck::List) {
         auto dec = check_recipient_listed(d.policy, recipient);
         if (!dec.ok) co_return dec;
@@ -266,10 +282,12 @@ asio::awaitable<Decision> Checker::rcpt(const std::string& ip, const std::string
         };
         auto v = co_await queue_.call(grey);
         if (v == GreyVerdict::FirstSeen || v == GreyVerdict::TooEarly)
-            co_return Decision{false, "451 4.7.1 <" + recipient +
-                                          ">: Recipient address rejected: greylisted, try again "
-                                          "in " +
-                                          format_duration(cfg_.greylist_delay) + " (RFC 6647)"};
+            co_return Decision{false,
+                               "451 4.7.1 <" + recipient +
+                                   ">: Recipient address rejected: greylisted, try again "
+                                   "in " +
+                                   format_duration(cfg_.greylist_delay) + " (RFC 6647)",
+                               "greylisted"};
     }
     co_return Decision{};
 }

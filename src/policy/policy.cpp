@@ -9,22 +9,26 @@ namespace bmx::policy {
 
 Decision check_recipient_domain(const Config& cfg, const std::string& domain) {
     if (cfg.find_domain(domain)) return {};
-    return {false, "550 5.7.1 Relay access denied: " + domain +
-                       " is not a domain this backup MX serves (no [[domain]] entry)"};
+    return {false,
+            "550 5.7.1 Relay access denied: " + domain +
+                " is not a domain this backup MX serves (no [[domain]] entry)",
+            "relay"};
 }
 
 Decision check_recipient_routing(const std::string& local_part) {
     if (local_part.find_first_of("%!@") == std::string::npos) return {};
     return {false,
             "550 5.7.1 Relay access denied: sender-specified routing (% ! or @ in the "
-            "local part) is not accepted"};
+            "local part) is not accepted",
+            "routing"};
 }
 
 Decision check_recipient_count(const Config& cfg, std::size_t count) {
     if (count < cfg.max_recipients) return {};
-    return {false, "452 4.5.3 Too many recipients (smtp.max_recipients = " +
-                       std::to_string(cfg.max_recipients) +
-                       "); send the rest in another transaction"};
+    return {false,
+            "452 4.5.3 Too many recipients (smtp.max_recipients = " +
+                std::to_string(cfg.max_recipients) + "); send the rest in another transaction",
+            "max_recipients"};
 }
 
 Decision check_recipient_listed(const DomainPolicy& p, const std::string& address) {
@@ -32,14 +36,18 @@ Decision check_recipient_listed(const DomainPolicy& p, const std::string& addres
     const std::string wildcard = "*" + a.substr(a.rfind('@'));
     for (const auto& r : p.recipient_list)
         if (r == a || r == wildcard) return {};
-    return {false, "550 5.1.1 <" + address +
-                       ">: Recipient address rejected: unknown user (recipients = \"list\")"};
+    return {false,
+            "550 5.1.1 <" + address +
+                ">: Recipient address rejected: unknown user (recipients = \"list\")",
+            "unknown_recipient"};
 }
 
 Decision check_helo(const std::string& name) {
-    const Decision bad{false, "501 5.5.2 <" + name.substr(0, 64) +
-                                  ">: Helo command rejected: invalid host name; use a host name "
-                                  "or an address literal like [192.0.2.1] (policy.helo_syntax)"};
+    const Decision bad{false,
+                       "501 5.5.2 <" + name.substr(0, 64) +
+                           ">: Helo command rejected: invalid host name; use a host name "
+                           "or an address literal like [192.0.2.1] (policy.helo_syntax)",
+                       "helo_syntax"};
     if (name.size() > 2 && name.front() == '[' && name.back() == ']') {
         std::string lit = name.substr(1, name.size() - 2);
         if (lit.size() > 5 && iequals(lit.substr(0, 5), "IPv6:")) lit = lit.substr(5);

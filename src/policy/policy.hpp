@@ -15,7 +15,8 @@ namespace bmx::policy {
 
 struct Decision {
     bool ok = true;
-    std::string reply;  // full SMTP reply line when refused, naming the rule
+    std::string reply;      // full SMTP reply line when refused, naming the rule
+    const char* rule = "";  // the rule's short name when refused ("relay", "greylisted", ...)
 };
 
 // `domain` is the recipient's domain as parsed (lower-cased, no trailing dot).

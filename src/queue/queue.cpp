@@ -1,5 +1,9 @@
 #include "queue/queue.hpp"
 
+#include <chrono>
+
+#include "metrics/metrics.hpp"
+
 namespace bmx {
 
 Queue::Queue(std::unique_ptr<Store> store) : store_(std::move(store)) {
@@ -64,6 +68,13 @@ void Queue::loop() {
             if (jobs_.empty() && stopping_) return;
             jobs.swap(jobs_);
         }
+        static auto& commit_seconds = metrics::histogram(
+            "backupmx_store_commit_seconds", "Time to commit a group of new messages durably",
+            {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5});
+        static auto& commit_size =
+            metrics::histogram("backupmx_store_commit_messages",
+                               "Messages per group commit (one fsync serves them all)",
+                               {1, 2, 4, 8, 16, 32, 64, 128, 256});
         // Group commit: every message waiting now goes into one transaction.
         std::vector<const NewMessage*> batch;
         for (auto& j : jobs)
@@ -72,8 +83,12 @@ void Queue::loop() {
         std::exception_ptr batch_error;
         if (!batch.empty()) {
             try {
+                const auto t0 = std::chrono::steady_clock::now();
                 store_->insert(batch);
                 ++batches_;
+                commit_seconds.observe(
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                commit_size.observe(static_cast<double>(batch.size()));
             } catch (...) {
                 batch_error = std::current_exception();
             }

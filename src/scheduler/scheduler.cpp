@@ -12,6 +12,7 @@
 
 #include "bounce/dsn.hpp"
 #include "delivery/client.hpp"
+#include "metrics/metrics.hpp"
 #include "policy/policy.hpp"
 
 namespace bmx {
@@ -28,6 +29,14 @@ std::string angle_list(const std::vector<std::string>& v) {
 
 std::string age(TimePoint from, TimePoint to) {
     return format_duration(std::chrono::duration_cast<Seconds>(to - from));
+}
+
+// Per recipient: "delivered", "deferred", "bounced", "expired".
+void count_result(const char* result, std::size_t n = 1) {
+    metrics::counter("backupmx_delivery_results_total",
+                     "Outcomes of delivery attempts, per recipient",
+                     std::string("result=\"") + result + "\"")
+        .inc(n);
 }
 
 }  // namespace
@@ -168,6 +177,65 @@ std::size_t Scheduler::flush(const std::string& domain) {
     return n;
 }
 
+void Scheduler::tried(Dest& d, bool reached, const std::string& result) {
+    const auto t = now();
+    if (!d.known || reached != d.up) d.since = t;
+    d.known = true;
+    d.last_probe = t;
+    d.last_result = result;
+}
+
+void Scheduler::outage_event(const std::string& domain, int what) {
+    auto& d = dest(domain);
+    const auto held = static_cast<std::int64_t>(index_.waiting(d.id) + d.in_flight);
+    const auto t = now();
+    const auto start = d.down_since;
+    spawn([](Queue& q, std::string domain, int what, TimePoint t, TimePoint start,
+             std::int64_t held) -> asio::awaitable<void> {
+        const std::function<bool(Store&)> write = [&](Store& s) {
+            if (what == 0) s.outage_begin(domain, start, held);
+            if (what == 1) s.outage_end(domain, t, held);
+            if (what == 2) s.outage_drained(domain, t);
+            return true;
+        };
+        try {
+            co_await q.call(write);
+        } catch (const std::exception& e) {
+            spdlog::error("store failure recording an outage of {}: {}", domain, e.what());
+        }
+    }(queue_, domain, what, t, start, held));
+}
+
+Scheduler::PrimaryStatus Scheduler::status(const std::string& domain) const {
+    PrimaryStatus s;
+    auto it = dests_.find(domain);
+    if (it == dests_.end()) return s;
+    const auto& d = it->second;
+    s.queued = index_.waiting(d.id);
+    s.in_flight = d.in_flight;
+    if (!d.known) return s;
+    s.state = d.up ? "up" : "down";
+    s.since = d.up ? d.since : d.down_since;
+    s.last_probe = d.last_probe;
+    s.last_result = d.last_result;
+    return s;
+}
+
+void Scheduler::check(const std::string& domain) {
+    auto& d = dest(domain);
+    if (d.probing || stopping_) return;
+    d.probing = true;
+    spawn(probe(domain));
+}
+
+void Scheduler::release(const std::string& id, const std::string& domain, TimePoint received,
+                        int attempts) {
+    auto& d = dest(domain);
+    const auto t = now();
+    index(id, domain, received, d.up ? t : std::max(t, d.next_probe), attempts);
+    wake();
+}
+
 void Scheduler::forget(const std::string& id) {
     if (auto k = Index::key(id)) index_.remove(*k, true);
 }
@@ -257,9 +325,14 @@ void Scheduler::mark_down(const std::string& domain, const std::string& why) {
     auto t = now();
     d.limit = std::max(1u, d.limit / 2);
     failed_try(domain, why);
+    tried(d, false, why);
     if (!d.up) return;
     d.up = false;
     d.down_since = t;
+    if (!d.outage_open) {
+        d.outage_open = true;
+        outage_event(domain, 0);
+    }
     d.next_probe = t + cfg_.probe_interval;
     spdlog::warn("primary for {} is down: {}; probing every {}", domain, why,
                  format_duration(cfg_.probe_interval));
@@ -277,13 +350,30 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
     auto& d = dest(domain);
     d.probing = false;
     auto t = now();
+    if (!o.reached && d.up) {  // a check of a primary thought up
+        mark_down(domain, o.error);
+        co_return;
+    }
     if (!o.reached) {
         d.next_probe = t + cfg_.probe_interval;
         spdlog::debug("probe of primary for {} failed: {}", domain, o.error);
+        tried(d, false, o.error);
+        if (!d.outage_open) {
+            d.outage_open = true;
+            outage_event(domain, 0);
+        }
         failed_try(domain, o.error);
         co_return;
     }
     d.failures = 0;
+    const bool was_up = d.up;
+    tried(d, true, "reached " + o.remote);
+    if (was_up) co_return;  // a check: nothing was waiting for it
+    if (d.outage_open) {
+        d.outage_open = false;
+        d.draining = true;
+        outage_event(domain, 1);
+    }
     if (d.alerted_down && alerts_) {
         d.alerted_down = false;
         alerts_->primary_up(domain, std::chrono::duration_cast<Seconds>(t - d.down_since),
@@ -380,6 +470,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
             "expired id={} from=<{}> to={} domain={} age={} attempts={} last_error=\"{}\"{}", id,
             msg->sender, angle_list(pending), domain, age(msg->received_at, t), msg->attempts, last,
             dsn ? " dsn=" + dsn->id : " (null sender: no DSN)");
+        count_result("expired", pending.size());
         co_await finish(id, std::move(u), std::move(dsn));
         co_return;
     }
@@ -449,6 +540,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
                     "delivered id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
                     "tls=\"{}\" reply=\"{}\"",
                     id, msg->sender, pending[i], primary, delay, attempts, o.tls, text);
+                count_result("delivered");
             } else if (rep.permanent()) {
                 u.outcomes.push_back({pending[i], RcptStatus::Failed, text});
                 failures.push_back({pending[i], bounce::status_of(text), text});
@@ -456,6 +548,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
                     "bounced id={} from=<{}> to=<{}> primary={} delay={} attempts={} "
                     "reply=\"{}\"",
                     id, msg->sender, pending[i], primary, delay, attempts, text);
+                count_result("bounced");
             } else {
                 u.outcomes.push_back({pending[i], RcptStatus::Pending, text});
                 u.last_error = text;
@@ -464,11 +557,13 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
                     "next={} reply=\"{}\"",
                     id, msg->sender, pending[i], primary, delay, attempts, format_duration(backoff),
                     text);
+                count_result("deferred");
             }
         }
         if (o.reached) {
             auto& d = dest(domain);
             d.failures = 0;
+            tried(d, true, "delivered to " + primary);
             if (d.limit < cfg_.max_concurrency) {
                 ++d.limit;  // slow start: it keeps up, one more connection may open
                 wake();
@@ -481,6 +576,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
             "error=\"{}\"",
             id, msg->sender, angle_list(pending), primary, delay, attempts,
             format_duration(backoff), o.error);
+        count_result("deferred", pending.size());
         if (!o.reached) mark_down(domain, o.error);
     }
     std::optional<NewMessage> dsn;
@@ -514,6 +610,11 @@ asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
             index_.remove(key);
             spdlog::debug("removed id={} from the queue", id);
             check_queue(domain);
+            auto& d = dest(domain);
+            if (d.draining && d.up && index_.waiting(d.id) == 0 && d.in_flight == 0) {
+                d.draining = false;
+                outage_event(domain, 2);
+            }
         } else {
             auto& d = dest(index_.domain(e->dest));
             index_.requeue(key, d.up ? next : std::max(next, d.next_probe), true);

@@ -39,6 +39,20 @@ class Scheduler {
     void forget(const std::string& id);          // an operator deleted it from the store
     void stop();                                 // cancels attempts in flight; they stay queued
     void set_alerts(Alerts* a) { alerts_ = a; }  // told of outages and full queues
+    // A held message released by an operator: scheduled again, due now.
+    void release(const std::string& id, const std::string& domain, TimePoint received,
+                 int attempts);
+
+    // What the admin panel shows of a domain's primary.
+    struct PrimaryStatus {
+        const char* state = "unknown";  // "up" | "down" | "unknown" (not tried since start)
+        std::optional<TimePoint> since, last_probe;
+        std::string last_result;
+        std::size_t queued = 0, in_flight = 0;
+    };
+    PrimaryStatus status(const std::string& domain) const;
+    // Probes a domain's primary now (a domain just added): its state is known without mail.
+    void check(const std::string& domain);
     // ETRN (RFC 1985): may the client at `ip` ask for `domain`'s mail? Yes for the addresses its
     // mail goes to (the primary, or its MX hosts) and the domain's etrn_networks.
     boost::asio::awaitable<bool> etrn_allowed(const std::string& domain, const std::string& ip);
@@ -57,7 +71,14 @@ class Scheduler {
         unsigned failures = 0;       // tries in a row that did not reach the primary
         bool alerted_down = false;   // an outage alert went out: the recovery is told too
         bool alerted_queue = false;  // over the queue threshold (re-armed below half of it)
+        bool known = false;          // reached, or tried, since start
+        bool outage_open = false;    // an outage row in the store waits for its end
+        bool draining = false;       // back up: its drain time is recorded when the queue empties
+        TimePoint since{}, last_probe{};  // state since; last probe or attempt
+        std::string last_result;
     };
+    void outage_event(const std::string& domain, int what);  // 0 begin, 1 end, 2 drained
+    void tried(Dest& d, bool reached, const std::string& result);
     void failed_try(const std::string& domain, const std::string& why);
     void check_queue(const std::string& domain);
 

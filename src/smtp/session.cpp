@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 
+#include "metrics/metrics.hpp"
 #include "milter/milter.hpp"
 #include "netio/netio.hpp"
 #include "policy/checker.hpp"
@@ -18,6 +19,16 @@
 #include "util/util.hpp"
 
 namespace bmx::smtp {
+
+namespace {
+// A command refused by a rule, for /metrics.
+void count_reject(std::string_view rule) {
+    metrics::counter("backupmx_smtp_rejects_total",
+                     "SMTP commands refused, by the rule that refused",
+                     "reason=" + metrics::label_value(rule.empty() ? "other" : rule))
+        .inc();
+}
+}  // namespace
 
 namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
@@ -67,6 +78,7 @@ asio::awaitable<void> Session::run() {
     spdlog::debug("connect from [{}]", peer_);
     if (auto d = server_.checker_.connect(peer_); !d.ok) {
         spdlog::info("reject connect from [{}]: {}", peer_, d.reply);
+        count_reject(d.rule);
         deadline_.expires_after(std::chrono::seconds(10));
         reply(d.reply);
         co_await (flush() || netio::watchdog(deadline_));
@@ -165,6 +177,7 @@ asio::awaitable<void> Session::converse() {
                            pause.async_wait(asio::as_tuple(asio::use_awaitable)));
         if (r.index() == 0) {
             spdlog::info("reject [{}]: talked before the greeting (policy.greet_pause)", peer_);
+            count_reject("greet_pause");
             reply("554 5.5.1 " + cfg_.hostname +
                   " Error: talking before the greeting is not allowed (policy.greet_pause)");
             co_await flush();
@@ -262,6 +275,7 @@ void Session::on_helo(const Command& c, bool extended) {
         auto d = policy::check_helo(c.arg.substr(0, c.arg.find(' ')));
         if (!d.ok) {
             spdlog::info("reject HELO from [{}]: {}", peer_, d.reply);
+            count_reject(d.rule);
             return reply(d.reply);
         }
     }
@@ -291,6 +305,7 @@ asio::awaitable<void> Session::on_mail(const Command& c) {
         if (!d.ok) {
             spdlog::info("reject MAIL from [{}] helo={}: from=<{}>: {}", peer_, helo_, sender,
                          d.reply);
+            count_reject(d.rule);
             co_return reply(d.reply);
         }
         boost::system::error_code ec;
@@ -364,6 +379,7 @@ std::optional<std::string> Session::mail_syntax(const Command& c) {
     if (auto d = server_.checker_.mail(peer_); !d.ok) {
         spdlog::info("reject MAIL from [{}] helo={}: from=<{}>: {}", peer_, helo_, p.addr->str(),
                      d.reply);
+        count_reject(d.rule);
         return d.reply;
     }
     pending_sender_ = std::move(*p.addr);
@@ -394,6 +410,7 @@ asio::awaitable<void> Session::on_rcpt(const Command& c) {
     if (!d.ok) {
         spdlog::info("reject RCPT from [{}] helo={}: from=<{}> to=<{}>: {}", peer_, helo_,
                      sender_->str(), p.addr->str(), d.reply);
+        count_reject(d.rule);
         co_return reply(d.reply);
     }
     rcpts_.push_back(std::move(*p.addr));
@@ -521,6 +538,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         auto v = co_await m.session->data();
         if (!v.proceed() && v.action != milter::Verdict::Discard) {
             spdlog::info("reject DATA from [{}]: milter {}: {}", peer_, spec, v.reply);
+            count_reject("milter");
             co_await end_milter_transactions();
             reset_transaction();
             co_return reply(milter_reply(v.reply));
@@ -605,6 +623,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     if (!why.empty()) {
         spdlog::info("reject DATA from [{}] helo={}: from=<{}> size={}: {}", peer_, helo_,
                      sender_->str(), scan.size(), why);
+        count_reject("content");
         co_await end_milter_transactions();
         reset_transaction();
         co_return reply(why);
@@ -620,6 +639,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         } else if (!eom.verdict.proceed()) {
             spdlog::info("reject DATA from [{}] helo={}: from=<{}>: milter {}: {}", peer_, helo_,
                          sender_->str(), spec, eom.verdict.reply);
+            count_reject("milter");
             co_await end_milter_transactions();
             reset_transaction();
             co_return reply(milter_reply(eom.verdict.reply));
@@ -684,6 +704,10 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
                      join_rcpts(m.recipients), body_size(m), m.domain, m.client);
         ids += (ids.empty() ? "" : " ") + m.id;
     }
+    static auto& accepted = metrics::counter("backupmx_messages_accepted_total",
+                                             "Messages accepted: committed, then answered 250 "
+                                             "(one per destination domain)");
+    accepted.inc(msgs.size());
     if (!held.empty()) {
         spdlog::info("held id={}: quarantined ({})", msgs.front().id, held);
         std::erase_if(msgs, [](const NewMessage& m) { return !m.held.empty(); });

@@ -59,6 +59,54 @@ CREATE TABLE IF NOT EXISTS verify_cache (
     expires INTEGER NOT NULL,
     reply TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS attempt_log (
+    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    at INTEGER NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempt_log_message ON attempt_log(message_id);
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    pwhash TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS account_domains (
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    domain TEXT NOT NULL,
+    PRIMARY KEY (name, domain)
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    hash TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL DEFAULT '',
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    client TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    primary_host TEXT NOT NULL,
+    recipients TEXT NOT NULL DEFAULT 'any',
+    greylisting INTEGER NOT NULL DEFAULT 0,
+    created_by TEXT NOT NULL DEFAULT '',
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outages (
+    domain TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end_ INTEGER,
+    held INTEGER NOT NULL DEFAULT 0,
+    drained INTEGER
+);
+CREATE INDEX IF NOT EXISTS outages_domain ON outages(domain, start);
 )sql";
 
 class Stmt {
@@ -102,6 +150,7 @@ class Stmt {
         return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, i))) : "";
     }
     std::int64_t integer(int i) { return sqlite3_column_int64(s_, i); }
+    bool null(int i) { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
 
   private:
     sqlite3_stmt* s_ = nullptr;
@@ -173,7 +222,7 @@ class SqliteStore final : public Store {
     std::optional<StoredMessage> load_head(const std::string& id) override {
         Stmt s(db_,
                "SELECT id, domain, sender, received_at, size, attempts, next_attempt_at, "
-               "last_error, smtputf8, eightbit, body FROM messages WHERE id = ?");
+               "last_error, smtputf8, eightbit, body, held FROM messages WHERE id = ?");
         s.bind(1, id);
         if (!s.step()) return std::nullopt;
         StoredMessage m;
@@ -188,6 +237,7 @@ class SqliteStore final : public Store {
         m.smtputf8 = s.integer(8) != 0;
         m.eightbit = s.integer(9) != 0;
         m.body = s.text(10);  // a message stored before body pieces existed: all of it
+        m.held = s.text(11);
         if (m.body.empty()) m.body = read_body(id, 0).value_or("");
         Stmt r(db_,
                "SELECT address, status, last_reply FROM recipients WHERE message_id = ? "
@@ -252,6 +302,10 @@ class SqliteStore final : public Store {
                 .bind(3, u.last_error)
                 .bind(4, u.id);
             m.run();
+            // The history of a message still queued (a gone one needs none).
+            Stmt h(db_, "INSERT INTO attempt_log(message_id, at, result) VALUES(?,?,?)");
+            h.bind(1, u.id).bind(2, to_unix(now())).bind(3, attempt_text(u));
+            h.run();
         }
         return static_cast<int>(pending);
     }
@@ -354,7 +408,286 @@ class SqliteStore final : public Store {
         s.run();
     }
 
+    std::vector<QueueRow> queue_page(const QueueFilter& f) override {
+        std::string sql =
+            "SELECT id, domain, sender, size, received_at, next_attempt_at, attempts, last_error, "
+            "held FROM messages m WHERE id > ?1";
+        if (!f.domains.empty()) {
+            sql += " AND domain IN (";
+            for (std::size_t i = 0; i < f.domains.size(); ++i)
+                sql += (i ? ",?" : "?") + std::to_string(10 + i);
+            sql += ")";
+        }
+        if (!f.sender.empty()) sql += " AND instr(lower(sender), ?2) > 0";
+        if (!f.recipient.empty())
+            sql +=
+                " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND "
+                "r.status = 0 AND instr(lower(r.address), ?3) > 0)";
+        if (f.received_before) sql += " AND received_at <= ?4";
+        if (f.state == "held") sql += " AND held != ''";
+        if (f.state == "queued") sql += " AND held = ''";
+        sql += " ORDER BY id LIMIT ?5";
+        Stmt s(db_, sql.c_str());
+        s.bind(1, f.after).bind(2, to_lower(f.sender)).bind(3, to_lower(f.recipient));
+        s.bind(4, f.received_before ? to_unix(*f.received_before) : std::int64_t{0});
+        s.bind(5, static_cast<std::int64_t>(f.limit));
+        for (std::size_t i = 0; i < f.domains.size(); ++i)
+            s.bind(static_cast<int>(10 + i), f.domains[i]);
+        std::vector<QueueRow> out;
+        while (s.step())
+            out.push_back(QueueRow{s.text(0),
+                                   s.text(1),
+                                   s.text(2),
+                                   {},
+                                   s.integer(3),
+                                   from_unix(s.integer(4)),
+                                   from_unix(s.integer(5)),
+                                   static_cast<int>(s.integer(6)),
+                                   s.text(7),
+                                   s.text(8)});
+        Stmt r(db_,
+               "SELECT address FROM recipients WHERE message_id = ? AND status = 0 ORDER BY rowid");
+        for (auto& q : out) {
+            r.bind(1, q.id);
+            while (r.step()) q.recipients.push_back(r.text(0));
+            r.reset();
+        }
+        return out;
+    }
+
+    std::vector<QueueSummary> queue_summary() override {
+        Stmt s(db_,
+               "SELECT domain, count(*), sum(size), sum(held != ''), min(received_at), "
+               "min(CASE WHEN held = '' THEN next_attempt_at END), "
+               "(SELECT last_error FROM messages l WHERE l.domain = m.domain AND last_error != '' "
+               "ORDER BY attempts DESC, rowid DESC LIMIT 1) "
+               "FROM messages m GROUP BY domain ORDER BY domain");
+        std::vector<QueueSummary> out;
+        while (s.step()) {
+            QueueSummary q{s.text(0), s.integer(1), s.integer(2), s.integer(3)};
+            q.oldest = from_unix(s.integer(4));
+            if (!s.null(5)) q.next_attempt = from_unix(s.integer(5));
+            q.last_error = s.text(6);
+            out.push_back(std::move(q));
+        }
+        return out;
+    }
+
+    std::vector<AttemptRecord> history(const std::string& id) override {
+        Stmt s(db_, "SELECT at, result FROM attempt_log WHERE message_id = ? ORDER BY rowid");
+        s.bind(1, id);
+        std::vector<AttemptRecord> out;
+        while (s.step()) out.push_back({from_unix(s.integer(0)), s.text(1)});
+        return out;
+    }
+
+    std::string client_of(const std::string& id) override {
+        Stmt s(db_, "SELECT client FROM messages WHERE id = ?");
+        s.bind(1, id);
+        return s.step() ? s.text(0) : "";
+    }
+
+    bool set_held(const std::string& id, const std::string& reason) override {
+        Stmt s(db_, "UPDATE messages SET held = ? WHERE id = ?");
+        s.bind(1, reason).bind(2, id);
+        s.run();
+        return sqlite3_changes(db_) > 0;
+    }
+
+    bool add_account(const Account& a) override {
+        Tx tx(*this);
+        {
+            Stmt e(db_, "SELECT 1 FROM accounts WHERE name = ?");
+            e.bind(1, a.name);
+            if (e.step()) return false;
+        }
+        Stmt s(db_, "INSERT INTO accounts(name, role, pwhash, created) VALUES(?,?,?,?)");
+        s.bind(1, a.name).bind(2, a.role).bind(3, a.pwhash).bind(4, to_unix(a.created));
+        s.run();
+        for (const auto& d : a.domains) add_owner(a.name, d);
+        tx.commit();
+        return true;
+    }
+
+    std::optional<Account> account(const std::string& name) override {
+        Stmt s(db_, "SELECT name, role, pwhash, created FROM accounts WHERE name = ?");
+        s.bind(1, name);
+        if (!s.step()) return std::nullopt;
+        Account a{s.text(0), s.text(1), s.text(2), {}, from_unix(s.integer(3))};
+        Stmt d(db_, "SELECT domain FROM account_domains WHERE name = ? ORDER BY domain");
+        d.bind(1, name);
+        while (d.step()) a.domains.push_back(d.text(0));
+        return a;
+    }
+
+    void add_owner(const std::string& user, const std::string& domain) override {
+        Stmt s(db_, "INSERT OR IGNORE INTO account_domains(name, domain) VALUES(?,?)");
+        s.bind(1, user).bind(2, domain);
+        s.run();
+    }
+
+    void add_token(const ApiToken& t, const std::string& token_hash) override {
+        Stmt s(db_, "INSERT INTO api_tokens(id, name, hash, label, created) VALUES(?,?,?,?,?)");
+        s.bind(1, t.id).bind(2, t.user).bind(3, token_hash).bind(4, t.label);
+        s.bind(5, to_unix(t.created));
+        s.run();
+    }
+
+    std::optional<std::string> token_user(const std::string& token_hash) override {
+        Stmt s(db_, "SELECT name FROM api_tokens WHERE hash = ?");
+        s.bind(1, token_hash);
+        if (!s.step()) return std::nullopt;
+        return s.text(0);
+    }
+
+    std::vector<ApiToken> tokens(const std::string& user) override {
+        Stmt s(db_,
+               "SELECT id, name, label, created FROM api_tokens WHERE name = ? ORDER BY rowid");
+        s.bind(1, user);
+        std::vector<ApiToken> out;
+        while (s.step()) out.push_back({s.text(0), s.text(1), s.text(2), from_unix(s.integer(3))});
+        return out;
+    }
+
+    bool remove_token(const std::string& user, const std::string& id) override {
+        Stmt s(db_, "DELETE FROM api_tokens WHERE name = ? AND id = ?");
+        s.bind(1, user).bind(2, id);
+        s.run();
+        return sqlite3_changes(db_) > 0;
+    }
+
+    void audit(const AuditEntry& e) override {
+        Stmt s(db_,
+               "INSERT INTO audit(at, name, action, target, detail, client) VALUES(?,?,?,?,?,?)");
+        s.bind(1, to_unix(e.at)).bind(2, e.user).bind(3, e.action).bind(4, e.target);
+        s.bind(5, e.detail).bind(6, e.client);
+        s.run();
+    }
+
+    std::vector<AuditEntry> audit_log(std::size_t limit) override {
+        Stmt s(db_,
+               "SELECT at, name, action, target, detail, client FROM audit ORDER BY rowid DESC "
+               "LIMIT ?");
+        s.bind(1, static_cast<std::int64_t>(limit));
+        std::vector<AuditEntry> out;
+        while (s.step())
+            out.push_back(
+                {from_unix(s.integer(0)), s.text(1), s.text(2), s.text(3), s.text(4), s.text(5)});
+        return out;
+    }
+
+    bool add_domain(const StoredDomain& d) override {
+        Tx tx(*this);
+        {
+            Stmt e(db_, "SELECT 1 FROM domains WHERE name = ?");
+            e.bind(1, d.name);
+            if (e.step()) return false;
+        }
+        Stmt s(db_,
+               "INSERT INTO domains(name, primary_host, recipients, greylisting, created_by, "
+               "created) VALUES(?,?,?,?,?,?)");
+        s.bind(1, d.name).bind(2, d.primary).bind(3, d.recipients);
+        s.bind(4, std::int64_t{d.greylisting}).bind(5, d.created_by).bind(6, to_unix(d.created));
+        s.run();
+        tx.commit();
+        return true;
+    }
+
+    void update_domain(const StoredDomain& d) override {
+        Stmt s(db_,
+               "UPDATE domains SET primary_host = ?, recipients = ?, greylisting = ? WHERE name = "
+               "?");
+        s.bind(1, d.primary).bind(2, d.recipients).bind(3, std::int64_t{d.greylisting});
+        s.bind(4, d.name);
+        s.run();
+    }
+
+    std::int64_t remove_domain(const std::string& name) override {
+        Tx tx(*this);
+        Stmt c(db_, "SELECT count(*) FROM messages WHERE domain = ?");
+        c.bind(1, name);
+        c.step();
+        if (const auto n = c.integer(0); n > 0) return n;
+        Stmt d(db_, "DELETE FROM domains WHERE name = ?");
+        d.bind(1, name);
+        d.run();
+        Stmt o(db_, "DELETE FROM account_domains WHERE domain = ?");
+        o.bind(1, name);
+        o.run();
+        tx.commit();
+        return 0;
+    }
+
+    std::vector<StoredDomain> domains() override {
+        Stmt s(db_,
+               "SELECT name, primary_host, recipients, greylisting, created_by, created FROM "
+               "domains ORDER BY name");
+        std::vector<StoredDomain> out;
+        while (s.step())
+            out.push_back({s.text(0), s.text(1), s.text(2), s.integer(3) != 0, s.text(4),
+                           from_unix(s.integer(5))});
+        return out;
+    }
+
+    void outage_begin(const std::string& domain, TimePoint start, std::int64_t held) override {
+        Tx tx(*this);
+        Stmt open(db_, "SELECT 1 FROM outages WHERE domain = ? AND end_ IS NULL");
+        open.bind(1, domain);
+        if (open.step()) return;  // one open outage per domain
+        Stmt s(db_, "INSERT INTO outages(domain, start, held) VALUES(?,?,?)");
+        s.bind(1, domain).bind(2, to_unix(start)).bind(3, held);
+        s.run();
+        tx.commit();
+    }
+
+    void outage_end(const std::string& domain, TimePoint end, std::int64_t held) override {
+        Stmt s(db_,
+               "UPDATE outages SET end_ = ?, held = max(held, ?) WHERE domain = ? AND end_ IS "
+               "NULL");
+        s.bind(1, to_unix(end)).bind(2, held).bind(3, domain);
+        s.run();
+    }
+
+    void outage_drained(const std::string& domain, TimePoint at) override {
+        Stmt s(db_,
+               "UPDATE outages SET drained = ? WHERE rowid = (SELECT max(rowid) FROM outages "
+               "WHERE domain = ? AND end_ IS NOT NULL AND drained IS NULL)");
+        s.bind(1, to_unix(at)).bind(2, domain);
+        s.run();
+    }
+
+    std::vector<Outage> outages(const std::string& domain, std::size_t limit) override {
+        Stmt s(db_,
+               "SELECT start, end_, held, drained FROM outages WHERE domain = ? ORDER BY start "
+               "DESC, rowid DESC LIMIT ?");
+        s.bind(1, domain).bind(2, static_cast<std::int64_t>(limit));
+        std::vector<Outage> out;
+        while (s.step()) {
+            Outage o{domain, from_unix(s.integer(0))};
+            if (!s.null(1)) o.end = from_unix(s.integer(1));
+            o.messages_held = s.integer(2);
+            if (!s.null(3) && o.end) o.drain_seconds = s.integer(3) - s.integer(1);
+            out.push_back(std::move(o));
+        }
+        return out;
+    }
+
   private:
+    // One line of a message's delivery history.
+    static std::string attempt_text(const AttemptUpdate& u) {
+        std::string t;
+        for (const auto& o : u.outcomes) {
+            const char* what = o.status == RcptStatus::Delivered ? "delivered"
+                               : o.status == RcptStatus::Failed  ? "failed"
+                                                                 : "deferred";
+            t += (t.empty() ? "" : "; ") + o.address + " " + what + (o.reply.empty() ? "" : ": ");
+            t += o.reply;
+        }
+        if (!u.last_error.empty() && u.outcomes.empty()) t = u.last_error;
+        if (u.remove) t += t.empty() ? "removed" : "; removed";
+        return t.empty() ? "attempted" : t;
+    }
+
     struct Tx {
         explicit Tx(SqliteStore& s) : s(s) { s.exec("BEGIN IMMEDIATE"); }
         void commit() {

@@ -55,6 +55,7 @@ struct StoredMessage {
     int attempts = 0;
     std::string last_error;
     bool smtputf8 = false, eightbit = false;
+    std::string held;  // quarantine reason, "" when not held
 };
 
 // What the scheduler keeps in memory per message: small and fixed-size but for the strings.
@@ -104,6 +105,65 @@ struct VerifyEntry {
     std::string reply;
 };
 
+// An admin account (issue 7): an operator sees everything, a customer only the domains it owns.
+struct Account {
+    std::string name, role;  // role: "operator" | "customer"
+    std::string pwhash;      // Argon2id, libsodium's crypto_pwhash_str format
+    std::vector<std::string> domains;
+    TimePoint created{};
+};
+
+struct ApiToken {
+    std::string id, user, label;
+    TimePoint created{};
+};
+
+struct AuditEntry {
+    TimePoint at{};
+    std::string user, action, target, detail, client;
+};
+
+// A domain an operator or customer added at run time (the config file's are not in the store).
+struct StoredDomain {
+    std::string name, primary;       // primary: "host", "host:port" or "[ip]:port"
+    std::string recipients = "any";  // "any" | "verify"
+    bool greylisting = false;
+    std::string created_by;
+    TimePoint created{};
+};
+
+// One stretch of time a domain's primary did not answer.
+struct Outage {
+    std::string domain;
+    TimePoint start{};
+    std::optional<TimePoint> end;
+    std::int64_t messages_held = 0;
+    std::optional<std::int64_t> drain_seconds;  // from the end until its queue was empty
+};
+
+// A domain's queue at a glance.
+struct QueueSummary {
+    std::string domain;
+    std::int64_t messages = 0, bytes = 0, held = 0;
+    std::optional<TimePoint> oldest, next_attempt;
+    std::string last_error;  // of the message tried last
+};
+
+// Which messages `queue_page` returns; empty fields match everything.
+struct QueueFilter {
+    std::vector<std::string> domains;  // any of these (empty: all)
+    std::string sender, recipient;     // case-insensitive substrings
+    std::optional<TimePoint> received_before;
+    std::string state;  // "", "queued" or "held"
+    std::string after;  // id: the page starts past it
+    std::size_t limit = 50;
+};
+
+struct AttemptRecord {
+    TimePoint at{};
+    std::string result;
+};
+
 struct StoreError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -147,6 +207,37 @@ class Store {
                                  const GreylistRule& rule) = 0;
     virtual std::optional<VerifyEntry> verify_get(const std::string& address, TimePoint now) = 0;
     virtual void verify_put(const std::string& address, const VerifyEntry& e) = 0;
+
+    // Operator's view of the queue: one page in id order, summaries, one message's history.
+    virtual std::vector<QueueRow> queue_page(const QueueFilter& f) = 0;
+    virtual std::vector<QueueSummary> queue_summary() = 0;
+    virtual std::vector<AttemptRecord> history(const std::string& id) = 0;
+    virtual std::string client_of(const std::string& id) = 0;  // "helo [ip]" of the sender
+    // Holds (reason non-empty) or releases (empty) a message; false when there is none.
+    virtual bool set_held(const std::string& id, const std::string& reason) = 0;
+
+    // Admin accounts and API tokens (`token_hash`: SHA-256 of the token, hex; never the token).
+    virtual bool add_account(const Account& a) = 0;  // false: the name is taken
+    virtual std::optional<Account> account(const std::string& name) = 0;
+    virtual void add_owner(const std::string& user, const std::string& domain) = 0;
+    virtual void add_token(const ApiToken& t, const std::string& token_hash) = 0;
+    virtual std::optional<std::string> token_user(const std::string& token_hash) = 0;
+    virtual std::vector<ApiToken> tokens(const std::string& user) = 0;
+    virtual bool remove_token(const std::string& user, const std::string& id) = 0;
+    virtual void audit(const AuditEntry& e) = 0;
+    virtual std::vector<AuditEntry> audit_log(std::size_t limit) = 0;
+
+    // Domains added at run time. add: false when it exists. remove: refuses (returns the count of
+    // messages queued for it, > 0) while mail is queued, in the same transaction as the check.
+    virtual bool add_domain(const StoredDomain& d) = 0;
+    virtual void update_domain(const StoredDomain& d) = 0;
+    virtual std::int64_t remove_domain(const std::string& name) = 0;
+    virtual std::vector<StoredDomain> domains() = 0;
+
+    virtual void outage_begin(const std::string& domain, TimePoint start, std::int64_t held) = 0;
+    virtual void outage_end(const std::string& domain, TimePoint end, std::int64_t held) = 0;
+    virtual void outage_drained(const std::string& domain, TimePoint at) = 0;
+    virtual std::vector<Outage> outages(const std::string& domain, std::size_t limit) = 0;
 };
 
 // "sqlite:PATH" opens (and creates) the embedded store. `read_only` for inspecting commands.

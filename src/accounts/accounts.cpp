@@ -1,0 +1,142 @@
+#include "accounts/accounts.hpp"
+
+#include <openssl/sha.h>
+#include <sodium.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+namespace bmx::accounts {
+namespace {
+
+void init() {
+    static const bool ok = sodium_init() >= 0;
+    if (!ok) throw std::runtime_error("libsodium cannot start");
+}
+
+}  // namespace
+
+std::string hash_password(const std::string& password) {
+    init();
+    char out[crypto_pwhash_STRBYTES];
+    // libsodium's "interactive" cost (2 passes, 64 MiB): right for a login form.
+    if (crypto_pwhash_str_alg(
+            out, password.data(), password.size(), crypto_pwhash_OPSLIMIT_INTERACTIVE,
+            crypto_pwhash_MEMLIMIT_INTERACTIVE, crypto_pwhash_ALG_ARGON2ID13) != 0)
+        throw std::bad_alloc();
+    return out;
+}
+
+bool verify_password(const std::string& hash, const std::string& password) {
+    init();
+    if (hash.empty() || hash.size() >= crypto_pwhash_STRBYTES) return false;
+    return crypto_pwhash_str_verify(hash.c_str(), password.data(), password.size()) == 0;
+}
+
+std::string new_password() {
+    init();
+    static constexpr std::string_view kChars =
+        "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";  // no 0/O, 1/l/I
+    std::string pw;
+    for (int i = 0; i < 20; ++i)
+        pw += kChars[randombytes_uniform(static_cast<std::uint32_t>(kChars.size()))];
+    return pw;
+}
+
+std::string random_token(std::size_t bytes) {
+    init();
+    std::string raw(bytes, '\0');
+    randombytes_buf(raw.data(), raw.size());
+    std::string out(sodium_base64_encoded_len(bytes, sodium_base64_VARIANT_URLSAFE_NO_PADDING),
+                    '\0');
+    sodium_bin2base64(out.data(), out.size(), reinterpret_cast<const unsigned char*>(raw.data()),
+                      raw.size(), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    out.resize(std::strlen(out.c_str()));
+    sodium_memzero(raw.data(), raw.size());
+    return out;
+}
+
+std::string token_hash(std::string_view token) {
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), md);
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : md) {
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+    }
+    return out;
+}
+
+bool same_secret(std::string_view a, std::string_view b) {
+    init();
+    return a.size() == b.size() && !a.empty() && sodium_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::optional<Role> parse_role(std::string_view s) {
+    if (s == "operator") return Role::Operator;
+    if (s == "customer") return Role::Customer;
+    return std::nullopt;
+}
+
+const char* to_string(Role r) {
+    return r == Role::Operator ? "operator" : "customer";
+}
+
+std::string Sessions::create(const std::string& user) {
+    const auto t = now();
+    std::erase_if(sessions_, [&](const auto& kv) { return kv.second.last_used + idle_ < t; });
+    auto id = random_token();
+    sessions_[token_hash(id)] = Session{user, random_token(), t};
+    return id;
+}
+
+const Sessions::Session* Sessions::find(const std::string& id) {
+    if (id.empty()) return nullptr;
+    auto it = sessions_.find(token_hash(id));
+    if (it == sessions_.end()) return nullptr;
+    const auto t = now();
+    if (it->second.last_used + idle_ < t) {
+        sessions_.erase(it);
+        return nullptr;
+    }
+    it->second.last_used = t;
+    return &it->second;
+}
+
+void Sessions::end(const std::string& id) {
+    sessions_.erase(token_hash(id));
+}
+
+void Sessions::end_user(const std::string& user) {
+    std::erase_if(sessions_, [&](const auto& kv) { return kv.second.user == user; });
+}
+
+bool LoginLimiter::over(const std::string& key, TimePoint t) {
+    auto it = failures_.find(key);
+    if (it == failures_.end()) return false;
+    std::erase_if(it->second, [&](TimePoint f) { return f + window_ < t; });
+    if (it->second.empty()) {
+        failures_.erase(it);
+        return false;
+    }
+    return it->second.size() >= max_;
+}
+
+bool LoginLimiter::blocked(const std::string& ip, const std::string& user, TimePoint t) {
+    return over("ip:" + ip, t) || over("user:" + user, t);
+}
+
+void LoginLimiter::failed(const std::string& ip, const std::string& user, TimePoint t) {
+    if (failures_.size() > 100000) failures_.clear();  // bounded, whatever an attacker sends
+    failures_["ip:" + ip].push_back(t);
+    failures_["user:" + user].push_back(t);
+}
+
+void LoginLimiter::succeeded(const std::string& user) {
+    failures_.erase("user:" + user);
+}
+
+}  // namespace bmx::accounts

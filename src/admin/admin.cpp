@@ -1,0 +1,903 @@
+#include "admin/admin.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <map>
+
+#include "admin/panel.hpp"
+#include "bounce/dsn.hpp"
+#include "metrics/metrics.hpp"
+#include "util/util.hpp"
+
+namespace bmx::admin {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using accounts::Role;
+
+struct Admin::Caller {
+    std::string user;
+    Role role = Role::Customer;
+    std::vector<std::string> domains;  // a customer's own
+    std::string csrf;                  // a browser session's; empty for a token
+    std::string session;               // the session id (cookie), empty for a token
+    bool may(const std::string& domain) const {
+        if (role == Role::Operator) return true;
+        for (const auto& d : domains)
+            if (iequals(d, domain)) return true;
+        return false;
+    }
+};
+
+struct Admin::Ctx {
+    const Request& req;
+    const Peer& peer;
+    std::string path;
+    std::map<std::string, std::string> query;
+    std::vector<std::string> segs;  // path split at '/', after "/api/v1/"
+    Caller caller;
+};
+
+namespace {
+
+std::string url_decode(std::string_view s) {
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '+') {
+            out += ' ';
+        } else if (s[i] == '%' && i + 2 < s.size() &&
+                   std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+                   std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+            out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
+            i += 2;
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
+}
+
+std::map<std::string, std::string> parse_form(std::string_view s) {
+    std::map<std::string, std::string> out;
+    while (!s.empty()) {
+        auto amp = s.find('&');
+        auto pair = s.substr(0, amp);
+        auto eq = pair.find('=');
+        if (!pair.empty())
+            out[url_decode(pair.substr(0, eq))] =
+                eq == std::string_view::npos ? "" : url_decode(pair.substr(eq + 1));
+        if (amp == std::string_view::npos) break;
+        s.remove_prefix(amp + 1);
+    }
+    return out;
+}
+
+std::string cookie(const Request& req, std::string_view name) {
+    auto it = req.find(http::field::cookie);
+    if (it == req.end()) return "";
+    std::string_view all = it->value();
+    while (!all.empty()) {
+        auto semi = all.find(';');
+        auto one = all.substr(0, semi);
+        while (!one.empty() && one.front() == ' ') one.remove_prefix(1);
+        auto eq = one.find('=');
+        if (eq != std::string_view::npos && one.substr(0, eq) == name)
+            return std::string(one.substr(eq + 1));
+        if (semi == std::string_view::npos) break;
+        all.remove_prefix(semi + 1);
+    }
+    return "";
+}
+
+std::string html_escape(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+        switch (c) {
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '&':
+                out += "&amp;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            case '\'':
+                out += "&#39;";
+                break;
+            default:
+                out += c;
+        }
+    }
+    return out;
+}
+
+void replace_all(std::string& s, std::string_view from, std::string_view to) {
+    for (auto pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size()))
+        s.replace(pos, from.size(), to);
+}
+
+void secure_headers(Response& r) {
+    r.set(http::field::cache_control, "no-store");
+    r.set("X-Content-Type-Options", "nosniff");
+    r.set("X-Frame-Options", "DENY");
+    r.set("Referrer-Policy", "no-referrer");
+    // The panel is one self-contained page: nothing may load from anywhere else.
+    r.set("Content-Security-Policy",
+          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+          "img-src data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+          "base-uri 'none'");
+}
+
+Response reply(http::status st, std::string body, std::string_view type) {
+    Response r{st, 11};
+    r.set(http::field::content_type, type);
+    r.body() = std::move(body);
+    secure_headers(r);
+    return r;
+}
+
+Response json_reply(http::status st, const json::value& v) {
+    return reply(st, json::serialize(v) + "\n", "application/json");
+}
+
+Response error(http::status st, std::string_view msg) {
+    return json_reply(st, json::object{{"error", msg}});
+}
+
+Response not_found() {
+    return error(http::status::not_found, "not found");
+}
+
+Response redirect(std::string_view to) {
+    Response r = reply(http::status::see_other, "", "text/plain");
+    r.set(http::field::location, to);
+    return r;
+}
+
+json::value opt_time(const std::optional<TimePoint>& t) {
+    return t ? json::value(to_unix(*t)) : json::value(nullptr);
+}
+
+std::optional<json::object> body_object(const Request& req) {
+    boost::system::error_code ec;
+    auto v = json::parse(req.body(), ec);
+    if (ec || !v.is_object()) return std::nullopt;
+    return v.as_object();
+}
+
+std::optional<std::string> str_field(const json::object& o, std::string_view key) {
+    auto* v = o.if_contains(key);
+    if (!v || !v->is_string()) return std::nullopt;
+    return std::string(v->as_string());
+}
+
+json::object message_json(const QueueRow& r, TimePoint t) {
+    json::array rc;
+    for (const auto& a : r.recipients) rc.emplace_back(a);
+    return json::object{{"id", r.id},
+                        {"domain", r.domain},
+                        {"sender", r.sender},
+                        {"recipients", rc},
+                        {"size", r.size},
+                        {"received_at", to_unix(r.received_at)},
+                        {"age", std::chrono::duration_cast<Seconds>(t - r.received_at).count()},
+                        {"attempts", r.attempts},
+                        {"next_attempt_at", to_unix(r.next_attempt_at)},
+                        {"last_error", r.last_error},
+                        {"state", r.held.empty() ? "queued" : "held"},
+                        {"held_reason", r.held}};
+}
+
+const char* kRcptStatus[] = {"pending", "delivered", "failed"};
+
+}  // namespace
+
+Admin::Admin(asio::io_context& io, Parts parts) : io_(io), p_(std::move(parts)) {}
+
+Admin::~Admin() {
+    hasher_.join();
+}
+
+void Admin::start() {
+    listener_ = std::make_unique<Listener>(
+        io_, p_.cfg.admin_listen, p_.cfg.admin_tls_cert, p_.cfg.admin_tls_key,
+        [this](const Request& req, const Peer& peer) { return handle(req, peer); });
+    listener_->start();
+}
+
+void Admin::stop() {
+    if (listener_) listener_->stop();
+}
+
+bool Admin::exists(const std::string& name) const {
+    return p_.cfg.find_domain(name) != nullptr;
+}
+
+asio::awaitable<bool> Admin::check_password(const std::string& hash, const std::string& password) {
+    // Argon2id takes ~0.1 s and 64 MiB on purpose: on its own thread, never on the event loop.
+    auto ex = co_await asio::this_coro::executor;
+    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
+        [this, ex, &hash, &password](auto handler) {
+            asio::post(hasher_, [h = std::move(handler), ex, hash, password]() mutable {
+                // An unknown user costs the same time as a wrong password.
+                static const std::string dummy = accounts::hash_password("not a password");
+                const bool ok = accounts::verify_password(hash.empty() ? dummy : hash, password) &&
+                                !hash.empty();
+                asio::post(ex, [h = std::move(h), ok]() mutable { h(ok); });
+            });
+        },
+        asio::use_awaitable);
+}
+
+asio::awaitable<void> Admin::audit(const Ctx& c, std::string action, std::string target,
+                                   std::string detail) {
+    const AuditEntry e{now(), c.caller.user, action, target, detail, c.peer.ip};
+    spdlog::info("admin: user={} action={} target={} client={}{}", e.user, e.action, e.target,
+                 e.client, e.detail.empty() ? "" : " detail=\"" + e.detail + "\"");
+    const std::function<bool(Store&)> write = [&e](Store& s) {
+        s.audit(e);
+        return true;
+    };
+    try {
+        co_await p_.queue.call(write);
+    } catch (const std::exception& ex) {
+        spdlog::error("admin: audit entry not stored: {}", ex.what());
+    }
+}
+
+asio::awaitable<std::optional<Admin::Caller>> Admin::authenticate(const Request& req) {
+    std::optional<std::string> user;
+    Caller c;
+    auto auth = req.find(http::field::authorization);
+    if (auth != req.end()) {
+        std::string_view v = auth->value();
+        if (!v.starts_with("Bearer ")) co_return std::nullopt;
+        const std::string hash = accounts::token_hash(v.substr(7));
+        const std::function<std::optional<std::string>(Store&)> find = [&hash](Store& s) {
+            return s.token_user(hash);
+        };
+        user = co_await p_.queue.call(find);
+    } else if (auto id = cookie(req, "bmx_session"); !id.empty()) {
+        if (const auto* s = sessions_.find(id)) {
+            user = s->user;
+            c.csrf = s->csrf;
+            c.session = id;
+        }
+    }
+    if (!user) co_return std::nullopt;
+    const std::function<std::optional<Account>(Store&)> load = [&user](Store& s) {
+        return s.account(*user);
+    };
+    auto account = co_await p_.queue.call(load);
+    if (!account) co_return std::nullopt;
+    auto role = accounts::parse_role(account->role);
+    if (!role) co_return std::nullopt;
+    c.user = account->name;
+    c.role = *role;
+    c.domains = account->domains;
+    co_return c;
+}
+
+asio::awaitable<Response> Admin::handle(const Request& req, const Peer& peer) {
+    static auto& requests =
+        metrics::counter("backupmx_admin_requests_total", "Requests to the admin listener");
+    requests.inc();
+    std::string_view target = req.target();
+    auto qpos = target.find('?');
+    Ctx c{req,
+          peer,
+          std::string(target.substr(0, qpos)),
+          qpos == std::string_view::npos ? std::map<std::string, std::string>{}
+                                         : parse_form(target.substr(qpos + 1)),
+          {},
+          {}};
+    try {
+        Response r = co_await route(c);
+        spdlog::debug("admin: {} {} -> {} user={} client={}", std::string(req.method_string()),
+                      c.path, r.result_int(), c.caller.user, peer.ip);
+        co_return r;
+    } catch (const std::exception& e) {
+        spdlog::error("admin: {} {}: {}", std::string(req.method_string()), c.path, e.what());
+        co_return error(http::status::service_unavailable,
+                        "the store cannot answer now; try again");
+    }
+}
+
+Response Admin::login_page(const Request& req, unsigned status, const std::string& err) {
+    std::string token = cookie(req, "bmx_login");
+    if (token.size() < 20) token = accounts::random_token();
+    std::string page(panel_file("login.html"));
+    replace_all(page, "{{csrf}}", html_escape(token));
+    replace_all(page, "{{error}}", html_escape(err));
+    Response r =
+        reply(static_cast<http::status>(status), std::move(page), "text/html; charset=utf-8");
+    r.set(http::field::set_cookie, "bmx_login=" + token +
+                                       "; HttpOnly; SameSite=Strict; Path=/login" +
+                                       (listener_->tls() ? "; Secure" : ""));
+    return r;
+}
+
+asio::awaitable<Response> Admin::login(Ctx& c) {
+    if (c.req.method() == http::verb::get) co_return login_page(c.req, 200, "");
+    if (c.req.method() != http::verb::post)
+        co_return error(http::status::method_not_allowed, "GET or POST");
+    auto form = parse_form(c.req.body());
+    const std::string user = form["user"].substr(0, 64);
+    const std::string& password = form["password"];
+    const std::string expected = cookie(c.req, "bmx_login");
+    if (!accounts::same_secret(form["csrf"], expected))
+        co_return login_page(c.req, 403, "Your session expired; please try again.");
+    const auto t = now();
+    c.caller.user = user;
+    if (limiter_.blocked(c.peer.ip, user, t)) {
+        co_await audit(c, "login-refused", user, "too many failed logins");
+        co_return login_page(c.req, 429, "Too many failed logins; wait a few minutes.");
+    }
+    const std::function<std::optional<Account>(Store&)> load = [&user](Store& s) {
+        return s.account(user);
+    };
+    auto account = co_await p_.queue.call(load);
+    const std::string hash = account ? account->pwhash : "";
+    const bool ok = co_await check_password(hash, password);
+    if (!ok) {
+        limiter_.failed(c.peer.ip, user, t);
+        co_await audit(c, "login-failed", user, "");
+        co_return login_page(c.req, 401, "Wrong user name or password.");
+    }
+    limiter_.succeeded(user);
+    const std::string id = sessions_.create(user);
+    co_await audit(c, "login", user, "");
+    Response r = redirect("/");
+    r.set(http::field::set_cookie, "bmx_session=" + id + "; HttpOnly; SameSite=Strict; Path=/" +
+                                       (listener_->tls() ? "; Secure" : ""));
+    co_return r;
+}
+
+asio::awaitable<Response> Admin::route(Ctx& c) {
+    const auto method = c.req.method();
+    if (c.path == "/healthz") co_return reply(http::status::ok, "ok\n", "text/plain");
+    if (c.path == "/login") co_return co_await login(c);
+
+    auto caller = co_await authenticate(c.req);
+    const bool api = c.path.starts_with("/api/") || c.path == "/metrics";
+    if (!caller) {
+        if (api) co_return error(http::status::unauthorized, "log in, or send a bearer token");
+        co_return redirect("/login");
+    }
+    c.caller = std::move(*caller);
+    const bool changes = method != http::verb::get && method != http::verb::head;
+    if (changes && !c.caller.session.empty()) {
+        auto h = c.req.find("X-CSRF-Token");
+        if (h == c.req.end() || !accounts::same_secret(h->value(), c.caller.csrf))
+            co_return error(http::status::forbidden, "missing or wrong X-CSRF-Token");
+    }
+
+    if (c.path == "/" || c.path == "/index.html") {
+        if (method != http::verb::get) co_return error(http::status::method_not_allowed, "GET");
+        co_return reply(http::status::ok, std::string(panel_file("app.html")),
+                        "text/html; charset=utf-8");
+    }
+    if (c.path == "/logout" && method == http::verb::post) {
+        sessions_.end(c.caller.session);
+        co_await audit(c, "logout", c.caller.user, "");
+        Response r = redirect("/login");
+        r.set(http::field::set_cookie,
+              "bmx_session=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/");
+        co_return r;
+    }
+    if (c.path == "/metrics") co_return co_await metrics(c);
+    if (!c.path.starts_with("/api/v1/")) co_return not_found();
+
+    std::string_view rest = std::string_view(c.path).substr(8);
+    while (!rest.empty()) {
+        auto slash = rest.find('/');
+        c.segs.push_back(url_decode(rest.substr(0, slash)));
+        if (slash == std::string_view::npos) break;
+        rest.remove_prefix(slash + 1);
+    }
+    if (c.segs.empty()) co_return not_found();
+    const std::string& what = c.segs[0];
+    if (what == "me" && c.segs.size() == 1) {
+        json::array ds;
+        if (c.caller.role == Role::Customer)
+            for (const auto& d : c.caller.domains) ds.emplace_back(d);
+        co_return json_reply(http::status::ok,
+                             json::object{{"user", c.caller.user},
+                                          {"role", accounts::to_string(c.caller.role)},
+                                          {"domains", ds},
+                                          {"csrf", c.caller.csrf}});
+    }
+    if (what == "domains") co_return co_await domains_api(c);
+    if (what == "queue") co_return co_await queue_api(c);
+    if (what == "messages") co_return co_await message_api(c);
+    if (what == "tokens") co_return co_await tokens_api(c);
+    if (what == "audit" && c.segs.size() == 1 && method == http::verb::get) {
+        if (c.caller.role != Role::Operator)
+            co_return error(http::status::forbidden, "operators only");
+        std::size_t limit = 100;
+        if (auto it = c.query.find("limit"); it != c.query.end())
+            limit = std::clamp<std::size_t>(std::strtoul(it->second.c_str(), nullptr, 10), 1, 1000);
+        const std::function<std::vector<AuditEntry>(Store&)> read = [limit](Store& s) {
+            return s.audit_log(limit);
+        };
+        auto entries = co_await p_.queue.call(read);
+        json::array arr;
+        for (const auto& e : entries)
+            arr.emplace_back(json::object{{"at", to_unix(e.at)},
+                                          {"user", e.user},
+                                          {"action", e.action},
+                                          {"target", e.target},
+                                          {"detail", e.detail},
+                                          {"client", e.client}});
+        co_return json_reply(http::status::ok, json::object{{"entries", arr}});
+    }
+    co_return not_found();
+}
+
+asio::awaitable<std::vector<QueueSummary>> Admin::summaries() {
+    const std::function<std::vector<QueueSummary>(Store&)> read = [](Store& s) {
+        return s.queue_summary();
+    };
+    co_return co_await p_.queue.call(read);
+}
+
+json::object Admin::domain_json(const std::string& name,
+                                const std::vector<QueueSummary>& sums) const {
+    json::object o;
+    o["name"] = name;
+    const StoredDomain* sd = p_.domains.stored(name);
+    const DomainConfig* dc = p_.cfg.find_domain(name);
+    o["primary"] = sd ? sd->primary : dc && dc->primary ? dc->primary->text() : "(MX records)";
+    o["source"] = sd ? "store" : "config";
+    o["readonly"] = sd == nullptr;
+    o["recipients"] = dc && dc->policy.recipients == RecipientCheck::Verify ? "verify"
+                      : dc && dc->policy.recipients == RecipientCheck::List ? "list"
+                                                                            : "any";
+    o["greylisting"] = dc && dc->policy.greylisting;
+    const auto st = p_.scheduler.status(name);
+    o["primary_state"] = json::object{{"state", st.state},
+                                      {"since", opt_time(st.since)},
+                                      {"last_probe", opt_time(st.last_probe)},
+                                      {"last_result", st.last_result}};
+    json::object q{{"messages", 0},
+                   {"bytes", 0},
+                   {"held", 0},
+                   {"oldest", nullptr},
+                   {"oldest_age", nullptr},
+                   {"next_attempt", nullptr},
+                   {"last_error", ""}};
+    for (const auto& s : sums) {
+        if (s.domain != name) continue;
+        q["messages"] = s.messages;
+        q["bytes"] = s.bytes;
+        q["held"] = s.held;
+        q["oldest"] = opt_time(s.oldest);
+        if (s.oldest)
+            q["oldest_age"] = std::chrono::duration_cast<Seconds>(now() - *s.oldest).count();
+        q["next_attempt"] = opt_time(s.next_attempt);
+        q["last_error"] = s.last_error;
+    }
+    o["queue"] = q;
+    return o;
+}
+
+asio::awaitable<std::optional<dnscheck::Report>> Admin::dns_check(std::string domain) {
+    struct State {
+        explicit State(asio::io_context& io) : timer(io) {}
+        std::optional<dnscheck::Report> report;
+        asio::steady_timer timer;
+    };
+    auto st = std::make_shared<State>(io_);
+    dnscheck::Options opt;
+    opt.hostname = p_.cfg.hostname;
+    opt.our_names = p_.cfg.our_names();
+    opt.config = &p_.cfg;
+    opt.smtp_port = p_.cfg.delivery_port;
+    // A slow DNS must not hold the answer: after 5 s the panel gets the rest by asking again.
+    st->timer.expires_after(std::chrono::seconds(5));
+    asio::co_spawn(
+        io_,
+        [](std::shared_ptr<State> st, dns::Resolver& r, std::string d,
+           dnscheck::Options opt) -> asio::awaitable<void> {
+            try {
+                auto rep = co_await dnscheck::check(r, d, opt);
+                st->report = std::move(rep);
+            } catch (const std::exception& e) {
+                spdlog::warn("dns-check {}: {}", d, e.what());
+            }
+            st->timer.cancel();
+        }(st, p_.resolver, domain, opt),
+        asio::detached);
+    co_await st->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return st->report;
+}
+
+namespace {
+json::value report_json(const std::optional<dnscheck::Report>& r) {
+    if (!r) return json::object{{"pending", true}};
+    boost::system::error_code ec;
+    auto v = json::parse(r->json(), ec);
+    return ec ? json::value(nullptr) : v;
+}
+std::string mx_record(const Config& cfg, const std::string& domain,
+                      const std::optional<dnscheck::Report>& r) {
+    if (r && !r->publish.empty()) return r->publish;
+    return domain + ". 3600 IN MX 20 " + cfg.hostname + ".";
+}
+}  // namespace
+
+asio::awaitable<Response> Admin::domains_api(Ctx& c) {
+    const auto method = c.req.method();
+    if (c.segs.size() == 1) {
+        if (method == http::verb::post) co_return co_await add_domain(c);
+        if (method != http::verb::get)
+            co_return error(http::status::method_not_allowed, "GET or POST");
+        auto sums = co_await summaries();
+        std::vector<std::string> names;
+        for (const auto& d : p_.cfg.domains) names.push_back(d.name);
+        for (const auto& d : p_.domains.all()) names.push_back(d.name);
+        std::sort(names.begin(), names.end());
+        json::array arr;
+        for (const auto& n : names)
+            if (c.caller.may(n)) arr.emplace_back(domain_json(n, sums));
+        co_return json_reply(http::status::ok, json::object{{"domains", arr}});
+    }
+    const std::string name = to_lower(c.segs[1]);
+    if (!exists(name) || !c.caller.may(name)) co_return not_found();
+    if (c.segs.size() == 2) {
+        if (method == http::verb::get) {
+            auto sums = co_await summaries();
+            auto o = domain_json(name, sums);
+            const std::function<std::vector<Outage>(Store&)> read = [&name](Store& s) {
+                return s.outages(name, 50);
+            };
+            auto outages = co_await p_.queue.call(read);
+            json::array arr;
+            for (const auto& x : outages)
+                arr.emplace_back(
+                    json::object{{"start", to_unix(x.start)},
+                                 {"end", opt_time(x.end)},
+                                 {"messages_held", x.messages_held},
+                                 {"drain_seconds", x.drain_seconds ? json::value(*x.drain_seconds)
+                                                                   : json::value(nullptr)}});
+            o["outages"] = arr;
+            co_return json_reply(http::status::ok, o);
+        }
+        co_return co_await change_domain(c, name);
+    }
+    if (c.segs.size() == 3 && c.segs[2] == "dns-check" && method == http::verb::get) {
+        auto r = co_await dns_check(name);
+        auto v = report_json(r);
+        if (v.is_object()) v.as_object()["mx_record"] = mx_record(p_.cfg, name, r);
+        co_return json_reply(http::status::ok, v);
+    }
+    if (c.segs.size() == 3 && c.segs[2] == "flush" && method == http::verb::post) {
+        const auto n = p_.scheduler.flush(name);
+        co_await audit(c, "queue.flush", name, std::to_string(n) + " messages");
+        co_return json_reply(http::status::ok, json::object{{"flushed", n}});
+    }
+    co_return not_found();
+}
+
+asio::awaitable<Response> Admin::add_domain(Ctx& c) {
+    auto body = body_object(c.req);
+    if (!body) co_return error(http::status::bad_request, "send a JSON object");
+    auto name = str_field(*body, "name");
+    auto primary = str_field(*body, "primary");
+    if (!name || !primary)
+        co_return error(http::status::bad_request, "give \"name\" and \"primary\" as strings");
+    if (auto e = Domains::check_name(*name); !e.empty())
+        co_return error(http::status::bad_request, e);
+    if (auto e = Domains::check_primary(*primary); !e.empty())
+        co_return error(http::status::bad_request, e);
+    std::string owner = c.caller.role == Role::Customer ? c.caller.user : "";
+    if (auto o = str_field(*body, "owner"); o && c.caller.role == Role::Operator) owner = *o;
+    if (exists(*name)) co_return error(http::status::conflict, *name + " is already served here");
+    StoredDomain d;
+    d.name = *name;
+    d.primary = *primary;
+    d.created_by = c.caller.user;
+    d.created = now();
+    const std::function<int(Store&)> write = [&d, &owner](Store& s) {
+        if (!owner.empty() && !s.account(owner)) return 2;
+        if (!s.add_domain(d)) return 1;
+        if (!owner.empty()) s.add_owner(owner, d.name);
+        return 0;
+    };
+    const int r = co_await p_.queue.call(write);
+    if (r == 2) co_return error(http::status::bad_request, "no account " + owner);
+    if (r == 1) co_return error(http::status::conflict, *name + " is already served here");
+    p_.domains.put(d);  // mail for it is accepted from now on
+    if (c.caller.role == Role::Customer) c.caller.domains.push_back(d.name);
+    co_await audit(c, "domain.add", d.name, "primary " + d.primary);
+    p_.scheduler.check(d.name);  // its primary's state is known at once
+    auto report = co_await dns_check(d.name);
+    auto sums = co_await summaries();
+    co_return json_reply(http::status::created,
+                         json::object{{"domain", domain_json(d.name, sums)},
+                                      {"mx_record", mx_record(p_.cfg, d.name, report)},
+                                      {"dns_check", report_json(report)}});
+}
+
+asio::awaitable<Response> Admin::change_domain(Ctx& c, const std::string& name) {
+    const auto method = c.req.method();
+    const StoredDomain* sd = p_.domains.stored(name);
+    if (method != http::verb::patch && method != http::verb::delete_)
+        co_return error(http::status::method_not_allowed, "GET, PATCH or DELETE");
+    if (!sd)
+        co_return error(http::status::conflict,
+                        name + " is set in the config file: change it there (read-only here)");
+    if (method == http::verb::delete_) {
+        const std::function<std::int64_t(Store&)> remove = [&name](Store& s) {
+            return s.remove_domain(name);
+        };
+        const auto queued = co_await p_.queue.call(remove);
+        if (queued > 0)
+            co_return error(http::status::conflict,
+                            std::to_string(queued) + " messages are queued for " + name +
+                                ": deliver, bounce or delete them first (nothing is dropped by a "
+                                "click)");
+        p_.domains.remove(name);
+        co_await audit(c, "domain.delete", name, "");
+        co_return reply(http::status::no_content, "", "text/plain");
+    }
+    auto body = body_object(c.req);
+    if (!body) co_return error(http::status::bad_request, "send a JSON object");
+    StoredDomain d = *sd;
+    std::string changed;
+    for (const auto& [k, v] : *body) {
+        if (k == "primary" && v.is_string()) {
+            d.primary = std::string(v.as_string());
+            if (auto e = Domains::check_primary(d.primary); !e.empty())
+                co_return error(http::status::bad_request, e);
+        } else if (k == "recipients" && v.is_string() &&
+                   (v.as_string() == "any" || v.as_string() == "verify")) {
+            d.recipients = std::string(v.as_string());
+        } else if (k == "greylisting" && v.is_bool()) {
+            d.greylisting = v.as_bool();
+        } else {
+            co_return error(http::status::bad_request,
+                            "unknown or bad field " + std::string(k) +
+                                " (primary: string, recipients: \"any\"|\"verify\", "
+                                "greylisting: bool)");
+        }
+        changed += (changed.empty() ? "" : ", ") + std::string(k) + "=" + json::serialize(v);
+    }
+    const std::function<bool(Store&)> write = [&d](Store& s) {
+        s.update_domain(d);
+        return true;
+    };
+    co_await p_.queue.call(write);
+    p_.domains.put(d);
+    co_await audit(c, "domain.update", name, changed);
+    auto sums = co_await summaries();
+    co_return json_reply(http::status::ok, json::object{{"domain", domain_json(name, sums)}});
+}
+
+asio::awaitable<Response> Admin::queue_api(Ctx& c) {
+    if (c.segs.size() != 1 || c.req.method() != http::verb::get) co_return not_found();
+    QueueFilter f;
+    auto q = [&](const char* k) {
+        auto it = c.query.find(k);
+        return it == c.query.end() ? std::string() : it->second;
+    };
+    if (auto d = to_lower(q("domain")); !d.empty()) {
+        if (!c.caller.may(d))
+            co_return json_reply(http::status::ok,
+                                 json::object{{"messages", json::array{}}, {"next", nullptr}});
+        f.domains.push_back(d);
+    } else if (c.caller.role == Role::Customer) {
+        f.domains = c.caller.domains;
+        if (f.domains.empty())
+            co_return json_reply(http::status::ok,
+                                 json::object{{"messages", json::array{}}, {"next", nullptr}});
+    }
+    f.sender = q("sender");
+    f.recipient = q("recipient");
+    f.state = q("state");
+    f.after = q("after");
+    if (auto a = q("min_age"); !a.empty())
+        f.received_before = now() - Seconds(std::strtoll(a.c_str(), nullptr, 10));
+    if (auto l = q("limit"); !l.empty())
+        f.limit = std::clamp<std::size_t>(std::strtoul(l.c_str(), nullptr, 10), 1, 500);
+    const std::function<std::vector<QueueRow>(Store&)> read = [&f](Store& s) {
+        return s.queue_page(f);
+    };
+    auto rows = co_await p_.queue.call(read);
+    const auto t = now();
+    json::array arr;
+    for (const auto& r : rows) arr.emplace_back(message_json(r, t));
+    json::value next = rows.size() == f.limit ? json::value(rows.back().id) : json::value(nullptr);
+    co_return json_reply(http::status::ok, json::object{{"messages", arr}, {"next", next}});
+}
+
+asio::awaitable<Response> Admin::message_api(Ctx& c) {
+    if (c.segs.size() < 2) co_return not_found();
+    const std::string id = c.segs[1];
+    const auto method = c.req.method();
+    struct Found {
+        std::optional<StoredMessage> msg;
+        std::string held;
+        std::vector<AttemptRecord> history;
+        std::int64_t size = 0;
+    };
+    const bool with_body = c.query.count("body") && c.caller.role == Role::Operator;
+    const std::function<Found(Store&)> read = [&id, with_body](Store& s) {
+        Found f;
+        f.msg = with_body ? s.load(id) : s.load_head(id);
+        if (!f.msg) return f;
+        f.held = f.msg->held;
+        f.history = s.history(id);
+        return f;
+    };
+    auto found = co_await p_.queue.call(read);
+    // Another customer's message looks exactly like one that does not exist.
+    if (!found.msg || !c.caller.may(found.msg->domain)) co_return not_found();
+    auto& m = *found.msg;
+    if (c.segs.size() == 2 && method == http::verb::get) {
+        QueueRow row{m.id,          m.domain,          m.sender,   {},           m.size,
+                     m.received_at, m.next_attempt_at, m.attempts, m.last_error, found.held};
+        json::array states;
+        for (const auto& r : m.recipients) {
+            if (r.status == RcptStatus::Pending) row.recipients.push_back(r.address);
+            states.emplace_back(json::object{{"address", r.address},
+                                             {"status", kRcptStatus[static_cast<int>(r.status)]},
+                                             {"last_reply", r.last_reply}});
+        }
+        auto o = message_json(row, now());
+        o["recipients_state"] = states;
+        const auto end = m.body.find("\r\n\r\n");
+        o["headers"] = m.body.substr(0, end == std::string::npos ? m.body.size() : end + 2);
+        json::array hist;
+        for (const auto& h : found.history)
+            hist.emplace_back(json::object{{"at", to_unix(h.at)}, {"result", h.result}});
+        o["history"] = hist;
+        if (with_body) o["body"] = m.body;
+        co_return json_reply(http::status::ok, o);
+    }
+    if (c.segs.size() == 2 && method == http::verb::delete_) {
+        const std::function<bool(Store&)> remove = [&id](Store& s) { return s.remove(id); };
+        co_await p_.queue.call(remove);
+        p_.scheduler.forget(id);
+        co_await audit(c, "message.delete", id, "domain " + m.domain + " from <" + m.sender + ">");
+        co_return reply(http::status::no_content, "", "text/plain");
+    }
+    if (c.segs.size() != 3 || method != http::verb::post) co_return not_found();
+    const std::string& action = c.segs[2];
+    if (action == "hold" || action == "release") {
+        const std::string reason = action == "hold" ? "held by " + c.caller.user : "";
+        const std::function<bool(Store&)> write = [&id, &reason](Store& s) {
+            return s.set_held(id, reason);
+        };
+        co_await p_.queue.call(write);
+        if (action == "hold")
+            p_.scheduler.forget(id);
+        else if (!found.held.empty())
+            p_.scheduler.release(id, m.domain, m.received_at, m.attempts);
+        co_await audit(c, "message." + action, id, "domain " + m.domain);
+        co_return json_reply(
+            http::status::ok,
+            json::object{{"id", id}, {"state", action == "hold" ? "held" : "queued"}});
+    }
+    if (action == "bounce") {
+        std::vector<bounce::Failure> failures;
+        AttemptUpdate u;
+        u.id = id;
+        u.next_attempt_at = now();
+        u.last_error = "returned to the sender by the backup MX's operator";
+        u.count_attempt = false;
+        u.remove = true;
+        for (const auto& r : m.recipients) {
+            if (r.status != RcptStatus::Pending) continue;
+            failures.push_back({r.address, "5.0.0",
+                                "the operator of the backup MX returned this message; last "
+                                "error: " +
+                                    (m.last_error.empty() ? "none" : m.last_error)});
+            u.outcomes.push_back({r.address, RcptStatus::Failed, "returned by operator"});
+        }
+        u.dsn = bounce::make_dsn(m, failures, p_.cfg.hostname, "", now());
+        p_.scheduler.forget(id);
+        co_await p_.queue.record(u);
+        if (u.dsn) p_.scheduler.add({*u.dsn});
+        co_await audit(c, "message.bounce", id,
+                       "domain " + m.domain + (u.dsn ? " dsn " + u.dsn->id : " (null sender)"));
+        co_return json_reply(http::status::ok, json::object{{"id", id},
+                                                            {"dsn", u.dsn ? json::value(u.dsn->id)
+                                                                          : json::value(nullptr)}});
+    }
+    co_return not_found();
+}
+
+asio::awaitable<Response> Admin::tokens_api(Ctx& c) {
+    const auto method = c.req.method();
+    const std::string user = c.caller.user;
+    if (c.segs.size() == 1 && method == http::verb::get) {
+        const std::function<std::vector<ApiToken>(Store&)> read = [&user](Store& s) {
+            return s.tokens(user);
+        };
+        auto ts = co_await p_.queue.call(read);
+        json::array arr;
+        for (const auto& t : ts)
+            arr.emplace_back(
+                json::object{{"id", t.id}, {"label", t.label}, {"created", to_unix(t.created)}});
+        co_return json_reply(http::status::ok, json::object{{"tokens", arr}});
+    }
+    if (c.segs.size() == 1 && method == http::verb::post) {
+        auto body = body_object(c.req);
+        std::string label = body ? str_field(*body, "label").value_or("") : "";
+        label = label.substr(0, 100);
+        ApiToken t{accounts::random_token(9), user, label, now()};
+        const std::string token = "bmx_" + accounts::random_token();
+        const std::string hash = accounts::token_hash(token);
+        const std::function<bool(Store&)> write = [&t, &hash](Store& s) {
+            s.add_token(t, hash);
+            return true;
+        };
+        co_await p_.queue.call(write);
+        co_await audit(c, "token.create", t.id, label);
+        co_return json_reply(http::status::created, json::object{{"id", t.id}, {"token", token}});
+    }
+    if (c.segs.size() == 2 && method == http::verb::delete_) {
+        const std::string id = c.segs[1];
+        const std::function<bool(Store&)> remove = [&user, &id](Store& s) {
+            return s.remove_token(user, id);
+        };
+        const bool gone = co_await p_.queue.call(remove);
+        if (!gone) co_return not_found();
+        co_await audit(c, "token.revoke", id, "");
+        co_return reply(http::status::no_content, "", "text/plain");
+    }
+    co_return not_found();
+}
+
+asio::awaitable<Response> Admin::metrics(Ctx& c) {
+    if (c.caller.role != Role::Operator) co_return error(http::status::forbidden, "operators only");
+    auto sums = co_await summaries();
+    std::vector<metrics::Gauge> messages, bytes, oldest, up;
+    const auto t = now();
+    std::vector<std::string> names;
+    for (const auto& d : p_.cfg.domains) names.push_back(d.name);
+    for (const auto& d : p_.domains.all()) names.push_back(d.name);
+    for (const auto& n : names) {
+        const std::string l = "domain=" + metrics::label_value(n);
+        double m = 0, b = 0, age = 0;
+        for (const auto& s : sums)
+            if (s.domain == n) {
+                m = static_cast<double>(s.messages);
+                b = static_cast<double>(s.bytes);
+                if (s.oldest)
+                    age = static_cast<double>(
+                        std::chrono::duration_cast<Seconds>(t - *s.oldest).count());
+            }
+        messages.push_back({l, m});
+        bytes.push_back({l, b});
+        oldest.push_back({l, age});
+        const auto st = p_.scheduler.status(n);
+        if (std::string_view(st.state) != "unknown")
+            up.push_back({l, std::string_view(st.state) == "up" ? 1.0 : 0.0});
+    }
+    std::string out = metrics::render();
+    out +=
+        metrics::render_gauge("backupmx_queue_messages", "Messages queued, per domain", messages);
+    out += metrics::render_gauge("backupmx_queue_bytes", "Bytes queued, per domain", bytes);
+    out += metrics::render_gauge("backupmx_queue_oldest_age_seconds",
+                                 "Age of the oldest queued message, per domain (0: none)", oldest);
+    out += metrics::render_gauge(
+        "backupmx_primary_up", "1 when the domain's primary answered last, 0 when it did not", up);
+    out += metrics::render_gauge(
+        "backupmx_smtp_sessions", "Open SMTP sessions",
+        {{"", static_cast<double>(p_.smtp_sessions ? p_.smtp_sessions() : 0)}});
+    co_return reply(http::status::ok, std::move(out), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+}  // namespace bmx::admin

@@ -1,0 +1,79 @@
+// admin: the operator console behind the admin listener — login and sessions, API tokens, the
+// JSON API of src/admin/API.md (domains, queue, primaries, tokens, audit), the web panel's pages
+// and /metrics. Every action is checked against the caller's role and domains, and every change
+// is written to the log and to the store's audit table with who, what and when.
+// It must never serve anything but the login page and /healthz without authentication, never
+// show a customer another customer's domain, queue or message (not even whether it exists), and
+// never write a password, token, session cookie or CSRF token to the log.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/json.hpp>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "accounts/accounts.hpp"
+#include "admin/http.hpp"
+#include "config/config.hpp"
+#include "dnscheck/dnscheck.hpp"
+#include "domains/domains.hpp"
+#include "queue/queue.hpp"
+#include "scheduler/scheduler.hpp"
+
+namespace bmx::admin {
+
+struct Parts {
+    const Config& cfg;
+    Queue& queue;
+    Scheduler& scheduler;
+    Domains& domains;
+    dns::Resolver& resolver;
+    std::function<std::size_t()> smtp_sessions;  // open SMTP sessions, for /metrics
+};
+
+class Admin {
+  public:
+    Admin(boost::asio::io_context& io, Parts parts);
+    ~Admin();
+    void start();  // binds [admin] listen (throws when it cannot)
+    void stop();
+
+    struct Caller;
+    struct Ctx;
+
+  private:
+    boost::asio::awaitable<Response> handle(const Request& req, const Peer& peer);
+    boost::asio::awaitable<Response> route(Ctx& c);
+    boost::asio::awaitable<Response> login(Ctx& c);
+    boost::asio::awaitable<std::optional<Caller>> authenticate(const Request& req);
+    boost::asio::awaitable<Response> domains_api(Ctx& c);
+    boost::asio::awaitable<Response> add_domain(Ctx& c);
+    boost::asio::awaitable<Response> change_domain(Ctx& c, const std::string& name);
+    boost::asio::awaitable<Response> queue_api(Ctx& c);
+    boost::asio::awaitable<Response> message_api(Ctx& c);
+    boost::asio::awaitable<Response> tokens_api(Ctx& c);
+    boost::asio::awaitable<Response> metrics(Ctx& c);
+    boost::asio::awaitable<std::optional<dnscheck::Report>> dns_check(std::string domain);
+    boost::asio::awaitable<void> audit(const Ctx& c, std::string action, std::string target,
+                                       std::string detail);
+    boost::asio::awaitable<bool> check_password(const std::string& hash,
+                                                const std::string& password);
+    boost::json::object domain_json(const std::string& name,
+                                    const std::vector<QueueSummary>& sums) const;
+    boost::asio::awaitable<std::vector<QueueSummary>> summaries();
+    Response login_page(const Request& req, unsigned status, const std::string& error);
+    bool exists(const std::string& name) const;  // config file or store
+
+    boost::asio::io_context& io_;
+    Parts p_;
+    accounts::Sessions sessions_;
+    accounts::LoginLimiter limiter_;
+    boost::asio::thread_pool hasher_{1};  // Argon2id off the event loop
+    std::unique_ptr<Listener> listener_;
+};
+
+}  // namespace bmx::admin
