@@ -239,11 +239,17 @@ asio::awaitable<bool> Admin::check_password(const std::string& hash, const std::
         asio::use_awaitable);
 }
 
-asio::awaitable<void> Admin::audit(const Ctx& c, std::string action, std::string target,
-                                   std::string detail) {
-    const AuditEntry e{now(), c.caller.user, action, target, detail, c.peer.ip};
+asio::awaitable<void> Admin::audit(const Ctx& c, const std::string& action,
+                                   const std::string& target, const std::string& detail) {
+    // Not a coroutine itself: the strings (often temporaries of the caller's co_await) are copied
+    // into the entry before anything waits (GCC 12 may destroy by-value temporaries twice).
+    AuditEntry e{now(), c.caller.user, action, target, detail, c.peer.ip};
     spdlog::info("admin: user={} action={} target={} client={}{}", e.user, e.action, e.target,
                  e.client, e.detail.empty() ? "" : " detail=\"" + e.detail + "\"");
+    return store_audit(std::move(e));
+}
+
+asio::awaitable<void> Admin::store_audit(AuditEntry e) {
     const std::function<bool(Store&)> write = [&e](Store& s) {
         s.audit(e);
         return true;
@@ -491,7 +497,7 @@ json::object Admin::domain_json(const std::string& name,
     return o;
 }
 
-asio::awaitable<std::optional<dnscheck::Report>> Admin::dns_check(std::string domain) {
+asio::awaitable<std::optional<dnscheck::Report>> Admin::dns_check(const std::string& domain) {
     struct State {
         explicit State(asio::io_context& io) : timer(io) {}
         std::optional<dnscheck::Report> report;
@@ -562,14 +568,16 @@ asio::awaitable<Response> Admin::domains_api(Ctx& c) {
                 return s.outages(name, 50);
             };
             auto outages = co_await p_.queue.call(read);
+            const auto queued = o["queue"].as_object()["messages"].to_number<std::int64_t>();
             json::array arr;
             for (const auto& x : outages)
-                arr.emplace_back(
-                    json::object{{"start", to_unix(x.start)},
-                                 {"end", opt_time(x.end)},
-                                 {"messages_held", x.messages_held},
-                                 {"drain_seconds", x.drain_seconds ? json::value(*x.drain_seconds)
-                                                                   : json::value(nullptr)}});
+                arr.emplace_back(json::object{
+                    {"start", to_unix(x.start)},
+                    {"end", opt_time(x.end)},
+                    // an outage still open holds at least what is queued now
+                    {"messages_held", x.end ? x.messages_held : std::max(x.messages_held, queued)},
+                    {"drain_seconds",
+                     x.drain_seconds ? json::value(*x.drain_seconds) : json::value(nullptr)}});
             o["outages"] = arr;
             co_return json_reply(http::status::ok, o);
         }
@@ -785,9 +793,8 @@ asio::awaitable<Response> Admin::message_api(Ctx& c) {
         else if (!found.held.empty())
             p_.scheduler.release(id, m.domain, m.received_at, m.attempts);
         co_await audit(c, "message." + action, id, "domain " + m.domain);
-        co_return json_reply(
-            http::status::ok,
-            json::object{{"id", id}, {"state", action == "hold" ? "held" : "queued"}});
+        const char* state = action == "hold" ? "held" : "queued";
+        co_return json_reply(http::status::ok, json::object{{"id", id}, {"state", state}});
     }
     if (action == "bounce") {
         std::vector<bounce::Failure> failures;
@@ -809,11 +816,16 @@ asio::awaitable<Response> Admin::message_api(Ctx& c) {
         p_.scheduler.forget(id);
         co_await p_.queue.record(u);
         if (u.dsn) p_.scheduler.add({*u.dsn});
-        co_await audit(c, "message.bounce", id,
-                       "domain " + m.domain + (u.dsn ? " dsn " + u.dsn->id : " (null sender)"));
-        co_return json_reply(http::status::ok, json::object{{"id", id},
-                                                            {"dsn", u.dsn ? json::value(u.dsn->id)
-                                                                          : json::value(nullptr)}});
+        // Named first: GCC 12 destroys temporaries of a ?: inside co_await/co_return twice.
+        json::value dsn_id = nullptr;
+        std::string detail = "domain " + m.domain + " (null sender: no DSN)";
+        if (u.dsn) {
+            dsn_id = u.dsn->id;
+            detail = "domain " + m.domain + " dsn " + u.dsn->id;
+        }
+        co_await audit(c, "message.bounce", id, detail);
+        json::object out{{"id", id}, {"dsn", dsn_id}};
+        co_return json_reply(http::status::ok, out);
     }
     co_return not_found();
 }

@@ -57,9 +57,10 @@ class Admin {
     boost::asio::awaitable<Response> message_api(Ctx& c);
     boost::asio::awaitable<Response> tokens_api(Ctx& c);
     boost::asio::awaitable<Response> metrics(Ctx& c);
-    boost::asio::awaitable<std::optional<dnscheck::Report>> dns_check(std::string domain);
-    boost::asio::awaitable<void> audit(const Ctx& c, std::string action, std::string target,
-                                       std::string detail);
+    boost::asio::awaitable<std::optional<dnscheck::Report>> dns_check(const std::string& domain);
+    boost::asio::awaitable<void> audit(const Ctx& c, const std::string& action,
+                                       const std::string& target, const std::string& detail);
+    boost::asio::awaitable<void> store_audit(AuditEntry e);
     boost::asio::awaitable<bool> check_password(const std::string& hash,
                                                 const std::string& password);
     boost::json::object domain_json(const std::string& name,

@@ -45,6 +45,7 @@ bool Index::add(std::string_view id, const std::string& domain, TimePoint receiv
     e.next = next;
     link_due(e);
     expiry_.insert(e);
+    ++due_[d].total;
     return true;
 }
 
@@ -124,6 +125,7 @@ void Index::remove(Key k, bool unless_in_flight) {
     unlink_order(it->second);
     it->second.expiry.unlink();
     if (unless_in_flight && it->second.in_flight) return;
+    --due_[it->second.dest].total;
     entries_.erase(it);
 }
 

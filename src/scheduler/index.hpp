@@ -56,6 +56,7 @@ class Index {
     std::optional<Key> take_due(Dest d, TimePoint t);
     std::optional<TimePoint> earliest(Dest d) const;  // next attempt of the earliest waiting one
     std::size_t waiting(Dest d) const;                // messages in the due order
+    std::size_t total(Dest d) const { return d < due_.size() ? due_[d].total : 0; }
 
     // The oldest message received at or before `deadline` that is not in flight, marked in flight
     // and out of the due order. In-flight ones met on the way leave the expiry order (requeue puts
@@ -93,6 +94,7 @@ class Index {
         DueOrder flushed;        // due now whatever their time (kept in their order)
         DueOrder due;            // by next attempt
         std::size_t linked = 0;  // entries in either order
+        std::size_t total = 0;   // every entry of the destination, in flight too
     };
     void unlink_order(Entry& e);  // out of its destination's orders, if in one
     void link_due(Entry& e);

@@ -611,7 +611,7 @@ asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
             spdlog::debug("removed id={} from the queue", id);
             check_queue(domain);
             auto& d = dest(domain);
-            if (d.draining && d.up && index_.waiting(d.id) == 0 && d.in_flight == 0) {
+            if (d.draining && d.up && index_.total(d.id) == 0) {
                 d.draining = false;
                 outage_event(domain, 2);
             }

@@ -481,12 +481,6 @@ class SqliteStore final : public Store {
         return out;
     }
 
-    std::string client_of(const std::string& id) override {
-        Stmt s(db_, "SELECT client FROM messages WHERE id = ?");
-        s.bind(1, id);
-        return s.step() ? s.text(0) : "";
-    }
-
     bool set_held(const std::string& id, const std::string& reason) override {
         Stmt s(db_, "UPDATE messages SET held = ? WHERE id = ?");
         s.bind(1, reason).bind(2, id);

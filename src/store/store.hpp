@@ -212,7 +212,6 @@ class Store {
     virtual std::vector<QueueRow> queue_page(const QueueFilter& f) = 0;
     virtual std::vector<QueueSummary> queue_summary() = 0;
     virtual std::vector<AttemptRecord> history(const std::string& id) = 0;
-    virtual std::string client_of(const std::string& id) = 0;  // "helo [ip]" of the sender
     // Holds (reason non-empty) or releases (empty) a message; false when there is none.
     virtual bool set_held(const std::string& id, const std::string& reason) = 0;
 

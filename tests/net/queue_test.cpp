@@ -52,6 +52,29 @@ struct FullStore : Store {
     void verify_put(const std::string&, const VerifyEntry&) override {
         throw StoreError("disk full");
     }
+    // The operator's side: reads find nothing, writes fail.
+    [[noreturn]] static void full() { throw StoreError("disk full"); }
+    std::vector<QueueRow> queue_page(const QueueFilter&) override { return {}; }
+    std::vector<QueueSummary> queue_summary() override { return {}; }
+    std::vector<AttemptRecord> history(const std::string&) override { return {}; }
+    bool set_held(const std::string&, const std::string&) override { full(); }
+    bool add_account(const Account&) override { full(); }
+    std::optional<Account> account(const std::string&) override { return {}; }
+    void add_owner(const std::string&, const std::string&) override { full(); }
+    void add_token(const ApiToken&, const std::string&) override { full(); }
+    std::optional<std::string> token_user(const std::string&) override { return {}; }
+    std::vector<ApiToken> tokens(const std::string&) override { return {}; }
+    bool remove_token(const std::string&, const std::string&) override { full(); }
+    void audit(const AuditEntry&) override { full(); }
+    std::vector<AuditEntry> audit_log(std::size_t) override { return {}; }
+    bool add_domain(const StoredDomain&) override { full(); }
+    void update_domain(const StoredDomain&) override { full(); }
+    std::int64_t remove_domain(const std::string&) override { full(); }
+    std::vector<StoredDomain> domains() override { return {}; }
+    void outage_begin(const std::string&, TimePoint, std::int64_t) override { full(); }
+    void outage_end(const std::string&, TimePoint, std::int64_t) override { full(); }
+    void outage_drained(const std::string&, TimePoint) override { full(); }
+    std::vector<Outage> outages(const std::string&, std::size_t) override { return {}; }
 };
 
 }  // namespace
