@@ -470,6 +470,8 @@ json::object Admin::domain_json(const std::string& name,
                       : dc && dc->policy.recipients == RecipientCheck::List ? "list"
                                                                             : "any";
     o["greylisting"] = dc && dc->policy.greylisting;
+    o["max_message_size"] = dc && dc->policy.max_message_size ? dc->policy.max_message_size
+                                                                : p_.cfg.max_message_size;
     const auto st = p_.scheduler.status(name);
     o["primary_state"] = json::object{{"state", st.state},
                                       {"since", opt_time(st.since)},
@@ -673,11 +675,15 @@ asio::awaitable<Response> Admin::change_domain(Ctx& c, const std::string& name) 
             d.recipients = std::string(v.as_string());
         } else if (k == "greylisting" && v.is_bool()) {
             d.greylisting = v.as_bool();
+        } else if (k == "max_message_size" && v.is_int64() && v.as_int64() >= 0 &&
+                   static_cast<std::uint64_t>(v.as_int64()) <= p_.cfg.max_message_size) {
+            d.max_message_size = v.as_int64();
         } else {
             co_return error(http::status::bad_request,
                             "unknown or bad field " + std::string(k) +
                                 " (primary: string, recipients: \"any\"|\"verify\", "
-                                "greylisting: bool)");
+                                "greylisting: bool, max_message_size: bytes, 0 to " +
+                                std::to_string(p_.cfg.max_message_size) + ")");
         }
         changed += (changed.empty() ? "" : ", ") + std::string(k) + "=" + json::serialize(v);
     }

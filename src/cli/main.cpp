@@ -315,7 +315,7 @@ int domain_add(const Config& cfg, std::string name, const std::string& primary,
         std::cerr << "no account " << owner << "\n";
         return 1;
     }
-    StoredDomain d{name, primary, "any", false, cli_user(), now()};
+    StoredDomain d{name, primary, "any", false, 0, cli_user(), now()};
     if (!store->add_domain(d)) {
         std::cerr << name << " is served here already\n";
         return 1;

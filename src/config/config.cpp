@@ -500,11 +500,15 @@ Config parse_config(std::string_view text) {
             std::string w = "domain[" + std::to_string(i) + "].";
             if (!t) fail("domain", "must be an array of tables ([[domain]])");
             std::set<std::string> keys = kDomainPolicyKeys;
-            keys.insert({"name", "primary", "tls", "tls_ca_file", "etrn_networks"});
+            keys.insert(
+                {"name", "primary", "tls", "tls_ca_file", "etrn_networks", "max_message_size"});
             check_keys(*t, w.substr(0, w.size() - 1), keys);
             DomainConfig dc;
             dc.policy = c.policy;
             parse_domain_policy(*t, w, dc.policy);
+            dc.policy.max_message_size = static_cast<std::uint64_t>(
+                get_int(*t, w, "max_message_size", 0, 1024,
+                        static_cast<std::int64_t>(c.max_message_size)));
             dc.name = to_lower(get_string(*t, w, "name", ""));
             if (dc.name.ends_with('.')) dc.name.pop_back();
             if (!valid_domain_name(dc.name)) fail(w + "name", "must be a domain name");

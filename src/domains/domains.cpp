@@ -12,6 +12,7 @@ std::shared_ptr<const DomainConfig> Domains::make(const StoredDomain& d) const {
     c->policy = cfg_.policy;  // the [policy] defaults, with the domain's own switches
     c->policy.recipients = d.recipients == "verify" ? RecipientCheck::Verify : RecipientCheck::Any;
     c->policy.greylisting = d.greylisting;
+    c->policy.max_message_size = static_cast<std::uint64_t>(d.max_message_size);
     c->primary = parse_host_port(d.primary, 25);
     return c;
 }
@@ -22,7 +23,8 @@ void Domains::load(const std::vector<StoredDomain>& stored) {
         auto old = live_.find(d.name);
         if (old != live_.end() && old->second.stored.primary == d.primary &&
             old->second.stored.recipients == d.recipients &&
-            old->second.stored.greylisting == d.greylisting) {
+            old->second.stored.greylisting == d.greylisting &&
+            old->second.stored.max_message_size == d.max_message_size) {
             fresh.emplace(d.name, std::move(old->second));
             continue;
         }

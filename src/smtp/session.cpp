@@ -351,6 +351,7 @@ std::optional<std::string> Session::mail_syntax(const Command& c) {
     auto p = parse_path_arg(c.arg, "FROM", true);
     if (!p.addr) return p.error;
     bool utf8 = false, eight = false;
+    std::uint64_t declared_size = 0;
     for (auto& [k, v] : p.params) {
         if (!esmtp_) return std::string("555 5.5.4 Parameters need EHLO");
         if (k == "SIZE") {
@@ -359,6 +360,7 @@ std::optional<std::string> Session::mail_syntax(const Command& c) {
                 v.find_first_not_of("0123456789") != std::string::npos)
                 return std::string("501 5.5.4 Bad SIZE parameter");
             n = std::stoull(v);
+            declared_size = n;
             if (n > cfg_.max_message_size)
                 return std::string(
                     "552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
@@ -383,6 +385,7 @@ std::optional<std::string> Session::mail_syntax(const Command& c) {
         return d.reply;
     }
     pending_sender_ = std::move(*p.addr);
+    declared_size_ = declared_size;
     smtputf8_ = utf8;
     eightbit_ = eight;
     return std::nullopt;
@@ -404,7 +407,14 @@ asio::awaitable<void> Session::on_rcpt(const Command& c) {
     if (d.ok) {
         const std::string sender = sender_->str(), rcpt = p.addr->str();
         const DomainConfig& dc = *cfg_.find_domain(p.addr->domain);
-        d = co_await server_.checker_.rcpt(peer_, sender, rcpt, dc, reputation_);
+        const auto limit = dc.policy.max_message_size;
+        if (limit && declared_size_ > limit)  // the domain's own limit (RFC 1870: 552)
+            d = policy::Decision{false,
+                                 "552 5.3.4 Message size exceeds fixed limit for " + dc.name +
+                                     " (max_message_size = " + std::to_string(limit) + ")",
+                                 "max_message_size"};
+        else
+            d = co_await server_.checker_.rcpt(peer_, sender, rcpt, dc, reputation_);
         if (d.ok) d = co_await milter_rcpt(dc, sender, rcpt);
     }
     if (!d.ok) {
@@ -516,6 +526,16 @@ asio::awaitable<void> Session::on_starttls(const Command& c) {
     esmtp_ = false;
 }
 
+std::string Session::over_domain_limit(std::uint64_t size) const {
+    for (const auto& r : rcpts_) {
+        const auto* dc = cfg_.find_domain(r.domain);
+        if (dc && dc->policy.max_message_size && size > dc->policy.max_message_size)
+            return "552 5.3.4 Message size exceeds fixed limit for " + dc->name +
+                   " (max_message_size = " + std::to_string(dc->policy.max_message_size) + ")";
+    }
+    return "";
+}
+
 std::string Session::received_header(const std::string& id) const {
     std::string with = smtputf8_ ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
     if (stream_.tls()) with += "S";  // RFC 3848 / RFC 6531: ESMTPS, UTF8SMTPS
@@ -615,6 +635,8 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     else if (scan.too_big())
         why = "552 5.3.4 Message size exceeds fixed limit (smtp.max_message_size = " +
               std::to_string(cfg_.max_message_size) + ")";
+    else if (auto over = over_domain_limit(scan.size()); !over.empty())
+        why = over;
     else if (!spool_error.empty()) {
         spdlog::error("store failure, answering 451 to [{}] from=<{}>: {}", peer_, sender_->str(),
                       spool_error);

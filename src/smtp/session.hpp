@@ -63,6 +63,9 @@ class Session {
     bool esmtp_ = false;
     std::optional<Address> sender_;
     Address pending_sender_;  // parsed MAIL FROM, while SPF is checked
+    std::uint64_t declared_size_ = 0;  // MAIL FROM's SIZE= (RFC 1870), 0 when none
+    // A 552 reply when `size` passes a recipient domain's own max_message_size, else "".
+    std::string over_domain_limit(std::uint64_t size) const;
     std::string spf_header_;  // Received-SPF: for this transaction
     std::vector<Address> rcpts_;
     bool smtputf8_ = false, eightbit_ = false;

@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS domains (
     primary_host TEXT NOT NULL,
     recipients TEXT NOT NULL DEFAULT 'any',
     greylisting INTEGER NOT NULL DEFAULT 0,
+    max_size INTEGER NOT NULL DEFAULT 0,
     created_by TEXT NOT NULL DEFAULT '',
     created INTEGER NOT NULL
 );
@@ -579,9 +580,10 @@ class SqliteStore final : public Store {
         }
         Stmt s(db_,
                "INSERT INTO domains(name, primary_host, recipients, greylisting, created_by, "
-               "created) VALUES(?,?,?,?,?,?)");
+               "created, max_size) VALUES(?,?,?,?,?,?,?)");
         s.bind(1, d.name).bind(2, d.primary).bind(3, d.recipients);
         s.bind(4, std::int64_t{d.greylisting}).bind(5, d.created_by).bind(6, to_unix(d.created));
+        s.bind(7, d.max_message_size);
         s.run();
         tx.commit();
         return true;
@@ -589,10 +591,10 @@ class SqliteStore final : public Store {
 
     void update_domain(const StoredDomain& d) override {
         Stmt s(db_,
-               "UPDATE domains SET primary_host = ?, recipients = ?, greylisting = ? WHERE name = "
-               "?");
+               "UPDATE domains SET primary_host = ?, recipients = ?, greylisting = ?, max_size = ? "
+               "WHERE name = ?");
         s.bind(1, d.primary).bind(2, d.recipients).bind(3, std::int64_t{d.greylisting});
-        s.bind(4, d.name);
+        s.bind(4, d.max_message_size).bind(5, d.name);
         s.run();
     }
 
@@ -614,12 +616,12 @@ class SqliteStore final : public Store {
 
     std::vector<StoredDomain> domains() override {
         Stmt s(db_,
-               "SELECT name, primary_host, recipients, greylisting, created_by, created FROM "
-               "domains ORDER BY name");
+               "SELECT name, primary_host, recipients, greylisting, max_size, created_by, created "
+               "FROM domains ORDER BY name");
         std::vector<StoredDomain> out;
         while (s.step())
-            out.push_back({s.text(0), s.text(1), s.text(2), s.integer(3) != 0, s.text(4),
-                           from_unix(s.integer(5))});
+            out.push_back({s.text(0), s.text(1), s.text(2), s.integer(3) != 0, s.integer(4),
+                           s.text(5), from_unix(s.integer(6))});
         return out;
     }
 

@@ -128,6 +128,7 @@ struct StoredDomain {
     std::string name, primary;       // primary: "host", "host:port" or "[ip]:port"
     std::string recipients = "any";  // "any" | "verify"
     bool greylisting = false;
+    std::int64_t max_message_size = 0;  // 0: the [smtp] limit
     std::string created_by;
     TimePoint created{};
 };

@@ -311,6 +311,34 @@ class Domains(Console):
                   ("ann", "message.delete", mid), ("ann", "domain.delete", "new.test")]:
             self.assertIn(a, actions)
 
+    def test_a_domain_limit_set_by_patch_holds_at_mail_and_at_data(self):
+        self.start()
+        self.ann.api("POST", "/api/v1/domains", {"name": "lim.test", "primary": "127.0.0.1:9"})
+        status, r = self.ann.api("PATCH", "/api/v1/domains/lim.test", {"max_message_size": 2048})
+        self.assertEqual((status, r["domain"]["max_message_size"]), (200, 2048))
+        for bad in (-1, "big", 10 ** 12):
+            self.assertEqual(self.ann.api("PATCH", "/api/v1/domains/lim.test",
+                                          {"max_message_size": bad})[0], 400, bad)
+        s = self.b.smtp()
+        s.mail("alice@sender.test", ["SIZE=2048"])  # at the limit
+        self.assertEqual(s.rcpt("bob@lim.test")[0], 250)
+        s.rset()
+        s.mail("alice@sender.test", ["SIZE=2049"])  # declared too big for lim.test
+        code, msg = s.rcpt("bob@lim.test")
+        self.assertEqual(code, 552)
+        self.assertIn(b"max_message_size = 2048", msg)
+        self.assertEqual(s.rcpt("bob@conf.test")[0], 250)  # the global limit is larger
+        s.rset()
+        s.mail("alice@sender.test")  # not declared: the size is counted during DATA
+        self.assertEqual(s.rcpt("bob@lim.test")[0], 250)
+        code, msg = s.data(("Subject: big\r\n\r\n" + "y" * 70 + "\r\n") * 40)
+        self.assertEqual(code, 552)
+        s.mail("alice@sender.test")
+        s.rcpt("bob@lim.test")
+        self.assertEqual(s.data("Subject: small\r\n\r\nsmall\r\n")[0], 250)
+        s.quit()
+        self.assertEqual(len(self.queued(self.ann, "lim.test")), 1)
+
     def test_the_command_line_sets_a_domain_up_too(self):
         self.start()
         r = self.b.cli("domain", "add", "cli.test", "127.0.0.1:2599")
