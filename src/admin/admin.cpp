@@ -470,8 +470,8 @@ json::object Admin::domain_json(const std::string& name,
                       : dc && dc->policy.recipients == RecipientCheck::List ? "list"
                                                                             : "any";
     o["greylisting"] = dc && dc->policy.greylisting;
-    o["max_message_size"] = dc && dc->policy.max_message_size ? dc->policy.max_message_size
-                                                                : p_.cfg.max_message_size;
+    o["max_message_size"] =
+        dc && dc->policy.max_message_size ? dc->policy.max_message_size : p_.cfg.max_message_size;
     const auto st = p_.scheduler.status(name);
     o["primary_state"] = json::object{{"state", st.state},
                                       {"since", opt_time(st.since)},
@@ -803,22 +803,8 @@ asio::awaitable<Response> Admin::message_api(Ctx& c) {
         co_return json_reply(http::status::ok, json::object{{"id", id}, {"state", state}});
     }
     if (action == "bounce") {
-        std::vector<bounce::Failure> failures;
-        AttemptUpdate u;
-        u.id = id;
-        u.next_attempt_at = now();
-        u.last_error = "returned to the sender by the backup MX's operator";
-        u.count_attempt = false;
-        u.remove = true;
-        for (const auto& r : m.recipients) {
-            if (r.status != RcptStatus::Pending) continue;
-            failures.push_back({r.address, "5.0.0",
-                                "the operator of the backup MX returned this message; last "
-                                "error: " +
-                                    (m.last_error.empty() ? "none" : m.last_error)});
-            u.outcomes.push_back({r.address, RcptStatus::Failed, "returned by operator"});
-        }
-        u.dsn = bounce::make_dsn(m, failures, p_.cfg.hostname, "", now());
+        auto u = bounce::return_to_sender(
+            m, p_.cfg.hostname, "returned to the sender by the operator of the backup MX", now());
         p_.scheduler.forget(id);
         co_await p_.queue.record(u);
         if (u.dsn) p_.scheduler.add({*u.dsn});

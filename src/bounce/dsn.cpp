@@ -111,4 +111,24 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     return dsn;
 }
 
+AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostname,
+                               const std::string& why, TimePoint now) {
+    AttemptUpdate u;
+    u.id = m.id;
+    u.next_attempt_at = now;
+    u.last_error = why;
+    u.count_attempt = false;
+    u.remove = true;
+    std::vector<Failure> failures;
+    for (const auto& r : m.recipients) {
+        if (r.status != RcptStatus::Pending) continue;
+        failures.push_back(
+            {r.address, "5.0.0",
+             why + "; last error: " + (m.last_error.empty() ? "none" : m.last_error)});
+        u.outcomes.push_back({r.address, RcptStatus::Failed, why});
+    }
+    u.dsn = make_dsn(m, failures, hostname, "", now);
+    return u;
+}
+
 }  // namespace bmx::bounce

@@ -26,4 +26,10 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
                                    const std::string& hostname, const std::string& remote_mta,
                                    TimePoint now);
 
+// An operator returns a queued message to its sender: every pending recipient fails with
+// status 5.0.0 and `why`, a DSN is made (none for a null sender), and the update removes the
+// message in the same transaction that commits the DSN.
+AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostname,
+                               const std::string& why, TimePoint now);
+
 }  // namespace bmx::bounce

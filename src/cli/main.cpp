@@ -15,9 +15,11 @@
 #include <boost/json.hpp>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 
 #include "accounts/accounts.hpp"
 #include "admin/admin.hpp"
+#include "bounce/dsn.hpp"
 #include "config/config.hpp"
 #include "control/control.hpp"
 #include "dns/resolver.hpp"
@@ -106,6 +108,37 @@ int serve(Config cfg) {
             scheduler.forget(line.substr(7));
             return "ok";
         }
+        if (line.starts_with("schedule ")) {  // released, or a DSN the CLI made
+            asio::co_spawn(
+                io,
+                [&, id = line.substr(9)]() -> asio::awaitable<void> {
+                    const std::function<std::optional<StoredMessage>(Store&)> load =
+                        [&id](Store& s) { return s.load_head(id); };
+                    try {
+                        auto m = co_await queue->call(load);
+                        if (m && m->held.empty())
+                            scheduler.release(m->id, m->domain, m->received_at, m->attempts);
+                    } catch (const std::exception& e) {
+                        spdlog::error("cannot schedule {}: {}", id, e.what());
+                    }
+                },
+                asio::detached);
+            return "ok";
+        }
+        if (line == "status") {  // each domain's primary, as the scheduler sees it
+            boost::json::object all;
+            auto add = [&](const std::string& name) {
+                const auto st = scheduler.status(name);
+                all[name] =
+                    boost::json::object{{"state", st.state},
+                                        {"since", st.since ? to_unix(*st.since) : 0},
+                                        {"last_probe", st.last_probe ? to_unix(*st.last_probe) : 0},
+                                        {"last_result", st.last_result}};
+            };
+            for (const auto& d : cfg.domains) add(d.name);
+            for (const auto& d : domains.all()) add(d.name);
+            return boost::json::serialize(all);
+        }
         if (line == "domains") {  // the CLI changed the store's domains: read them again
             asio::co_spawn(
                 io,
@@ -179,9 +212,11 @@ std::string age_text(TimePoint t) {
     return format_duration(std::chrono::duration_cast<Seconds>(now() - t));
 }
 
-int queue_list(const Config& cfg, bool json) {
+int queue_list(const Config& cfg, bool json, const std::string& domain) {
     auto store = open_sqlite_store(cfg.store_path());
     auto rows = store->list();
+    if (!domain.empty())
+        std::erase_if(rows, [&](const QueueRow& r) { return !iequals(r.domain, domain); });
     if (json) {
         boost::json::array arr;
         for (auto& r : rows) {
@@ -360,6 +395,100 @@ int domain_delete(const Config& cfg, std::string name) {
     return 0;
 }
 
+// What the running server says of each domain's primary (nothing when it does not run).
+boost::json::object primary_states(const Config& cfg) {
+    auto r = control::request(cfg.control_socket, "status");
+    boost::system::error_code ec;
+    auto v = r ? boost::json::parse(*r, ec) : boost::json::value();
+    return !ec && v.is_object() ? v.as_object() : boost::json::object{};
+}
+
+int queue_summary(const Config& cfg, bool json) {
+    auto sums = open_sqlite_store(cfg.store_path())->queue_summary();
+    const auto states = primary_states(cfg);
+    const auto t = now();
+    boost::json::array arr;
+    for (const auto& q : sums) {
+        boost::json::object o{{"domain", q.domain},
+                              {"messages", q.messages},
+                              {"bytes", q.bytes},
+                              {"held", q.held},
+                              {"oldest_age", q.oldest ? to_unix(t) - to_unix(*q.oldest) : 0},
+                              {"last_error", q.last_error}};
+        if (auto* st = states.if_contains(q.domain)) o["primary"] = *st;
+        arr.push_back(o);
+    }
+    if (json) {
+        std::cout << boost::json::serialize(arr) << "\n";
+        return 0;
+    }
+    if (sums.empty()) std::cout << "Mail queue is empty\n";
+    for (const auto& v : arr) {
+        const auto& o = v.as_object();
+        std::string state = "primary unknown (server not running?)";
+        if (auto* st = o.if_contains("primary"))
+            state = "primary " + std::string(st->as_object().at("state").as_string());
+        std::cout << o.at("domain").as_string().c_str() << " messages=" << o.at("messages")
+                  << " bytes=" << o.at("bytes") << " held=" << o.at("held")
+                  << " oldest=" << format_duration(Seconds(o.at("oldest_age").as_int64())) << " "
+                  << state << " last_error=" << o.at("last_error") << "\n";
+    }
+    return 0;
+}
+
+int queue_show(const Config& cfg, const std::string& id) {
+    auto store = open_sqlite_store(cfg.store_path());
+    auto m = store->load_head(id);
+    if (!m) {
+        std::cerr << "no message " << id << " in the queue\n";
+        return 1;
+    }
+    std::cout << "id: " << m->id << "\ndomain: " << m->domain << "\nfrom: <" << m->sender
+              << ">\nsize: " << m->size << "\nreceived: " << rfc5322_date(m->received_at) << " ("
+              << age_text(m->received_at) << " ago)\nattempts: " << m->attempts
+              << "\nnext attempt: " << rfc5322_date(m->next_attempt_at)
+              << "\nstate: " << (m->held.empty() ? "queued" : "held (" + m->held + ")") << "\n";
+    const char* names[] = {"pending", "delivered", "failed"};
+    for (const auto& r : m->recipients)
+        std::cout << "to: <" << r.address << "> " << names[static_cast<int>(r.status)]
+                  << (r.last_reply.empty() ? "" : " \"" + r.last_reply + "\"") << "\n";
+    for (const auto& h : store->history(id))
+        std::cout << "attempt: " << rfc5322_date(h.at) << " " << h.result << "\n";
+    const auto end = m->body.find("\r\n\r\n");
+    std::cout << "\n" << m->body.substr(0, end == std::string::npos ? m->body.size() : end + 2);
+    return 0;
+}
+
+// hold | release | bounce, on the store; then the running server is told (when it runs).
+int queue_act(const Config& cfg, const std::string& action, const std::string& id) {
+    auto store = open_sqlite_store(cfg.store_path());
+    auto m = store->load_head(id);
+    if (!m) {
+        std::cerr << "no message " << id << " in the queue\n";
+        return 1;
+    }
+    std::string detail = "domain " + m->domain;
+    if (action == "hold") {
+        store->set_held(id, "held by " + cli_user());
+        control::request(cfg.control_socket, "forget " + id);
+    } else if (action == "release") {
+        store->set_held(id, "");
+        control::request(cfg.control_socket, "schedule " + id);
+    } else {  // bounce
+        control::request(cfg.control_socket, "forget " + id);
+        auto u = bounce::return_to_sender(
+            *m, cfg.hostname, "returned to the sender by the operator of the backup MX", now());
+        store->record_attempt(u);
+        if (u.dsn) {
+            control::request(cfg.control_socket, "schedule " + u.dsn->id);
+            detail += " dsn " + u.dsn->id;
+        }
+    }
+    cli_audit(*store, "message." + action, id, detail);
+    std::cout << action << " " << id << " (" << detail << ")\n";
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -387,6 +516,28 @@ int main(int argc, char** argv) {
     auto* delete_cmd = queue_cmd->add_subcommand("delete", "remove one message from the queue");
     delete_cmd->add_option("--config", config_path, "config file")->required();
     delete_cmd->add_option("id", delete_id, "queue id")->required();
+    std::string list_domain;
+    list_cmd->add_option("--domain", list_domain, "only this domain's messages");
+    auto* summary_cmd =
+        queue_cmd->add_subcommand("summary", "per domain: messages, bytes, oldest, primary state");
+    summary_cmd->add_option("--config", config_path, "config file")->required();
+    summary_cmd->add_flag("--json", json, "print a JSON array");
+    std::string act_id;
+    auto* show_cmd = queue_cmd->add_subcommand("show",
+                                               "one message: envelope, recipients' state, "
+                                               "delivery history and headers (no body)");
+    show_cmd->add_option("--config", config_path, "config file")->required();
+    show_cmd->add_option("id", act_id, "queue id")->required();
+    std::map<std::string, CLI::App*> acts;
+    for (const auto& [name, help] :
+         {std::pair{"hold", "keep a message from delivery until released"},
+          std::pair{"release", "let a held message be delivered again"},
+          std::pair{"bounce", "return a message to its sender with a DSN, and remove it"}}) {
+        auto* a = queue_cmd->add_subcommand(name, help);
+        a->add_option("--config", config_path, "config file")->required();
+        a->add_option("id", act_id, "queue id")->required();
+        acts[name] = a;
+    }
 
     std::string check_domain, check_hostname;
     bool check_json = false;
@@ -450,7 +601,11 @@ int main(int argc, char** argv) {
         }
         if (*serve_cmd) return serve(cfg);
         if (*dns_cmd) return dns_check(check_domain, &cfg, check_hostname, check_json);
-        if (*list_cmd) return queue_list(cfg, json);
+        if (*list_cmd) return queue_list(cfg, json, list_domain);
+        if (*summary_cmd) return queue_summary(cfg, json);
+        if (*show_cmd) return queue_show(cfg, act_id);
+        for (const auto& [name, a] : acts)
+            if (*a) return queue_act(cfg, name, act_id);
         if (*add_user_cmd) return add_user(cfg, user_name, user_role, user_domains);
         if (*dom_add) return domain_add(cfg, dom_name, dom_primary, dom_owner);
         if (*dom_list) return domain_list(cfg);

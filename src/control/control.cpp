@@ -87,7 +87,7 @@ std::optional<std::string> request(const std::string& path, const std::string& l
         s.connect(stream_protocol::endpoint(path));
         std::string msg = line + "\n";
         asio::write(s, asio::buffer(msg));
-        asio::streambuf buf(4096);
+        asio::streambuf buf(16 << 20);  // a reply may list every domain ("status")
         asio::read_until(s, buf, '\n');
         std::istream is(&buf);
         std::string reply;

@@ -1,6 +1,7 @@
 // control: the running server's local command door — a Unix stream socket (mode 0600, beside the
-// store) taking one line ("flush [DOMAIN]", "forget ID", "ping") and answering one line. The CLI
-// uses it so `queue flush` reaches the scheduler. It must never listen on the network.
+// store) taking one line ("flush [DOMAIN]", "forget ID", "schedule ID", "status", "domains",
+// "ping") and answering one line. The CLI uses it so what it changes in the store reaches the
+// running scheduler. It must never listen on the network.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>

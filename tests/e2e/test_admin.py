@@ -2,6 +2,7 @@
 accounts and every refusal, customers kept apart, the audit trail, domains set up with two facts
 (live at once, no restart), the queue's views and actions, primaries' state and outage history,
 and /metrics checked by Prometheus's own promtool."""
+import json
 import os
 import re
 import sqlite3
@@ -461,6 +462,57 @@ class QueueViews(Console):
         self.assertEqual(o["messages_held"], 2)
         self.assertGreaterEqual(o["drain_seconds"], 0)
         self.assertEqual(d["queue"]["messages"], 0)
+
+
+class CommandLine(Console):
+    def test_queue_summary_show_hold_release_bounce_from_the_shell(self):
+        primary = self.scripted(answer=lambda rcpt: "451 4.3.2 busy, try later")
+        primary.start()
+        self.start(domains={"c.test": f"127.0.0.1:{primary.port}"})
+        self.send("bob@c.test", subject="first")
+        self.send("carol@c.test", subject="second", sender="dan@sender.test")
+        self.b.wait_log(r"deferred id=", count=2)
+        out = self.b.cli("queue", "summary").stdout
+        self.assertRegex(out, r"c.test messages=2 bytes=\d+ held=0 oldest=\S+ primary up ")
+        self.assertIn("busy", out)
+        rows = self.b.queue()
+        first = [r for r in rows if r["recipients"] == ["bob@c.test"]][0]["id"]
+        self.assertEqual(len(json.loads(self.b.cli("queue", "list", "--json", "--domain",
+                                                   "c.test").stdout)), 2)
+        self.assertEqual(json.loads(self.b.cli("queue", "list", "--json", "--domain",
+                                               "x.test").stdout), [])
+        show = self.b.cli("queue", "show", first).stdout
+        for part in ("from: <alice@sender.test>", "to: <bob@c.test> pending", "Subject: first",
+                     "attempt: ", "451 4.3.2 busy"):
+            self.assertIn(part, show)
+        self.assertNotIn("\r\n\r\nhi", show)  # no body
+
+        self.b.cli("queue", "hold", first)
+        self.assertTrue([r for r in self.b.queue() if r["id"] == first][0]["held"])
+        primary.answer = lambda rcpt: "250 2.1.5 Ok"
+        self.b.cli("queue", "flush", "c.test")
+        wait_until(lambda: len(primary.transactions) == 1, what="the unheld one delivered")
+        time.sleep(0.5)
+        self.assertEqual(len(primary.transactions), 1, "a held message was delivered")
+        self.b.cli("queue", "release", first)
+        wait_until(lambda: len(primary.transactions) == 2, what="the released one delivered")
+
+        self.send("erin@c.test", subject="third", sender="frank@sender.test")
+        wait_until(lambda: len(primary.transactions) == 3, what="the third delivered")
+        primary.answer = lambda rcpt: "451 4.3.2 busy again"
+        self.send("gina@c.test", subject="fourth", sender="hal@sender.test")
+        self.b.wait_log(r"busy again")
+        fourth = [r for r in self.b.queue() if r["recipients"] == ["gina@c.test"]][0]["id"]
+        out = self.b.cli("queue", "bounce", fourth).stdout
+        dsn = re.search(r"dsn (\S+)\)", out).group(1)
+        rows = self.b.queue()
+        self.assertEqual([r["id"] for r in rows], [dsn])
+        self.assertEqual((rows[0]["domain"], rows[0]["recipients"]),
+                         ("sender.test", ["hal@sender.test"]))
+        entries = self.ann.api("GET", "/api/v1/audit")[1]["entries"]
+        acts = {(e["action"], e["target"]) for e in entries if e["user"].startswith("cli:")}
+        self.assertLessEqual({("message.hold", first), ("message.release", first),
+                              ("message.bounce", fourth)}, acts)
 
 
 class Metrics(Console):
