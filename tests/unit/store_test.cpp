@@ -592,3 +592,128 @@ TEST_F(StoreTest, MessageStoredBeforePiecesExistedStillLoads) {
     EXPECT_FALSE(store_->read_body("A000000000000001", 1));
     EXPECT_EQ(store_->load("A000000000000001")->body, "Subject: old\r\n\r\nold body\r\n");
 }
+
+// The operator's side of the store (issue 7): accounts, tokens, audit, run-time domains,
+// outages, and the queue's pages and summaries.
+TEST_F(StoreTest, AccountsAndTokensKeepOnlyHashes) {
+    const Account a{"ann", "customer", "$argon2id$fake", {"a.test", "b.test"}, from_unix(100)};
+    EXPECT_TRUE(store_->add_account(a));
+    EXPECT_FALSE(store_->add_account(a));  // the name is taken
+    auto got = store_->account("ann");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->role, "customer");
+    EXPECT_EQ(got->domains, (std::vector<std::string>{"a.test", "b.test"}));
+    EXPECT_FALSE(store_->account("bob"));
+    store_->add_token({"t1", "ann", "ci", from_unix(200)}, "hash-of-token");
+    EXPECT_EQ(store_->token_user("hash-of-token").value_or(""), "ann");
+    EXPECT_FALSE(store_->token_user("other"));
+    EXPECT_EQ(store_->tokens("ann").size(), 1u);
+    EXPECT_FALSE(store_->remove_token("bob", "t1"));  // only its owner revokes it
+    EXPECT_TRUE(store_->remove_token("ann", "t1"));
+    EXPECT_FALSE(store_->token_user("hash-of-token"));
+}
+
+TEST_F(StoreTest, AuditIsNewestFirstAndBounded) {
+    for (int i = 0; i < 5; ++i)
+        store_->audit({from_unix(i), "ann", "act" + std::to_string(i), "t", "", "127.0.0.1"});
+    auto log = store_->audit_log(3);
+    ASSERT_EQ(log.size(), 3u);
+    EXPECT_EQ(log[0].action, "act4");
+    EXPECT_EQ(log[2].action, "act2");
+}
+
+TEST_F(StoreTest, ADomainWithQueuedMailCannotBeRemoved) {
+    StoredDomain d{"shop.test", "mx.shop.test:25", "any", false, 0, "ann", from_unix(1)};
+    EXPECT_TRUE(store_->add_domain(d));
+    EXPECT_FALSE(store_->add_domain(d));
+    d.greylisting = true;
+    d.max_message_size = 4096;
+    store_->update_domain(d);
+    auto all = store_->domains();
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_TRUE(all[0].greylisting);
+    EXPECT_EQ(all[0].max_message_size, 4096);
+    auto m = msg("E000000000000001", {"bob@shop.test"});
+    m.domain = "shop.test";
+    store_->insert({&m});
+    EXPECT_EQ(store_->remove_domain("shop.test"), 1);  // refused: one message queued
+    EXPECT_EQ(store_->domains().size(), 1u);
+    EXPECT_TRUE(store_->remove("E000000000000001"));
+    EXPECT_EQ(store_->remove_domain("shop.test"), 0);
+    EXPECT_TRUE(store_->domains().empty());
+}
+
+TEST_F(StoreTest, OutagesOpenCloseAndDrain) {
+    store_->outage_begin("a.test", from_unix(1000), 0);
+    store_->outage_begin("a.test", from_unix(1005), 0);  // one open outage at a time
+    auto o = store_->outages("a.test", 10);
+    ASSERT_EQ(o.size(), 1u);
+    EXPECT_FALSE(o[0].end);
+    store_->outage_end("a.test", from_unix(1100), 7);
+    store_->outage_drained("a.test", from_unix(1130));
+    o = store_->outages("a.test", 10);
+    ASSERT_EQ(o.size(), 1u);
+    EXPECT_EQ(to_unix(*o[0].end), 1100);
+    EXPECT_EQ(o[0].messages_held, 7);
+    EXPECT_EQ(o[0].drain_seconds.value_or(-1), 30);
+    EXPECT_TRUE(store_->outages("b.test", 10).empty());
+}
+
+TEST_F(StoreTest, QueuePagesFiltersSummariesHoldAndHistory) {
+    std::vector<NewMessage> ms;
+    for (int i = 0; i < 5; ++i) {
+        auto m = msg("E00000000000000" + std::to_string(i),
+                     {"rcpt" + std::to_string(i) + "@" + (i < 3 ? "a.test" : "b.test")});
+        m.domain = i < 3 ? "a.test" : "b.test";
+        m.sender = i % 2 ? "Odd@Sender.test" : "even@sender.test";
+        m.received_at = from_unix(1000 + i);
+        ms.push_back(m);
+    }
+    std::vector<const NewMessage*> batch;
+    for (auto& m : ms) batch.push_back(&m);
+    store_->insert(batch);
+
+    QueueFilter f;
+    f.domains = {"a.test"};
+    f.limit = 2;
+    auto p1 = store_->queue_page(f);
+    ASSERT_EQ(p1.size(), 2u);
+    f.after = p1.back().id;
+    auto p2 = store_->queue_page(f);
+    ASSERT_EQ(p2.size(), 1u);
+    EXPECT_EQ(p2[0].id, "E000000000000002");
+
+    QueueFilter s;
+    s.sender = "odd@";  // case-insensitive substring
+    EXPECT_EQ(store_->queue_page(s).size(), 2u);
+    QueueFilter r;
+    r.recipient = "RCPT4";
+    ASSERT_EQ(store_->queue_page(r).size(), 1u);
+    QueueFilter old;
+    old.received_before = from_unix(1001);
+    EXPECT_EQ(store_->queue_page(old).size(), 2u);
+
+    EXPECT_TRUE(store_->set_held("E000000000000003", "held by ann"));
+    EXPECT_FALSE(store_->set_held("EFFFFFFFFFFFFFFF", "x"));
+    QueueFilter held;
+    held.state = "held";
+    ASSERT_EQ(store_->queue_page(held).size(), 1u);
+    EXPECT_EQ(store_->load_head("E000000000000003")->held, "held by ann");
+
+    AttemptUpdate u{"E000000000000000",
+                    {{"rcpt0@a.test", RcptStatus::Pending, "451 busy"}},
+                    from_unix(5000),
+                    "451 busy"};
+    store_->record_attempt(u);
+    auto h = store_->history("E000000000000000");
+    ASSERT_EQ(h.size(), 1u);
+    EXPECT_EQ(h[0].result, "rcpt0@a.test deferred: 451 busy");
+
+    auto sums = store_->queue_summary();
+    ASSERT_EQ(sums.size(), 2u);
+    EXPECT_EQ(sums[0].domain, "a.test");
+    EXPECT_EQ(sums[0].messages, 3);
+    EXPECT_EQ(to_unix(*sums[0].oldest), 1000);
+    EXPECT_EQ(sums[0].last_error, "451 busy");
+    EXPECT_EQ(sums[1].held, 1);
+}

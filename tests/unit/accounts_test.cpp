@@ -1,0 +1,75 @@
+#include "accounts/accounts.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace bmx;
+using namespace bmx::accounts;
+
+TEST(Accounts, PasswordsAreArgon2idAndVerify) {
+    const auto h = hash_password("correct horse");
+    EXPECT_TRUE(h.starts_with("$argon2id$"));
+    EXPECT_EQ(h.find("correct horse"), std::string::npos);
+    EXPECT_TRUE(verify_password(h, "correct horse"));
+    EXPECT_FALSE(verify_password(h, "correct horse "));
+    EXPECT_FALSE(verify_password("", "x"));
+    EXPECT_FALSE(verify_password("not a hash", "x"));
+    EXPECT_NE(hash_password("correct horse"), h);  // salted
+}
+
+TEST(Accounts, NewSecretsAreRandomAndTokensHashed) {
+    const auto p = new_password();
+    EXPECT_EQ(p.size(), 20u);
+    EXPECT_NE(p, new_password());
+    const auto t = random_token();
+    EXPECT_GE(t.size(), 43u);
+    EXPECT_EQ(
+        t.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"),
+        std::string::npos);
+    EXPECT_EQ(token_hash("abc"),
+              "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    EXPECT_TRUE(same_secret("abc", "abc"));
+    EXPECT_FALSE(same_secret("abc", "abd"));
+    EXPECT_FALSE(same_secret("", ""));  // an empty secret never matches
+    EXPECT_FALSE(same_secret("abc", "abcd"));
+}
+
+TEST(Accounts, SessionsEndIdleAndOnLogout) {
+    Sessions s(Seconds(60));
+    const auto id = s.create("ann");
+    const auto* one = s.find(id);
+    ASSERT_NE(one, nullptr);
+    EXPECT_EQ(one->user, "ann");
+    EXPECT_FALSE(one->csrf.empty());
+    EXPECT_EQ(s.find("forged"), nullptr);
+    EXPECT_EQ(s.find(""), nullptr);
+    set_time_offset(Seconds(61));  // idle longer than allowed
+    EXPECT_EQ(s.find(id), nullptr);
+    set_time_offset(Seconds(0));
+    const auto again = s.create("ann");
+    s.end(again);
+    EXPECT_EQ(s.find(again), nullptr);
+    const auto a = s.create("bob"), b = s.create("bob");
+    s.end_user("bob");
+    EXPECT_EQ(s.find(a), nullptr);
+    EXPECT_EQ(s.find(b), nullptr);
+}
+
+TEST(Accounts, FailedLoginsBlockAnAddressAndAnAccountForAWhile) {
+    LoginLimiter l(3, Seconds(300));
+    const auto t = from_unix(1000);
+    for (int i = 0; i < 2; ++i) l.failed("192.0.2.1", "ann", t);
+    EXPECT_FALSE(l.blocked("192.0.2.1", "ann", t));
+    l.failed("192.0.2.1", "ann", t);  // the third: at the limit
+    EXPECT_TRUE(l.blocked("192.0.2.1", "ann", t));
+    EXPECT_TRUE(l.blocked("192.0.2.9", "ann", t));  // the account, from elsewhere too
+    EXPECT_TRUE(l.blocked("192.0.2.1", "bob", t));  // the address, for another account too
+    EXPECT_FALSE(l.blocked("192.0.2.9", "bob", t));
+    EXPECT_FALSE(l.blocked("192.0.2.1", "ann", t + Seconds(301)));  // the window passed
+}
+
+TEST(Accounts, Roles) {
+    EXPECT_EQ(parse_role("operator"), Role::Operator);
+    EXPECT_EQ(parse_role("customer"), Role::Customer);
+    EXPECT_FALSE(parse_role("admin"));
+    EXPECT_STREQ(to_string(Role::Customer), "customer");
+}
