@@ -26,8 +26,13 @@ $(TLS_DIR)/cert.pem:
 	chmod 600 $(TLS_DIR)/key.pem
 
 # Starts backupmx in the foreground on the demo config (SMTP on 127.0.0.1:2525, SQLite under var/).
+# The first run creates the operator account `admin` and prints its one-time password (for the
+# panel on http://127.0.0.1:8025); later runs keep it.
 run: build $(TLS_DIR)/cert.pem
 	./$(BUILD)/backupmx check-config --config $(CONFIG)
+	@./$(BUILD)/backupmx admin add-user admin --role operator --config $(CONFIG) 2>/dev/null \
+	  && echo "web panel: http://127.0.0.1:8025/ (user admin, the password above)" \
+	  || echo "web panel: http://127.0.0.1:8025/ (user admin; password printed by the first make run)"
 	exec ./$(BUILD)/backupmx serve --config $(CONFIG)
 
 # Every test: unit (plain and ASan/UBSan) and end-to-end with real peers. ctest prints the summary.
