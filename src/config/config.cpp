@@ -506,9 +506,8 @@ Config parse_config(std::string_view text) {
             DomainConfig dc;
             dc.policy = c.policy;
             parse_domain_policy(*t, w, dc.policy);
-            dc.policy.max_message_size = static_cast<std::uint64_t>(
-                get_int(*t, w, "max_message_size", 0, 1024,
-                        static_cast<std::int64_t>(c.max_message_size)));
+            dc.policy.max_message_size = static_cast<std::uint64_t>(get_int(
+                *t, w, "max_message_size", 0, 1024, static_cast<std::int64_t>(c.max_message_size)));
             dc.name = to_lower(get_string(*t, w, "name", ""));
             if (dc.name.ends_with('.')) dc.name.pop_back();
             if (!valid_domain_name(dc.name)) fail(w + "name", "must be a domain name");

@@ -33,7 +33,7 @@ struct DomainPolicy {
     std::vector<std::string> recipient_list;  // "user@domain" or "*@domain", lower case
     bool verify_unknown_accept = true;        // primary down, never seen: accept or 451
     bool greylisting = false;
-    std::vector<std::string> milters;  // "inet:host:port" / "unix:/path", in order
+    std::vector<std::string> milters;    // "inet:host:port" / "unix:/path", in order
     std::uint64_t max_message_size = 0;  // a domain's own, below [smtp]'s; 0: [smtp]'s
 };
 

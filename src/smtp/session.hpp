@@ -62,7 +62,7 @@ class Session {
     std::string helo_;
     bool esmtp_ = false;
     std::optional<Address> sender_;
-    Address pending_sender_;  // parsed MAIL FROM, while SPF is checked
+    Address pending_sender_;           // parsed MAIL FROM, while SPF is checked
     std::uint64_t declared_size_ = 0;  // MAIL FROM's SIZE= (RFC 1870), 0 when none
     // A 552 reply when `size` passes a recipient domain's own max_message_size, else "".
     std::string over_domain_limit(std::uint64_t size) const;

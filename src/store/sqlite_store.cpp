@@ -142,6 +142,10 @@ class Stmt {
         step();
         reset();
     }
+    bool run_changed() {  // runs; true when a row was inserted, changed or deleted
+        run();
+        return sqlite3_changes(sqlite3_db_handle(s_)) > 0;
+    }
     void reset() {
         sqlite3_reset(s_);
         sqlite3_clear_bindings(s_);
@@ -345,8 +349,7 @@ class SqliteStore final : public Store {
     bool remove(const std::string& id) override {
         Stmt d(db_, "DELETE FROM messages WHERE id = ?");
         d.bind(1, id);
-        d.run();
-        return sqlite3_changes(db_) > 0;
+        return d.run_changed();
     }
 
     GreyVerdict greylist(const std::string& network, const std::string& sender,
@@ -485,8 +488,7 @@ class SqliteStore final : public Store {
     bool set_held(const std::string& id, const std::string& reason) override {
         Stmt s(db_, "UPDATE messages SET held = ? WHERE id = ?");
         s.bind(1, reason).bind(2, id);
-        s.run();
-        return sqlite3_changes(db_) > 0;
+        return s.run_changed();
     }
 
     bool add_account(const Account& a) override {
@@ -547,8 +549,7 @@ class SqliteStore final : public Store {
     bool remove_token(const std::string& user, const std::string& id) override {
         Stmt s(db_, "DELETE FROM api_tokens WHERE name = ? AND id = ?");
         s.bind(1, user).bind(2, id);
-        s.run();
-        return sqlite3_changes(db_) > 0;
+        return s.run_changed();
     }
 
     void audit(const AuditEntry& e) override {
