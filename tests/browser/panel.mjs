@@ -23,11 +23,29 @@
 //   flush domain                      press #flush                      -> status | error
 //   delete_domain domain [accept]     press #delete-domain, confirm()   -> deleted, error, dialog
 //   delete_message domain [id] [accept]   press a .delete-message       -> deleted, error
+//   filter_messages domain [sender] [recipient] [state]   type into #filter-sender and
+//                                     #filter-recipient, pick #filter-state (all|queued|held;
+//                                     all by default), wait for the list to show them
+//                                     -> filter (the list's query), messages, state
+//   wait_refresh domain [timeout_ms]  on the domain page, no action: waits for the panel's own
+//                                     next refresh  -> domain facts + filters (the inputs)
+//   open_message domain id            press the id's .message-open, wait for #message
+//                                     -> message (see `message`), url
+//   message                           the open message view (#message) -> open, id, state,
+//                                     facts, sender, recipients [{address, status,
+//                                     last_reply}], headers, headers_box, history [{time,
+//                                     result}], buttons (the visible ones), status, error
+//   message_action action [accept]    press #message-<hold|release|bounce|delete> in the open
+//                                     message, answer its confirm(), wait for the outcome
+//                                     (held, queued, or the view closed and the row gone)
+//                                     -> status, error, dialog, message, messages
 //   viewport width height             resize the page
 //   metrics                           scrollWidth, clientWidth, innerWidth (horizontal scroll?)
 //   screenshot name [full_page]       DIR/<name>.png                    -> path
 //   errors                            page errors, console errors, failed HTTP calls, dialogs,
 //                                     requests that tried to leave the server's origin
+//   api_calls [since]                 the panel's calls to /api/ so far (from index since):
+//                                     calls [{method, url (path?query), csrf (header sent)}]
 //   quit                              closes the browser and exits
 // The browser runs in a fresh context (no cookies, no cache) and may only reach --base: every
 // other request is aborted and listed by `errors`.
@@ -58,7 +76,7 @@ function log(...a) { process.stderr.write(`panel.mjs: ${a.join(' ')}\n`); }
 const opts = parseArgs(process.argv.slice(2));
 const base = opts.base;
 const artefacts = opts.artefacts || path.join(process.cwd(), 'panel-artefacts');
-const seen = { pageErrors: [], console: [], http: [], external: [], dialogs: [] };
+const seen = { pageErrors: [], console: [], http: [], external: [], dialogs: [], api: [] };
 let acceptDialogs = true;
 let browser;
 let page;
@@ -99,6 +117,13 @@ async function launch() {
   page.on('console', m => {
     if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) {
       seen.console.push(m.text());
+    }
+  });
+  page.on('request', r => {
+    const u = new URL(r.url());
+    if (u.origin === origin && u.pathname.startsWith('/api/')) {
+      seen.api.push({ method: r.method(), url: u.pathname + u.search,
+        csrf: !!r.headers()['x-csrf-token'] });
     }
   });
   page.on('response', r => {
@@ -199,6 +224,50 @@ async function actionOutcome(act, until) {
   }
   return { status: (await text('#action-status')) || '',
     error: (await text('#action-error')) || '' };
+}
+
+// The filter query the panel shows in #queue-table[data-filter], for these filter values.
+function filterQuery({ sender = '', recipient = '', state = 'all' }) {
+  const p = new URLSearchParams();
+  if (String(sender).trim()) p.set('sender', String(sender).trim());
+  if (String(recipient).trim()) p.set('recipient', String(recipient).trim());
+  if (state && state !== 'all') p.set('state', String(state));
+  return p.toString();
+}
+
+async function messageFacts() {
+  return page.evaluate(() => {
+    const card = document.getElementById('message');
+    const t = s => { const n = card?.querySelector(s); return n ? n.textContent.trim() : ''; };
+    const visible = n => !!n && !n.closest('[hidden]') && n.getClientRects().length > 0;
+    if (!card || card.hidden) return { open: false };
+    const pre = document.getElementById('message-headers');
+    const cells = (sel, keys) => [...card.querySelectorAll(`${sel} tbody tr`)].map(r =>
+      Object.fromEntries(keys.map((k, i) => [k, (r.cells[i]?.textContent || '').trim()])));
+    return {
+      open: true,
+      id: card.dataset.id || null,
+      state: card.dataset.state || null,
+      loads: Number(card.dataset.loads || 0),
+      title: t('h2'),
+      sender: t('#message-sender'),
+      facts: Object.fromEntries([...card.querySelectorAll('dl.facts dt')].map(dt =>
+        [dt.textContent.trim().toLowerCase().replace(/ /g, '_'),
+          (dt.nextElementSibling?.textContent || '').trim()])),
+      recipients: cells('#message-recipients', ['address', 'status', 'last_reply']),
+      headers: pre && visible(pre) ? pre.textContent : '',
+      headers_box: pre ? {
+        tag: pre.tagName.toLowerCase(), scrollWidth: pre.scrollWidth,
+        clientWidth: pre.clientWidth, scrollHeight: pre.scrollHeight,
+        clientHeight: pre.clientHeight, overflowY: getComputedStyle(pre).overflowY,
+        whiteSpace: getComputedStyle(pre).whiteSpace } : null,
+      history: cells('#message-history', ['time', 'result']),
+      buttons: ['hold', 'release', 'bounce', 'delete']
+        .filter(b => visible(document.getElementById(`message-${b}`))),
+      status: t('#message-status'),
+      error: t('#message-error'),
+    };
+  });
 }
 
 // --- commands -----------------------------------------------------------------------------
@@ -340,6 +409,101 @@ const commands = {
     }
   },
 
+  async filter_messages({ domain, sender = '', recipient = '', state = 'all' }) {
+    await onDomainPage(String(domain));
+    const want = filterQuery({ sender, recipient, state });
+    await page.fill('#filter-sender', String(sender));
+    await page.fill('#filter-recipient', String(recipient));
+    await page.selectOption('#filter-state', String(state));
+    try {
+      await page.waitForFunction(q => {
+        const t = document.getElementById('queue-table');
+        return t && t.dataset.filter === q;
+      }, want);
+    } catch (e) {
+      const f = await domainFacts();
+      return { ...f, ok: false, error: `the list did not show the filter ${want} in time`,
+        filter: await page.$eval('#queue-table', t => t.dataset.filter).catch(() => null) };
+    }
+    return { ...(await domainFacts()), filter: want };
+  },
+
+  async wait_refresh({ domain, timeout_ms }) {
+    await onDomainPage(String(domain));
+    const limit = Math.min(Number(timeout_ms) || WAIT_MS, WAIT_MS);
+    const before = await page.$eval('#view', v => Number(v.dataset.loads || 0));
+    await page.waitForFunction(b => Number(document.getElementById('view').dataset.loads) > b,
+      before, { timeout: limit });
+    const filters = await page.evaluate(() => ({
+      sender: document.getElementById('filter-sender')?.value ?? null,
+      recipient: document.getElementById('filter-recipient')?.value ?? null,
+      state: document.getElementById('filter-state')?.value ?? null,
+      list: document.getElementById('queue-table')?.dataset.filter ?? null,
+    }));
+    return { ...(await domainFacts()), filters };
+  },
+
+  async open_message({ domain, id }) {
+    await onDomainPage(String(domain));
+    const sel = `#queue-table .message-open[data-id="${CSS_escape(String(id))}"]`;
+    await page.click(sel);
+    await page.waitForFunction(i => {
+      const c = document.getElementById('message');
+      return c && !c.hidden && c.dataset.id === i && c.dataset.state !== 'loading'
+        && Number(c.dataset.loads) > 0;
+    }, String(id));
+    return { message: await messageFacts(), url: page.url() };
+  },
+
+  async message() {
+    return messageFacts();
+  },
+
+  async message_action({ action, accept = true }) {
+    if (!['hold', 'release', 'bounce', 'delete'].includes(action)) {
+      throw new Error(`unknown message action ${action}`);
+    }
+    const id = await page.$eval('#message', c => (c.hidden ? '' : c.dataset.id || ''))
+      .catch(() => '');
+    if (!id) throw new Error('no message is open');
+    const ids = ['message-status', 'message-error', 'action-status', 'action-error'];
+    await page.evaluate(ns => {
+      for (const n of ns) { const e = document.getElementById(n); if (e) e.textContent = ''; }
+    }, ids);
+    acceptDialogs = !!accept;
+    const dialogs = seen.dialogs.length;
+    try {
+      await page.click(`#message-${action}`);
+      if (accept) {
+        await page.waitForFunction(([a, i]) => {
+          if (document.getElementById('message-error')?.textContent
+            || document.getElementById('action-error')?.textContent) return true;
+          const c = document.getElementById('message');
+          if (a === 'hold' || a === 'release') {
+            return c && !c.hidden && c.dataset.id === i
+              && c.dataset.state === (a === 'hold' ? 'held' : 'queued')
+              && !!document.getElementById('message-status')?.textContent;
+          }
+          const row = [...document.querySelectorAll('#queue-table tr.message')]
+            .some(r => r.dataset.id === i);
+          return (!c || c.hidden) && !row
+            && !!document.getElementById('action-status')?.textContent;
+        }, [action, id]);
+      }
+      const text = async s => (await page.$eval(s, n => n.textContent.trim()).catch(() => ''));
+      return {
+        id,
+        status: (await text('#message-status')) || (await text('#action-status')),
+        error: (await text('#message-error')) || (await text('#action-error')),
+        dialog: seen.dialogs[dialogs] || null,
+        message: await messageFacts(),
+        messages: (await domainFacts()).messages,
+      };
+    } finally {
+      acceptDialogs = true;
+    }
+  },
+
   async viewport({ width, height }) {
     await page.setViewportSize({ width: Number(width), height: Number(height) });
     return { width: Number(width), height: Number(height) };
@@ -360,6 +524,10 @@ const commands = {
     const file = path.join(artefacts, `${name}.png`);
     await page.screenshot({ path: file, fullPage: !!full_page, timeout: WAIT_MS });
     return { path: file };
+  },
+
+  async api_calls({ since = 0 }) {
+    return { calls: seen.api.slice(Number(since) || 0), count: seen.api.length };
   },
 
   async errors() {

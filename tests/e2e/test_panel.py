@@ -1,6 +1,7 @@
 """The web panel in a real browser: an operator adds a domain and sees the MX record to publish,
 watches mail pile up while the primary is down, flushes it once the primary is back; a customer
-sees its own domain and nothing else. Debian's chromium, driven by tests/browser/panel.mjs
+sees its own domain and nothing else; an operator finds single messages with the filters, opens
+one (envelope, recipients, headers, history), holds, releases, bounces and deletes. Debian's chromium, driven by tests/browser/panel.mjs
 (playwright-core) over stdin/stdout; screenshots of every page go to $BMX_ARTEFACTS or
 build/artefacts/panel/ and are kept. Without node, chromium or playwright-core the test fails,
 it does not skip.
@@ -19,7 +20,7 @@ import urllib.parse
 import urllib.request
 
 from dnsserver import DnsServer
-from harness import E2ETest, free_port, main, port_open, wait_until
+from harness import E2ETest, ScriptedPrimary, free_port, main, port_open, wait_until
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DRIVER = os.path.join(ROOT, "tests", "browser", "panel.mjs")
@@ -313,6 +314,173 @@ class PanelTest(E2ETest):
         cust = Session(self.base, "carl", cust_password)
         self.assertEqual(cust.call("GET", "/api/v1/domains/shop.test")[0], 404)
         self.assertEqual(cust.call("GET", "/api/v1/domains/nonexistent.test")[0], 404)
+        self.assert_clean(panel)
+
+    def test_operator_finds_holds_bounces_and_deletes_messages(self):
+        password = self.user("ann", "--role", "operator")
+        op = Session(self.base, "ann", password)
+        status, body = op.call("POST", "/api/v1/domains",
+                               {"name": "shop.test", "primary": f"127.0.0.1:{self.primary_port}"})
+        self.assertEqual(status, 201, body)
+
+        # Three messages while the primary is down; a long header line must wrap in the view.
+        long_ref = "<" + "r" * 300 + "@sender.test>"
+        mails = [("alice@sender.test", ["bob@shop.test"], "invoice 2041"),
+                 ("carol@other.test", ["dave@shop.test", "erin@shop.test"], "meeting notes"),
+                 ("frank@third.test", ["bob@shop.test"], "newsletter")]
+        s = self.b.smtp()
+        for sender, rcpts, subject in mails:
+            s.sendmail(sender, rcpts,
+                       f"From: {sender}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
+                       f"References: {long_ref}\r\n\r\nthe body of {subject}\r\n")
+        s.quit()
+        listed = wait_until(lambda: (lambda q: q if len(q) == 3 else None)(
+            op.call("GET", "/api/v1/queue?domain=shop.test")[1]["messages"]),
+            what="three messages queued for shop.test")
+        ids = {m["sender"]: m["id"] for m in listed}
+        a, b, c = (ids[m[0]] for m in mails)
+        self.assertEqual(sorted(ids.values()), [m["id"] for m in listed])
+        # A delivery history to show: the primary comes back for a moment, takes dave's copy
+        # and defers the rest (a flush brings its probe forward), then is down again (a flush:
+        # connection refused). Nothing is attempted while it is known down.
+        def attempts(n):
+            return lambda: all(m["attempts"] >= n for m in op.call(
+                "GET", "/api/v1/queue?domain=shop.test")[1]["messages"])
+        busy = ScriptedPrimary(port=self.primary_port, answer=lambda rcpt: "250 2.1.5 Ok"
+                               if rcpt == "dave@shop.test" else "451 4.2.0 mailbox busy").start()
+        self.assertEqual(op.call("POST", "/api/v1/domains/shop.test/flush")[0], 200)
+        wait_until(attempts(1), timeout=15, interval=0.2, what="an attempt at the primary")
+        busy.stop()
+        self.assertEqual(op.call("POST", "/api/v1/domains/shop.test/flush")[0], 200)
+        wait_until(attempts(2), timeout=15, interval=0.2, what="a second attempt")
+        wait_until(lambda: op.call("GET", "/api/v1/domains/shop.test")[1]["primary_state"]
+                   ["state"] == "down", timeout=15, what="the primary to be down again")
+
+        panel = self.browser()
+        panel.do("login", user="ann", password=password)
+        r = panel.do("wait_queue_count", domain="shop.test", count=3, timeout_ms=15000)
+        self.assertEqual(len(r["messages"]), 3)
+        calls = panel.do("api_calls")["count"]
+
+        # The filters narrow the list: substrings of the address, any case; state.
+        def rows(**f):
+            r = panel.do("filter_messages", domain="shop.test", **f)
+            return [m["id"] for m in r["messages"]]
+        self.assertEqual(rows(sender="alice"), [a])
+        self.assertEqual(rows(sender="ALICE@Sender.TEST"), [a])
+        self.assertEqual(rows(recipient="bob@"), sorted([a, c]))
+        self.assertEqual(rows(recipient="ERIN"), [b])
+        self.assertEqual(rows(sender="sender.test", recipient="bob", state="queued"), [a])
+        self.assertEqual(rows(state="held"), [])
+        self.assertEqual(rows(sender="nobody"), [])
+        # The periodic refresh keeps them (the inputs and the list).
+        self.assertEqual(rows(recipient="bob"), sorted([a, c]))
+        r = panel.do("wait_refresh", domain="shop.test", timeout_ms=15000)
+        self.assertEqual([m["id"] for m in r["messages"]], sorted([a, c]))
+        self.assertEqual(r["filters"], {"sender": "", "recipient": "bob", "state": "all",
+                                        "list": "recipient=bob"})
+        self.assertEqual(r["queue_count"], 3, "the domain's count is not filtered")
+        queue_calls = [x["url"] for x in panel.do("api_calls", since=calls)["calls"]
+                       if x["url"].startswith("/api/v1/queue?")]
+        for q in ("sender=alice", "sender=ALICE%40Sender.TEST", "recipient=bob%40",
+                  "sender=sender.test&recipient=bob&state=queued", "state=held"):
+            self.assertTrue(any(q in u for u in queue_calls), f"no queue call with {q}: "
+                            f"{queue_calls}")
+        self.assertEqual(rows(), sorted([a, b, c]))
+
+        # Opening a message: envelope, recipients with their state, the header block.
+        r = panel.do("open_message", domain="shop.test", id=a)["message"]
+        self.assertEqual((r["open"], r["id"], r["state"]), (True, a, "queued"), r)
+        self.assertEqual(r["sender"], "alice@sender.test")
+        self.assertIn("Subject: invoice 2041", r["headers"])
+        self.assertIn(long_ref, r["headers"])
+        self.assertNotIn("the body of", r["headers"])
+        api = op.call("GET", f"/api/v1/messages/{a}")[1]
+        self.assertEqual([(x["address"], x["status"], x["last_reply"]) for x in r["recipients"]],
+                         [("bob@shop.test", "pending", api["recipients_state"][0]["last_reply"]
+                           or "—")])
+        for k in ("size", "received", "attempts", "next_attempt", "state"):
+            self.assertIn(k, r["facts"], r["facts"])
+        self.assertEqual(r["buttons"], ["hold", "bounce", "delete"])
+        box = r["headers_box"]
+        self.assertEqual((box["tag"], box["whiteSpace"], box["overflowY"]),
+                         ("pre", "pre-wrap", "auto"), box)
+        self.assertLessEqual(box["scrollWidth"], box["clientWidth"], "long header lines wrap")
+        self.assertGreaterEqual(len(api["history"]), 2, api)
+        self.assertEqual([x["result"] for x in r["history"]],
+                         [x["result"] for x in api["history"]])
+        self.assertTrue(any("451" in x["result"] for x in r["history"]), r["history"])
+        self.assertTrue(all(x["time"] and x["result"] for x in r["history"]), r["history"])
+        self.assertEqual(r["facts"]["attempts"], str(api["attempts"]))
+        self.shot(panel, "12-message-view")
+
+        panel.do("viewport", width=375, height=800)
+        r = panel.do("open_message", domain="shop.test", id=a)["message"]
+        self.assertEqual(r["id"], a)
+        self.assert_no_horizontal_scroll(panel, "the domain page with a message open")
+        self.assertLessEqual(r["headers_box"]["scrollWidth"], r["headers_box"]["clientWidth"])
+        self.shot(panel, "13-message-view-phone", full_page=False)
+        panel.do("viewport", width=1400, height=900)
+
+        # Hold, then release: the view, the list and the API agree.
+        r = panel.do("message_action", action="hold")
+        self.assertEqual(r["error"], "", r)
+        self.assertEqual((r["message"]["state"], r["message"]["buttons"]),
+                         ("held", ["release", "bounce", "delete"]), r["message"])
+        self.assertIn("held by ann", r["message"]["facts"]["state"])
+        st = op.call("GET", f"/api/v1/messages/{a}")[1]
+        self.assertEqual((st["state"], st["held_reason"]), ("held", "held by ann"))
+        self.assertEqual(rows(state="held"), [a])
+        self.assertEqual(panel.do("message")["id"], a, "filtering keeps the message open")
+        r = panel.do("message_action", action="release")
+        self.assertEqual(r["error"], "", r)
+        self.assertEqual((r["message"]["state"], r["message"]["buttons"]),
+                         ("queued", ["hold", "bounce", "delete"]), r["message"])
+        st = op.call("GET", f"/api/v1/messages/{a}")[1]
+        self.assertEqual((st["state"], st["held_reason"]), ("queued", ""))
+        self.assertEqual(rows(state="held"), [])
+        self.assertEqual(rows(), sorted([a, b, c]))
+
+        # Bounce asks first (a DSN goes to the sender); said no, nothing happens.
+        r = panel.do("message_action", action="bounce", accept=False)
+        self.assertIn("DSN", r["dialog"])
+        self.assertIn("alice@sender.test", r["dialog"])
+        self.assertEqual(r["message"]["id"], a)
+        self.assertEqual(op.call("GET", f"/api/v1/messages/{a}")[0], 200)
+        r = panel.do("message_action", action="bounce")
+        self.assertEqual(r["error"], "", r)
+        self.assertFalse(r["message"]["open"], "the view closes after a bounce")
+        self.assertNotIn(a, [m["id"] for m in r["messages"]])
+        self.assertIn("bounced", r["status"])
+        self.assertEqual(op.call("GET", f"/api/v1/messages/{a}")[0], 404)
+        status, q = op.call("GET", "/api/v1/queue?domain=sender.test")
+        self.assertEqual(status, 200, q)
+        self.assertEqual([(m["sender"], m["recipients"]) for m in q["messages"]],
+                         [("", ["alice@sender.test"])], "one DSN to alice, from <>")
+
+        # Delete another one.
+        r = panel.do("open_message", domain="shop.test", id=b)["message"]
+        self.assertEqual([(x["address"], x["status"]) for x in r["recipients"]],
+                         [("dave@shop.test", "delivered"), ("erin@shop.test", "pending")])
+        self.assertIn("Subject: meeting notes", r["headers"])
+        r = panel.do("message_action", action="delete")
+        self.assertEqual(r["error"], "", r)
+        self.assertIn("without a bounce", r["dialog"])
+        self.assertFalse(r["message"]["open"], "the view closes after a delete")
+        self.assertEqual([m["id"] for m in r["messages"]], [c])
+        self.assertEqual(op.call("GET", f"/api/v1/messages/{b}")[0], 404)
+        self.assertEqual([m["id"] for m in op.call("GET", "/api/v1/queue?domain=shop.test")[1]
+                          ["messages"]], [c])
+        self.assertEqual(panel.do("wait_queue_count", domain="shop.test", count=1)["rows"], 1)
+
+        # Every state-changing call carried the CSRF header; no body was ever asked for.
+        made = panel.do("api_calls")["calls"]
+        changes = [x for x in made if x["method"] != "GET"]
+        self.assertEqual(sorted({(x["method"], x["url"].rsplit("/", 1)[-1]) for x in changes}),
+                         [("DELETE", b), ("POST", "bounce"), ("POST", "hold"),
+                          ("POST", "release")])
+        self.assertTrue(all(x["csrf"] for x in changes), changes)
+        self.assertFalse([x for x in made if "body=" in x["url"]], "the panel asked for a body")
         self.assert_clean(panel)
 
 
