@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -64,7 +65,7 @@ int serve(Config cfg) {
     apply_time_offset();
     raise_fd_limit();
     asio::io_context io(1);
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     // The domains added at run time, loaded before the first SMTP session can ask for them.
     Domains domains(cfg);
     domains.load(store->domains());
@@ -95,6 +96,21 @@ int serve(Config cfg) {
             const auto n = scheduler.flush(node);
             co_return smtp::EtrnAnswer{n ? K::Started : K::NothingWaiting, ""};
         });
+    // The store's domains, read again (the CLI or another node of a fleet changed them).
+    auto reload_domains = [&]() -> asio::awaitable<void> {
+        const std::function<std::vector<StoredDomain>(Store&)> read = [](Store& s) {
+            return s.domains();
+        };
+        try {
+            auto all = co_await queue->call(read);
+            const auto before = domains.size();
+            domains.load(all);
+            if (domains.size() != before)
+                spdlog::info("domains reloaded: {} added at run time", domains.size());
+        } catch (const std::exception& e) {
+            spdlog::error("domains not reloaded: {}", e.what());
+        }
+    };
     control::Server ctl(io, cfg.control_socket, [&](const std::string& line) -> std::string {
         if (line == "ping") return "pong";
         if (line == "flush" || line.starts_with("flush ")) {
@@ -140,21 +156,7 @@ int serve(Config cfg) {
             return boost::json::serialize(all);
         }
         if (line == "domains") {  // the CLI changed the store's domains: read them again
-            asio::co_spawn(
-                io,
-                [&]() -> asio::awaitable<void> {
-                    const std::function<std::vector<StoredDomain>(Store&)> read = [](Store& s) {
-                        return s.domains();
-                    };
-                    try {
-                        auto all = co_await queue->call(read);
-                        domains.load(all);
-                        spdlog::info("domains reloaded: {} added at run time", domains.size());
-                    } catch (const std::exception& e) {
-                        spdlog::error("domains not reloaded: {}", e.what());
-                    }
-                },
-                asio::detached);
+            asio::co_spawn(io, reload_domains(), asio::detached);
             return "ok";
         }
         return "error unknown command";
@@ -165,6 +167,20 @@ int serve(Config cfg) {
     ctl.start();
     if (!cfg.admin_listen.empty()) console.start();
     asio::co_spawn(io, scheduler.run(), asio::detached);
+    asio::steady_timer domains_timer(io);
+    if (is_pg_url(cfg.store))  // a fleet: what another node's operator adds is served here soon
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                for (;;) {
+                    domains_timer.expires_after(std::chrono::seconds(5));
+                    auto [ec] =
+                        co_await domains_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+                    if (ec) co_return;
+                    co_await reload_domains();
+                }
+            },
+            asio::detached);
     spdlog::info("backupmx ready: hostname={} domains={} store={} control={}", cfg.hostname,
                  cfg.domains.size() + domains.size(), cfg.store, cfg.control_socket);
 
@@ -177,6 +193,7 @@ int serve(Config cfg) {
         smtp.stop();
         ctl.stop();
         console.stop();
+        domains_timer.cancel();
         scheduler.stop();
         resolver.stop();
         grace.expires_after(std::chrono::seconds(20));
@@ -213,7 +230,7 @@ std::string age_text(TimePoint t) {
 }
 
 int queue_list(const Config& cfg, bool json, const std::string& domain) {
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     auto rows = store->list();
     if (!domain.empty())
         std::erase_if(rows, [&](const QueueRow& r) { return !iequals(r.domain, domain); });
@@ -315,7 +332,7 @@ int add_user(const Config& cfg, const std::string& name, const std::string& role
     }
     if (role == "customer" && domains.empty())
         std::cerr << "note: this customer owns no domain yet (it may add its own)\n";
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     const std::string password = accounts::new_password();
     Account a{name, role, accounts::hash_password(password), domains, now()};
     if (!store->add_account(a)) {
@@ -345,7 +362,7 @@ int domain_add(const Config& cfg, std::string name, const std::string& primary,
         std::cerr << name << " is in the config file already\n";
         return 1;
     }
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     if (!owner.empty() && !store->account(owner)) {
         std::cerr << "no account " << owner << "\n";
         return 1;
@@ -368,7 +385,7 @@ int domain_list(const Config& cfg) {
     for (const auto& d : cfg.domains)
         std::cout << d.name << " primary=" << (d.primary ? d.primary->text() : "(MX records)")
                   << " source=config\n";
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     for (const auto& d : store->domains())
         std::cout << d.name << " primary=" << d.primary << " source=store\n";
     return 0;
@@ -376,7 +393,7 @@ int domain_list(const Config& cfg) {
 
 int domain_delete(const Config& cfg, std::string name) {
     name = to_lower(name);
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     bool found = false;
     for (const auto& d : store->domains()) found = found || d.name == name;
     if (!found) {
@@ -404,7 +421,7 @@ boost::json::object primary_states(const Config& cfg) {
 }
 
 int queue_summary(const Config& cfg, bool json) {
-    auto sums = open_sqlite_store(cfg.store_path())->queue_summary();
+    auto sums = open_store(cfg.store, cfg.node, cfg.lease)->queue_summary();
     const auto states = primary_states(cfg);
     const auto t = now();
     boost::json::array arr;
@@ -437,7 +454,7 @@ int queue_summary(const Config& cfg, bool json) {
 }
 
 int queue_show(const Config& cfg, const std::string& id) {
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     auto m = store->load_head(id);
     if (!m) {
         std::cerr << "no message " << id << " in the queue\n";
@@ -461,7 +478,7 @@ int queue_show(const Config& cfg, const std::string& id) {
 
 // hold | release | bounce, on the store; then the running server is told (when it runs).
 int queue_act(const Config& cfg, const std::string& action, const std::string& id) {
-    auto store = open_sqlite_store(cfg.store_path());
+    auto store = open_store(cfg.store, cfg.node, cfg.lease);
     auto m = store->load_head(id);
     if (!m) {
         std::cerr << "no message " << id << " in the queue\n";
@@ -576,6 +593,12 @@ int main(int argc, char** argv) {
     dom_del->add_option("--config", config_path, "config file")->required();
     dom_del->add_option("name", dom_name, "the mail domain")->required();
 
+    auto* store_cmd = app.add_subcommand("store", "the store itself");
+    store_cmd->require_subcommand(1);
+    auto* migrate_cmd = store_cmd->add_subcommand(
+        "migrate", "create or bring the store's schema up to date (serve does it too)");
+    migrate_cmd->add_option("--config", config_path, "config file")->required();
+
     CLI11_PARSE(app, argc, argv);
     if (*dns_cmd && dns_cmd->count("--config") == 0) {
         try {
@@ -607,6 +630,12 @@ int main(int argc, char** argv) {
         for (const auto& [name, a] : acts)
             if (*a) return queue_act(cfg, name, act_id);
         if (*add_user_cmd) return add_user(cfg, user_name, user_role, user_domains);
+        if (*migrate_cmd) {
+            open_store(cfg.store, cfg.node, cfg.lease);  // migrates as it opens
+            std::cout << "store " << (is_pg_url(cfg.store) ? "(PostgreSQL)" : cfg.store)
+                      << ": schema up to date\n";
+            return 0;
+        }
         if (*dom_add) return domain_add(cfg, dom_name, dom_primary, dom_owner);
         if (*dom_list) return domain_list(cfg);
         if (*dom_del) return domain_delete(cfg, dom_name);
@@ -623,7 +652,7 @@ int main(int argc, char** argv) {
             return r->starts_with("ok") ? 0 : 1;
         }
         if (*delete_cmd) {
-            auto store = open_sqlite_store(cfg.store_path());
+            auto store = open_store(cfg.store, cfg.node, cfg.lease);
             if (!store->remove(delete_id)) {
                 std::cerr << "no message " << delete_id << " in the queue\n";
                 return 1;

@@ -79,7 +79,7 @@ std::vector<std::string> Config::our_names() const {
 
 std::string Config::store_path() const {
     if (store.starts_with("sqlite:")) return store.substr(7);
-    return store;
+    return "";  // PostgreSQL: no file
 }
 
 const DomainConfig* Config::find_domain(std::string_view domain) const {
@@ -347,12 +347,21 @@ Config parse_config(std::string_view text) {
     }
     if (auto* q = table_of("queue")) {
         const std::string w = "queue.";
-        check_keys(*q, "queue",
-                   {"store", "max_age", "retry_min", "retry_max", "probe_interval",
-                    "max_concurrency", "initial_concurrency", "control_socket", "relayhost"});
+        check_keys(
+            *q, "queue",
+            {"store", "max_age", "retry_min", "retry_max", "probe_interval", "max_concurrency",
+             "initial_concurrency", "control_socket", "relayhost", "node", "lease"});
         c.store = get_string(*q, w, "store", c.store);
-        if (!c.store.starts_with("sqlite:") || c.store.size() <= 7)
-            fail("queue.store", "must be \"sqlite:PATH\" (PostgreSQL comes later)");
+        const bool pg = c.store.starts_with("postgresql://") || c.store.starts_with("postgres://");
+        if (!pg && (!c.store.starts_with("sqlite:") || c.store.size() <= 7))
+            fail("queue.store", "must be \"sqlite:PATH\" or a \"postgresql://...\" URI");
+        if (q->get("node")) {
+            c.node = get_string(*q, w, "node", "");
+            if (c.node.empty() || c.node.size() > 100)
+                fail("queue.node", "must be 1-100 characters");
+        }
+        c.lease = get_duration(*q, w, "lease", c.lease);
+        if (c.lease < Seconds(5)) fail("queue.lease", "must be at least 5s");
         c.max_age = get_duration(*q, w, "max_age", c.max_age);
         c.retry_min = get_duration(*q, w, "retry_min", c.retry_min);
         c.retry_max = get_duration(*q, w, "retry_max", c.retry_max);
@@ -537,7 +546,9 @@ Config parse_config(std::string_view text) {
             c.domains.push_back(std::move(dc));
         }
     }
+    if (c.node.empty()) c.node = c.hostname;
     if (c.control_socket.empty()) {
+        // beside the SQLite store; a fleet's node keeps it in the working directory
         auto dir = std::filesystem::path(c.store_path()).parent_path();
         c.control_socket =
             (dir.empty() ? std::filesystem::path(".") : dir).string() + "/control.sock";

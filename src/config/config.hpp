@@ -71,7 +71,12 @@ struct Config {
     std::uint32_t max_concurrency = 10;     // connections per primary at once
     std::uint32_t initial_concurrency = 2;  // slow start: grows while the primary keeps up
     std::string control_socket;             // default: beside the store, "<dir>/control.sock"
-    std::optional<HostPort> relayhost;      // where mail for other domains (DSNs) goes
+    // A fleet (PostgreSQL store): this node's name, owner of the messages it accepts (default:
+    // hostname; keep it stable across restarts), and how long its messages stay its own without
+    // a renewal before another node takes them over.
+    std::string node;
+    std::chrono::seconds lease{60};
+    std::optional<HostPort> relayhost;  // where mail for other domains (DSNs) goes
     // [delivery]
     std::uint16_t delivery_port = 25;  // port for MX-routed delivery (Postfix: smtp_tcp_port)
     std::chrono::seconds connect_timeout{30};

@@ -143,6 +143,7 @@ asio::awaitable<void> Scheduler::run() {
         loaded += page.rows.size();
         if (!page.more || stopping_) break;
     }
+    if (is_pg_url(cfg_.store)) spawn(fleet());
     malloc_trim(0);  // give the pages' transient memory back
     spdlog::info("scheduler: {} queued messages for {} destinations", loaded, dests_.size());
     while (!stopping_) {
@@ -175,6 +176,34 @@ std::size_t Scheduler::flush(const std::string& domain) {
     }
     wake();
     return n;
+}
+
+// A fleet's node: keeps its messages its own (renews their lease), and takes over the messages
+// of a node whose lease ran out (it died or lost the store), a page at a time.
+asio::awaitable<void> Scheduler::fleet() {
+    asio::steady_timer timer(io_);
+    while (!stopping_) {
+        timer.expires_after(
+            std::chrono::duration_cast<std::chrono::steady_clock::duration>(cfg_.lease / 3));
+        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec || stopping_) co_return;
+        const auto lease = cfg_.lease;
+        const std::function<std::vector<IndexEntry>(Store&)> work = [lease](Store& s) {
+            const auto t = now();
+            s.renew_lease(t + lease);
+            return s.take_over(t, 1000);
+        };
+        try {
+            auto taken = co_await queue_.call(work);
+            for (const auto& e : taken) {
+                spdlog::info("took over id={} domain={}: its node's lease ran out", e.id, e.domain);
+                index(e.id, e.domain, e.received_at, e.next_attempt_at, e.attempts);
+            }
+            if (!taken.empty()) wake();
+        } catch (const std::exception& e) {
+            spdlog::warn("fleet: lease not renewed: {}", e.what());
+        }
+    }
 }
 
 void Scheduler::tried(Dest& d, bool reached, const std::string& result) {
@@ -443,7 +472,9 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     const Index::Key key = *Index::key(id);
     // The first body piece only (a DSN needs no more than the header, which it holds); the rest
     // is read while it is sent.
-    const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
+    const std::function<std::optional<StoredMessage>(Store&)> load =
+        [id](Store& s) -> std::optional<StoredMessage> {
+        if (!s.owns(id)) return std::nullopt;  // a fleet: another node took it over
         return s.load_head(id);
     };
     auto msg = co_await queue_.call(load);

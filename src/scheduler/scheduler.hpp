@@ -98,6 +98,7 @@ class Scheduler {
     boost::asio::awaitable<void> attempt(std::string id, delivery::Session* session,
                                          const delivery::Route* route);
     boost::asio::awaitable<void> probe(std::string domain);
+    boost::asio::awaitable<void> fleet();
     boost::asio::awaitable<void> finish(std::string id, AttemptUpdate u,
                                         std::optional<NewMessage> dsn);
 

@@ -670,21 +670,6 @@ class SqliteStore final : public Store {
     }
 
   private:
-    // One line of a message's delivery history.
-    static std::string attempt_text(const AttemptUpdate& u) {
-        std::string t;
-        for (const auto& o : u.outcomes) {
-            const char* what = o.status == RcptStatus::Delivered ? "delivered"
-                               : o.status == RcptStatus::Failed  ? "failed"
-                                                                 : "deferred";
-            t += (t.empty() ? "" : "; ") + o.address + " " + what + (o.reply.empty() ? "" : ": ");
-            t += o.reply;
-        }
-        if (!u.last_error.empty() && u.outcomes.empty()) t = u.last_error;
-        if (u.remove) t += t.empty() ? "removed" : "; removed";
-        return t.empty() ? "attempted" : t;
-    }
-
     struct Tx {
         explicit Tx(SqliteStore& s) : s(s) { s.exec("BEGIN IMMEDIATE"); }
         void commit() {
@@ -771,6 +756,30 @@ class SqliteStore final : public Store {
 
 std::unique_ptr<Store> open_sqlite_store(const std::string& path) {
     return std::make_unique<SqliteStore>(path);
+}
+
+bool is_pg_url(std::string_view url) {
+    return url.starts_with("postgresql://") || url.starts_with("postgres://");
+}
+
+std::unique_ptr<Store> open_store(const std::string& url, const std::string& node, Seconds lease) {
+    if (is_pg_url(url)) return open_pg_store(url, node, lease);
+    if (url.starts_with("sqlite:")) return open_sqlite_store(url.substr(7));
+    throw StoreError("unknown store " + url + " (want sqlite:PATH or postgresql://...)");
+}
+
+std::string attempt_text(const AttemptUpdate& u) {
+    std::string t;
+    for (const auto& o : u.outcomes) {
+        const char* what = o.status == RcptStatus::Delivered ? "delivered"
+                           : o.status == RcptStatus::Failed  ? "failed"
+                                                             : "deferred";
+        t += (t.empty() ? "" : "; ") + o.address + " " + what + (o.reply.empty() ? "" : ": ");
+        t += o.reply;
+    }
+    if (!u.last_error.empty() && u.outcomes.empty()) t = u.last_error;
+    if (u.remove) t += t.empty() ? "removed" : "; removed";
+    return t.empty() ? "attempted" : t;
 }
 
 }  // namespace bmx

@@ -238,9 +238,35 @@ class Store {
     virtual void outage_end(const std::string& domain, TimePoint end, std::int64_t held) = 0;
     virtual void outage_drained(const std::string& domain, TimePoint at) = 0;
     virtual std::vector<Outage> outages(const std::string& domain, std::size_t limit) = 0;
+
+    // A fleet (several nodes, one PostgreSQL store): each message is owned by one node, the one
+    // that accepted it, and only its owner delivers it. The owner renews its lease on all of its
+    // messages; another node takes over those whose lease ran out (their owner died or lost the
+    // store) and schedules them. A store of one node (SQLite) owns everything: both do nothing.
+    virtual void renew_lease(TimePoint until) { (void)until; }
+    virtual bool owns(const std::string& id) {  // may this node deliver it?
+        (void)id;
+        return true;
+    }
+    virtual std::vector<IndexEntry> take_over(TimePoint now, std::size_t limit) {
+        (void)now;
+        (void)limit;
+        return {};
+    }
 };
+
+// One line of a message's delivery history, as both engines write it.
+std::string attempt_text(const AttemptUpdate& u);
 
 // "sqlite:PATH" opens (and creates) the embedded store. `read_only` for inspecting commands.
 std::unique_ptr<Store> open_sqlite_store(const std::string& path);
+// A libpq URI ("postgresql://user@host1,host2/db?target_session_attrs=read-write"): connects,
+// and creates or migrates the schema. `node` names this node (the owner of what it accepts);
+// `lease`: how long its messages stay its own without a renewal. Throws StoreError.
+std::unique_ptr<Store> open_pg_store(const std::string& url, const std::string& node,
+                                     Seconds lease);
+// Either engine, by the URL's scheme ("sqlite:PATH" or "postgresql://...").
+std::unique_ptr<Store> open_store(const std::string& url, const std::string& node, Seconds lease);
+bool is_pg_url(std::string_view url);
 
 }  // namespace bmx

@@ -23,9 +23,9 @@ BIN = os.environ.get("BACKUPMX_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "backupmx")
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -52,16 +52,18 @@ class Backupmx:
     """One backupmx server with its own config, store and log in a temp dir."""
 
     def __init__(self, workdir, domains, smtp_port=None, extra_smtp="", extra_queue="",
-                 hostname="mx2.test.example", env=None, extra_toml=""):
+                 hostname="mx2.test.example", env=None, extra_toml="", store=None,
+                 host="127.0.0.1", name=""):
         self.dir = workdir
-        self.port = smtp_port or free_port()
-        self.config = os.path.join(workdir, "backupmx.toml")
-        self.log_path = os.path.join(workdir, "backupmx.log")
+        self.host = host
+        self.port = smtp_port or free_port(host)
+        self.config = os.path.join(workdir, f"backupmx{name}.toml")
+        self.log_path = os.path.join(workdir, f"backupmx{name}.log")
         self.env = dict(os.environ, **(env or {}))
         self.proc = None
         lines = [f'hostname = "{hostname}"', extra_toml, "[smtp]",
-                 f'listen = ["127.0.0.1:{self.port}"]', extra_smtp, "[queue]",
-                 f'store = "sqlite:{workdir}/queue.db"', extra_queue]
+                 f'listen = ["{host}:{self.port}"]', extra_smtp, "[queue]",
+                 f'store = "{store or "sqlite:" + workdir + "/queue.db"}"', extra_queue]
         for name, spec in domains.items():
             # spec: "host:port" (the primary), None (route by MX), or a dict of domain keys
             if not isinstance(spec, dict):
@@ -118,7 +120,7 @@ class Backupmx:
 
     def smtp(self, helo="client.test.example", source=None):
         import smtplib
-        s = smtplib.SMTP("127.0.0.1", self.port, timeout=30,
+        s = smtplib.SMTP(self.host, self.port, timeout=30,
                          source_address=(source, 0) if source else None)
         s.ehlo(helo)
         return s

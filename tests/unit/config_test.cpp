@@ -239,7 +239,9 @@ TEST(ConfigErrors, BadValuesNameTheKey) {
     expect_error("[smtp]\nmax_recipients = 0\n", "smtp.max_recipients");
     expect_error("[smtp]\nmax_recipients = \"10\"\n", "smtp.max_recipients");
     expect_error("[smtp]\nmax_message_size = 100\n", "smtp.max_message_size");
-    expect_error("[queue]\nstore = \"postgres://x\"\n", "queue.store");
+    expect_error("[queue]\nstore = \"mysql://x\"\n", "queue.store");
+    expect_error("[queue]\nnode = \"\"\n", "queue.node");
+    expect_error("[queue]\nlease = \"2s\"\n", "queue.lease");
     expect_error("[queue]\nstore = \"sqlite:\"\n", "queue.store");
     expect_error("[queue]\nrelayhost = \"::1:25\"\n", "queue.relayhost");
     expect_error("[log]\nlevel = \"loud\"\n", "log.level");

@@ -1,0 +1,754 @@
+// PostgreSQL engine of the store, for a fleet of nodes sharing one queue. Same schema and the same
+// behaviour as the SQLite engine; a batch of messages is one transaction, so one WAL flush (and,
+// with a synchronous standby, one round trip to it) serves the whole group commit.
+// Each message has an owner: the node that accepted it or took it over when the owner's lease ran
+// out (SELECT ... FOR UPDATE SKIP LOCKED), so one node delivers it.
+// A lost connection is reopened on the next call (libpq follows target_session_attrs to the
+// promoted server); until then every call throws StoreError, and SMTP answers 451.
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <map>
+#include <utility>
+
+#include "store/store.hpp"
+
+namespace bmx {
+namespace {
+
+// Versioned migrations: version N is applied when the store is older than N, each in one
+// transaction with the version bump. Never edit a released step; add one.
+const char* const kMigrations[] = {
+    // 1: the schema of the SQLite engine, in PostgreSQL's types
+    R"sql(
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY,
+    seq BIGSERIAL UNIQUE,
+    domain TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    size BIGINT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    smtputf8 BOOLEAN NOT NULL DEFAULT FALSE,
+    eightbit BOOLEAN NOT NULL DEFAULT FALSE,
+    client TEXT NOT NULL DEFAULT '',
+    held TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX messages_domain ON messages(domain);
+CREATE INDEX messages_owner ON messages(owner, seq);
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    lease_until BIGINT NOT NULL
+);
+CREATE TABLE body_pieces (
+    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (message_id, seq)
+);
+CREATE TABLE recipients (
+    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    pos INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
+    last_reply TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_id, address)
+);
+CREATE TABLE greylist (
+    network TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    PRIMARY KEY (network, sender, recipient)
+);
+CREATE INDEX greylist_first_seen ON greylist(first_seen);
+CREATE TABLE greylist_allow (network TEXT PRIMARY KEY, until BIGINT NOT NULL);
+CREATE TABLE verify_cache (
+    address TEXT PRIMARY KEY,
+    exists_ BOOLEAN NOT NULL,
+    expires BIGINT NOT NULL,
+    reply TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE attempt_log (
+    id BIGSERIAL PRIMARY KEY,
+    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    at BIGINT NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX attempt_log_message ON attempt_log(message_id);
+CREATE TABLE accounts (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    pwhash TEXT NOT NULL,
+    created BIGINT NOT NULL
+);
+CREATE TABLE account_domains (
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    domain TEXT NOT NULL,
+    PRIMARY KEY (name, domain)
+);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    seq BIGSERIAL,
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    hash TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL DEFAULT '',
+    created BIGINT NOT NULL
+);
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    client TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE domains (
+    name TEXT PRIMARY KEY,
+    primary_host TEXT NOT NULL,
+    recipients TEXT NOT NULL DEFAULT 'any',
+    greylisting BOOLEAN NOT NULL DEFAULT FALSE,
+    max_size BIGINT NOT NULL DEFAULT 0,
+    created_by TEXT NOT NULL DEFAULT '',
+    created BIGINT NOT NULL
+);
+CREATE TABLE outages (
+    id BIGSERIAL PRIMARY KEY,
+    domain TEXT NOT NULL,
+    start BIGINT NOT NULL,
+    end_ BIGINT,
+    held BIGINT NOT NULL DEFAULT 0,
+    drained BIGINT
+);
+CREATE INDEX outages_domain ON outages(domain, start);
+)sql",
+};
+
+// One query parameter, sent as text (or as bytes, for bodies).
+struct Param {
+    Param(const std::string& s) : value(s) {}
+    Param(const char* s) : value(s) {}
+    Param(std::int64_t v) : value(std::to_string(v)) {}
+    Param(int v) : value(std::to_string(v)) {}
+    Param(bool v) : value(v ? "t" : "f") {}
+    static Param bytes(std::string_view b) {
+        Param p{std::string(b)};
+        p.binary = true;
+        return p;
+    }
+    static Param null() {
+        Param p("");
+        p.is_null = true;
+        return p;
+    }
+    std::string value;
+    bool binary = false, is_null = false;
+};
+
+class Result {
+  public:
+    explicit Result(PGresult* r) : r_(r) {}
+    ~Result() { PQclear(r_); }
+    Result(Result&& o) noexcept : r_(std::exchange(o.r_, nullptr)) {}
+    Result(const Result&) = delete;
+    Result& operator=(const Result&) = delete;
+    int rows() const { return PQntuples(r_); }
+    bool null(int row, int col) const { return PQgetisnull(r_, row, col); }
+    std::string text(int row, int col) const {
+        return std::string(PQgetvalue(r_, row, col),
+                           static_cast<std::size_t>(PQgetlength(r_, row, col)));
+    }
+    std::int64_t integer(int row, int col) const {
+        return std::strtoll(PQgetvalue(r_, row, col), nullptr, 10);
+    }
+    bool boolean(int row, int col) const { return PQgetvalue(r_, row, col)[0] == 't'; }
+    std::int64_t affected() const { return std::strtoll(PQcmdTuples(r_), nullptr, 10); }
+
+  private:
+    PGresult* r_;
+};
+
+class PgStore final : public Store {
+  public:
+    PgStore(std::string url, std::string node, Seconds lease)
+        : url_(std::move(url)), node_(std::move(node)), lease_(lease) {
+        connect();
+        migrate();
+        renew_lease(now() + lease_);  // this node's lease exists before its first message
+    }
+    ~PgStore() override {
+        if (conn_) PQfinish(conn_);
+    }
+
+    void insert(const std::vector<const NewMessage*>& batch) override {
+        Tx tx(*this);
+        for (const NewMessage* m : batch) insert_in_tx(*m);
+        tx.commit();
+    }
+
+    bool load_index_page(std::int64_t& after, std::size_t limit,
+                         std::vector<IndexEntry>& out) override {
+        // This node's messages, and those nobody owns (a store copied from SQLite).
+        auto r = exec(
+            "SELECT id, domain, received_at, next_attempt_at, attempts, held, seq FROM messages "
+            "WHERE seq > $1 AND (owner = $2 OR owner = '') ORDER BY seq LIMIT $3",
+            {after, node_, static_cast<std::int64_t>(limit)});
+        for (int i = 0; i < r.rows(); ++i) {
+            after = r.integer(i, 6);
+            if (!r.text(i, 5).empty()) continue;
+            out.push_back({r.text(i, 0), r.text(i, 1), from_unix(r.integer(i, 2)),
+                           from_unix(r.integer(i, 3)), static_cast<int>(r.integer(i, 4))});
+        }
+        if (r.rows() > 0)
+            exec("UPDATE messages SET owner = $1 WHERE owner = '' AND seq <= $2", {node_, after});
+        return r.rows() > 0;
+    }
+
+    std::optional<StoredMessage> load(const std::string& id) override {
+        auto m = load_head(id);
+        if (!m) return m;
+        for (std::size_t seq = 1;; ++seq) {
+            auto piece = read_body(id, seq);
+            if (!piece) break;
+            m->body += *piece;
+        }
+        return m;
+    }
+
+    std::optional<StoredMessage> load_head(const std::string& id) override {
+        auto r = exec(
+            "SELECT id, domain, sender, received_at, size, attempts, next_attempt_at, last_error, "
+            "smtputf8, eightbit, held FROM messages WHERE id = $1",
+            {id});
+        if (r.rows() == 0) return std::nullopt;
+        StoredMessage m;
+        m.id = r.text(0, 0);
+        m.domain = r.text(0, 1);
+        m.sender = r.text(0, 2);
+        m.received_at = from_unix(r.integer(0, 3));
+        m.size = r.integer(0, 4);
+        m.attempts = static_cast<int>(r.integer(0, 5));
+        m.next_attempt_at = from_unix(r.integer(0, 6));
+        m.last_error = r.text(0, 7);
+        m.smtputf8 = r.boolean(0, 8);
+        m.eightbit = r.boolean(0, 9);
+        m.held = r.text(0, 10);
+        m.body = read_body(id, 0).value_or("");
+        auto rc = exec(
+            "SELECT address, status, last_reply FROM recipients WHERE message_id = $1 ORDER BY "
+            "pos",
+            {id});
+        for (int i = 0; i < rc.rows(); ++i)
+            m.recipients.push_back(
+                {rc.text(i, 0), static_cast<RcptStatus>(rc.integer(i, 1)), rc.text(i, 2)});
+        return m;
+    }
+
+    std::optional<std::string> read_body(const std::string& id, std::size_t seq) override {
+        auto r = exec("SELECT data FROM body_pieces WHERE message_id = $1 AND seq = $2",
+                      {id, static_cast<std::int64_t>(seq)}, true);
+        if (r.rows() == 0) return std::nullopt;
+        return r.text(0, 0);
+    }
+
+    std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>& batch) override {
+        Tx tx(*this);
+        std::vector<int> left;
+        for (const AttemptUpdate* u : batch) left.push_back(record_in_tx(*u));
+        tx.commit();
+        return left;
+    }
+
+    std::vector<QueueRow> list() override {
+        QueueFilter f;
+        f.limit = 1u << 30;
+        auto rows = queue_page(f);
+        std::stable_sort(rows.begin(), rows.end(), [](const QueueRow& a, const QueueRow& b) {
+            return a.received_at < b.received_at;
+        });
+        return rows;
+    }
+
+    bool remove(const std::string& id) override {
+        return exec("DELETE FROM messages WHERE id = $1", {id}).affected() > 0;
+    }
+
+    GreyVerdict greylist(const std::string& network, const std::string& sender,
+                         const std::string& recipient, TimePoint t_now,
+                         const GreylistRule& rule) override {
+        const std::int64_t t = to_unix(t_now);
+        Tx tx(*this);
+        auto a = exec("SELECT until FROM greylist_allow WHERE network = $1", {network});
+        if (a.rows() && a.integer(0, 0) > t) return GreyVerdict::Allowlisted;
+        // Two nodes may see the same triplet at once: the insert does nothing for the second.
+        exec(
+            "INSERT INTO greylist(network, sender, recipient, first_seen) VALUES($1,$2,$3,$4) "
+            "ON CONFLICT DO NOTHING",
+            {network, sender, recipient, t});
+        auto g = exec(
+            "SELECT first_seen FROM greylist WHERE network = $1 AND sender = $2 AND recipient = $3 "
+            "FOR UPDATE",
+            {network, sender, recipient});
+        const std::int64_t first = g.integer(0, 0);
+        GreyVerdict v;
+        if (first == t || t - first > rule.expiry.count()) {
+            exec(
+                "UPDATE greylist SET first_seen = $4 WHERE network = $1 AND sender = $2 AND "
+                "recipient = $3",
+                {network, sender, recipient, t});
+            v = GreyVerdict::FirstSeen;
+        } else if (t - first < rule.delay.count()) {
+            v = GreyVerdict::TooEarly;
+        } else {
+            exec(
+                "INSERT INTO greylist_allow(network, until) VALUES($1,$2) ON CONFLICT (network) "
+                "DO UPDATE SET until = EXCLUDED.until",
+                {network, t + rule.allow_ttl.count()});
+            v = GreyVerdict::Passed;
+        }
+        exec("DELETE FROM greylist WHERE first_seen < $1",
+             {t - rule.expiry.count() - std::int64_t{86400}});
+        tx.commit();
+        return v;
+    }
+
+    std::optional<VerifyEntry> verify_get(const std::string& address, TimePoint t) override {
+        auto r =
+            exec("SELECT exists_, expires, reply FROM verify_cache WHERE address = $1", {address});
+        if (!r.rows() || r.integer(0, 1) <= to_unix(t)) return std::nullopt;
+        return VerifyEntry{r.boolean(0, 0), from_unix(r.integer(0, 1)), r.text(0, 2)};
+    }
+
+    void verify_put(const std::string& address, const VerifyEntry& e) override {
+        exec(
+            "INSERT INTO verify_cache(address, exists_, expires, reply) VALUES($1,$2,$3,$4) "
+            "ON CONFLICT (address) DO UPDATE SET exists_ = EXCLUDED.exists_, expires = "
+            "EXCLUDED.expires, reply = EXCLUDED.reply",
+            {address, e.exists, to_unix(e.expires), e.reply});
+    }
+
+    std::vector<QueueRow> queue_page(const QueueFilter& f) override {
+        std::string sql =
+            "SELECT id, domain, sender, size, received_at, next_attempt_at, attempts, last_error, "
+            "held FROM messages m WHERE id > $1";
+        std::vector<Param> params{f.after};
+        auto add = [&](Param p) {
+            params.push_back(std::move(p));
+            return "$" + std::to_string(params.size());
+        };
+        if (!f.domains.empty()) {
+            sql += " AND domain IN (";
+            for (std::size_t i = 0; i < f.domains.size(); ++i)
+                sql += (i ? "," : "") + add(f.domains[i]);
+            sql += ")";
+        }
+        if (!f.sender.empty())
+            sql += " AND strpos(lower(sender), " + add(to_lower(f.sender)) + ") > 0";
+        if (!f.recipient.empty())
+            sql +=
+                " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = "
+                "0 AND strpos(lower(r.address), " +
+                add(to_lower(f.recipient)) + ") > 0)";
+        if (f.received_before) sql += " AND received_at <= " + add(to_unix(*f.received_before));
+        if (f.state == "held") sql += " AND held <> ''";
+        if (f.state == "queued") sql += " AND held = ''";
+        sql += " ORDER BY id LIMIT " + add(static_cast<std::int64_t>(f.limit));
+        auto r = exec(sql.c_str(), params);
+        std::vector<QueueRow> out;
+        std::map<std::string, std::size_t> at;
+        for (int i = 0; i < r.rows(); ++i) {
+            at[r.text(i, 0)] = out.size();
+            out.push_back(QueueRow{r.text(i, 0),
+                                   r.text(i, 1),
+                                   r.text(i, 2),
+                                   {},
+                                   r.integer(i, 3),
+                                   from_unix(r.integer(i, 4)),
+                                   from_unix(r.integer(i, 5)),
+                                   static_cast<int>(r.integer(i, 6)),
+                                   r.text(i, 7),
+                                   r.text(i, 8)});
+        }
+        if (out.empty()) return out;
+        // The pending recipients of the page, in one query.
+        std::string ids = "{";
+        for (std::size_t i = 0; i < out.size(); ++i) ids += (i ? "," : "") + out[i].id;
+        ids += "}";
+        auto rc = exec(
+            "SELECT message_id, address FROM recipients WHERE message_id = ANY($1::text[]) AND "
+            "status = 0 ORDER BY message_id, pos",
+            {ids});
+        for (int i = 0; i < rc.rows(); ++i)
+            out[at[rc.text(i, 0)]].recipients.push_back(rc.text(i, 1));
+        return out;
+    }
+
+    std::vector<QueueSummary> queue_summary() override {
+        auto r = exec(
+            "SELECT domain, count(*), sum(size), sum(CASE WHEN held <> '' THEN 1 ELSE 0 END), "
+            "min(received_at), min(CASE WHEN held = '' THEN next_attempt_at END), "
+            "(SELECT last_error FROM messages l WHERE l.domain = m.domain AND last_error <> '' "
+            "ORDER BY attempts DESC, seq DESC LIMIT 1) "
+            "FROM messages m GROUP BY domain ORDER BY domain",
+            {});
+        std::vector<QueueSummary> out;
+        for (int i = 0; i < r.rows(); ++i) {
+            QueueSummary q{r.text(i, 0), r.integer(i, 1), r.integer(i, 2), r.integer(i, 3)};
+            q.oldest = from_unix(r.integer(i, 4));
+            if (!r.null(i, 5)) q.next_attempt = from_unix(r.integer(i, 5));
+            q.last_error = r.text(i, 6);
+            out.push_back(std::move(q));
+        }
+        return out;
+    }
+
+    std::vector<AttemptRecord> history(const std::string& id) override {
+        auto r = exec("SELECT at, result FROM attempt_log WHERE message_id = $1 ORDER BY id", {id});
+        std::vector<AttemptRecord> out;
+        for (int i = 0; i < r.rows(); ++i)
+            out.push_back({from_unix(r.integer(i, 0)), r.text(i, 1)});
+        return out;
+    }
+
+    bool set_held(const std::string& id, const std::string& reason) override {
+        return exec("UPDATE messages SET held = $1 WHERE id = $2", {reason, id}).affected() > 0;
+    }
+
+    bool add_account(const Account& a) override {
+        Tx tx(*this);
+        auto r = exec(
+            "INSERT INTO accounts(name, role, pwhash, created) VALUES($1,$2,$3,$4) ON CONFLICT "
+            "DO NOTHING",
+            {a.name, a.role, a.pwhash, to_unix(a.created)});
+        if (r.affected() == 0) return false;
+        for (const auto& d : a.domains) add_owner(a.name, d);
+        tx.commit();
+        return true;
+    }
+
+    std::optional<Account> account(const std::string& name) override {
+        auto r = exec("SELECT name, role, pwhash, created FROM accounts WHERE name = $1", {name});
+        if (!r.rows()) return std::nullopt;
+        Account a{r.text(0, 0), r.text(0, 1), r.text(0, 2), {}, from_unix(r.integer(0, 3))};
+        auto d = exec("SELECT domain FROM account_domains WHERE name = $1 ORDER BY domain", {name});
+        for (int i = 0; i < d.rows(); ++i) a.domains.push_back(d.text(i, 0));
+        return a;
+    }
+
+    void add_owner(const std::string& user, const std::string& domain) override {
+        exec("INSERT INTO account_domains(name, domain) VALUES($1,$2) ON CONFLICT DO NOTHING",
+             {user, domain});
+    }
+
+    void add_token(const ApiToken& t, const std::string& token_hash) override {
+        exec("INSERT INTO api_tokens(id, name, hash, label, created) VALUES($1,$2,$3,$4,$5)",
+             {t.id, t.user, token_hash, t.label, to_unix(t.created)});
+    }
+
+    std::optional<std::string> token_user(const std::string& token_hash) override {
+        auto r = exec("SELECT name FROM api_tokens WHERE hash = $1", {token_hash});
+        if (!r.rows()) return std::nullopt;
+        return r.text(0, 0);
+    }
+
+    std::vector<ApiToken> tokens(const std::string& user) override {
+        auto r = exec(
+            "SELECT id, name, label, created FROM api_tokens WHERE name = $1 ORDER BY seq", {user});
+        std::vector<ApiToken> out;
+        for (int i = 0; i < r.rows(); ++i)
+            out.push_back({r.text(i, 0), r.text(i, 1), r.text(i, 2), from_unix(r.integer(i, 3))});
+        return out;
+    }
+
+    bool remove_token(const std::string& user, const std::string& id) override {
+        return exec("DELETE FROM api_tokens WHERE name = $1 AND id = $2", {user, id}).affected() >
+               0;
+    }
+
+    void audit(const AuditEntry& e) override {
+        exec(
+            "INSERT INTO audit(at, name, action, target, detail, client) VALUES($1,$2,$3,$4,$5,"
+            "$6)",
+            {to_unix(e.at), e.user, e.action, e.target, e.detail, e.client});
+    }
+
+    std::vector<AuditEntry> audit_log(std::size_t limit) override {
+        auto r = exec(
+            "SELECT at, name, action, target, detail, client FROM audit ORDER BY id DESC LIMIT $1",
+            {static_cast<std::int64_t>(limit)});
+        std::vector<AuditEntry> out;
+        for (int i = 0; i < r.rows(); ++i)
+            out.push_back({from_unix(r.integer(i, 0)), r.text(i, 1), r.text(i, 2), r.text(i, 3),
+                           r.text(i, 4), r.text(i, 5)});
+        return out;
+    }
+
+    bool add_domain(const StoredDomain& d) override {
+        return exec(
+                   "INSERT INTO domains(name, primary_host, recipients, greylisting, max_size, "
+                   "created_by, created) VALUES($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
+                   {d.name, d.primary, d.recipients, d.greylisting, d.max_message_size,
+                    d.created_by, to_unix(d.created)})
+                   .affected() > 0;
+    }
+
+    void update_domain(const StoredDomain& d) override {
+        exec(
+            "UPDATE domains SET primary_host = $1, recipients = $2, greylisting = $3, max_size = "
+            "$4 WHERE name = $5",
+            {d.primary, d.recipients, d.greylisting, d.max_message_size, d.name});
+    }
+
+    std::int64_t remove_domain(const std::string& name) override {
+        Tx tx(*this);
+        // Locks the domain's row first: a message accepted meanwhile on another node is either
+        // counted here or finds the domain gone.
+        exec("SELECT 1 FROM domains WHERE name = $1 FOR UPDATE", {name});
+        auto c = exec("SELECT count(*) FROM messages WHERE domain = $1", {name});
+        if (const auto n = c.integer(0, 0); n > 0) return n;
+        exec("DELETE FROM domains WHERE name = $1", {name});
+        exec("DELETE FROM account_domains WHERE domain = $1", {name});
+        tx.commit();
+        return 0;
+    }
+
+    std::vector<StoredDomain> domains() override {
+        auto r = exec(
+            "SELECT name, primary_host, recipients, greylisting, max_size, created_by, created "
+            "FROM domains ORDER BY name",
+            {});
+        std::vector<StoredDomain> out;
+        for (int i = 0; i < r.rows(); ++i)
+            out.push_back({r.text(i, 0), r.text(i, 1), r.text(i, 2), r.boolean(i, 3),
+                           r.integer(i, 4), r.text(i, 5), from_unix(r.integer(i, 6))});
+        return out;
+    }
+
+    void outage_begin(const std::string& domain, TimePoint start, std::int64_t held) override {
+        Tx tx(*this);
+        exec("SELECT pg_advisory_xact_lock(hashtext($1))", {domain});  // one writer per domain
+        auto open = exec("SELECT 1 FROM outages WHERE domain = $1 AND end_ IS NULL", {domain});
+        if (open.rows()) return;
+        exec("INSERT INTO outages(domain, start, held) VALUES($1,$2,$3)",
+             {domain, to_unix(start), held});
+        tx.commit();
+    }
+
+    void outage_end(const std::string& domain, TimePoint end, std::int64_t held) override {
+        exec(
+            "UPDATE outages SET end_ = $1, held = greatest(held, $2) WHERE domain = $3 AND end_ IS "
+            "NULL",
+            {to_unix(end), held, domain});
+    }
+
+    void outage_drained(const std::string& domain, TimePoint at) override {
+        exec(
+            "UPDATE outages SET drained = $1 WHERE id = (SELECT max(id) FROM outages WHERE domain "
+            "= $2 AND end_ IS NOT NULL AND drained IS NULL)",
+            {to_unix(at), domain});
+    }
+
+    std::vector<Outage> outages(const std::string& domain, std::size_t limit) override {
+        auto r = exec(
+            "SELECT start, end_, held, drained FROM outages WHERE domain = $1 ORDER BY start DESC, "
+            "id DESC LIMIT $2",
+            {domain, static_cast<std::int64_t>(limit)});
+        std::vector<Outage> out;
+        for (int i = 0; i < r.rows(); ++i) {
+            Outage o{domain, from_unix(r.integer(i, 0))};
+            if (!r.null(i, 1)) o.end = from_unix(r.integer(i, 1));
+            o.messages_held = r.integer(i, 2);
+            if (!r.null(i, 3) && o.end) o.drain_seconds = r.integer(i, 3) - r.integer(i, 1);
+            out.push_back(std::move(o));
+        }
+        return out;
+    }
+
+    bool owns(const std::string& id) override {
+        return exec("SELECT 1 FROM messages WHERE id = $1 AND owner = $2", {id, node_}).rows() > 0;
+    }
+
+    // A node's lease is one row: renewing it costs the same with 10 or 10 million messages.
+    void renew_lease(TimePoint until) override {
+        exec(
+            "INSERT INTO nodes(name, lease_until) VALUES($1,$2) ON CONFLICT (name) DO UPDATE SET "
+            "lease_until = EXCLUDED.lease_until",
+            {node_, to_unix(until)});
+    }
+
+    std::vector<IndexEntry> take_over(TimePoint t, std::size_t limit) override {
+        // The messages of nodes whose lease ran out (dead, or cut off from the store): ours now.
+        // SKIP LOCKED: two nodes taking over at once share the work instead of waiting.
+        auto r = exec(
+            "UPDATE messages SET owner = $1 WHERE id IN (SELECT m.id FROM messages m JOIN nodes n "
+            "ON n.name = m.owner WHERE n.lease_until < $2 AND m.owner <> $1 ORDER BY m.seq LIMIT "
+            "$3 FOR UPDATE OF m SKIP LOCKED) RETURNING id, domain, received_at, next_attempt_at, "
+            "attempts, held",
+            {node_, to_unix(t), static_cast<std::int64_t>(limit)});
+        std::vector<IndexEntry> out;
+        for (int i = 0; i < r.rows(); ++i) {
+            if (!r.text(i, 5).empty()) continue;  // held: owned, never scheduled
+            out.push_back({r.text(i, 0), r.text(i, 1), from_unix(r.integer(i, 2)),
+                           from_unix(r.integer(i, 3)), static_cast<int>(r.integer(i, 4))});
+        }
+        return out;
+    }
+
+  private:
+    struct Tx {
+        explicit Tx(PgStore& s) : s(s) {
+            s.exec("BEGIN", {});
+            s.in_tx_ = true;
+        }
+        void commit() {
+            s.exec("COMMIT", {});
+            s.in_tx_ = false;
+            done = true;
+        }
+        ~Tx() {
+            s.in_tx_ = false;
+            if (!done && s.conn_ && PQstatus(s.conn_) == CONNECTION_OK)
+                PQclear(PQexec(s.conn_, "ROLLBACK"));
+        }
+        PgStore& s;
+        bool done = false;
+    };
+
+    void connect() {
+        if (conn_) PQfinish(conn_);
+        conn_ = PQconnectdb(url_.c_str());
+        if (PQstatus(conn_) != CONNECTION_OK) {
+            std::string err = PQerrorMessage(conn_);
+            PQfinish(conn_);
+            conn_ = nullptr;
+            while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+            throw StoreError("cannot reach the PostgreSQL store: " + err);
+        }
+        PQclear(PQexec(conn_, "SET client_min_messages = warning"));
+    }
+
+    // Runs one statement. A broken connection is reopened before it (libpq goes to whichever
+    // host is writable now); a failure inside a transaction is not retried: the caller's work
+    // was rolled back with it and it throws, so the caller answers 451 or tries later.
+    Result exec(const char* sql, const std::vector<Param>& params, bool binary_result = false) {
+        if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
+            if (in_tx_) throw StoreError("the PostgreSQL store connection was lost");
+            connect();
+        }
+        std::vector<const char*> values;
+        std::vector<int> lengths, formats;
+        for (const auto& p : params) {
+            values.push_back(p.is_null ? nullptr : p.value.data());
+            lengths.push_back(static_cast<int>(p.value.size()));
+            formats.push_back(p.binary ? 1 : 0);
+        }
+        PGresult* r =
+            PQexecParams(conn_, sql, static_cast<int>(params.size()), nullptr, values.data(),
+                         lengths.data(), formats.data(), binary_result ? 1 : 0);
+        const auto status = PQresultStatus(r);
+        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+            std::string err = PQresultErrorMessage(r);
+            PQclear(r);
+            while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+            throw StoreError("postgresql: " + err);
+        }
+        return Result(r);
+    }
+    Result exec(const char* sql, std::initializer_list<Param> params, bool binary = false) {
+        return exec(sql, std::vector<Param>(params), binary);
+    }
+
+    void migrate() {
+        exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", {});
+        Tx tx(*this);
+        // One node migrates at a time; the others wait here, then find nothing to do.
+        exec("LOCK TABLE schema_version IN EXCLUSIVE MODE", {});
+        auto v = exec("SELECT coalesce(max(version), 0) FROM schema_version", {});
+        const auto have = v.integer(0, 0);
+        const auto want = static_cast<std::int64_t>(std::size(kMigrations));
+        for (auto n = have; n < want; ++n) {
+            auto r = PQexec(conn_, kMigrations[n]);
+            const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+            std::string err = ok ? "" : PQresultErrorMessage(r);
+            PQclear(r);
+            if (!ok) throw StoreError("migration " + std::to_string(n + 1) + ": " + err);
+        }
+        if (want > have) {
+            exec("DELETE FROM schema_version", {});
+            exec("INSERT INTO schema_version(version) VALUES($1)", {want});
+        }
+        tx.commit();
+    }
+
+    void insert_in_tx(const NewMessage& m) {
+        exec(
+            "INSERT INTO messages(id, domain, sender, received_at, size, next_attempt_at, "
+            "smtputf8, eightbit, client, held, owner) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            {m.id, m.domain, m.sender, to_unix(m.received_at), body_size(m),
+             to_unix(m.next_attempt_at), m.smtputf8, m.eightbit, m.client, m.held, node_});
+        std::int64_t seq = 0;
+        std::string_view body = m.body;
+        const char* piece_sql = "INSERT INTO body_pieces(message_id, seq, data) VALUES($1,$2,$3)";
+        while (!body.empty()) {
+            auto piece = body.substr(0, kBodyPiece);
+            body.remove_prefix(piece.size());
+            exec(piece_sql, {m.id, seq++, Param::bytes(piece)});
+        }
+        if (m.spool) {
+            for (std::int64_t off = 0; off < m.spool->size();) {
+                const std::string piece = m.spool->read(off, kBodyPiece);
+                if (piece.empty()) throw StoreError("spool shorter than it said");
+                off += static_cast<std::int64_t>(piece.size());
+                exec(piece_sql, {m.id, seq++, Param::bytes(piece)});
+            }
+        }
+        int pos = 0;
+        for (const auto& a : m.recipients)
+            exec(
+                "INSERT INTO recipients(message_id, pos, address) VALUES($1,$2,$3) ON CONFLICT "
+                "DO NOTHING",
+                {m.id, pos++, a});
+    }
+
+    int record_in_tx(const AttemptUpdate& u) {
+        if (exec("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", {u.id}).rows() == 0) return 0;
+        for (const auto& o : u.outcomes)
+            exec(
+                "UPDATE recipients SET status = $1, last_reply = $2 WHERE message_id = $3 AND "
+                "address = $4",
+                {static_cast<int>(o.status), o.reply, u.id, o.address});
+        if (u.dsn) insert_in_tx(*u.dsn);
+        auto c =
+            exec("SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 0", {u.id});
+        std::int64_t pending = c.integer(0, 0);
+        if (pending == 0 || u.remove) {
+            exec("DELETE FROM messages WHERE id = $1", {u.id});
+            return 0;
+        }
+        exec(
+            "UPDATE messages SET attempts = attempts + $1, next_attempt_at = $2, last_error = $3 "
+            "WHERE id = $4",
+            {std::int64_t{u.count_attempt}, to_unix(u.next_attempt_at), u.last_error, u.id});
+        exec("INSERT INTO attempt_log(message_id, at, result) VALUES($1,$2,$3)",
+             {u.id, to_unix(now()), attempt_text(u)});
+        return static_cast<int>(pending);
+    }
+
+    std::string url_, node_;
+    Seconds lease_;
+    PGconn* conn_ = nullptr;
+    bool in_tx_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> open_pg_store(const std::string& url, const std::string& node,
+                                     Seconds lease) {
+    return std::make_unique<PgStore>(url, node, lease);
+}
+
+}  // namespace bmx

@@ -1,0 +1,160 @@
+"""A fleet: several backupmx nodes on one PostgreSQL store (issue 8). Nodes are killed for real
+(SIGKILL) while accepting and while delivering, the database is cut off and comes back, and every
+message that got a 250 must reach the primary. Real PostgreSQL 15 clusters are started here."""
+import smtplib
+import threading
+import time
+
+from harness import E2ETest, free_port, main, wait_until
+from pg import PgCluster
+
+FAST = 'probe_interval = "1s"\nretry_min = "1s"\nretry_max = "2s"\nlease = "5s"'
+
+
+def subjects(sink):
+    out = set()
+    for m in sink.messages():
+        for line in m["content"].splitlines():
+            if line.startswith(b"Subject: "):
+                out.add(line[9:].strip().decode())
+    return out
+
+
+class FleetBase(E2ETest):
+    def node(self, name, host, primary_port, store=None):
+        b = self.backupmx({"fleet.test": f"127.0.0.1:{primary_port}"}, store=store or self.url,
+                          host=host, name=name,
+                          extra_queue=FAST + f'\nnode = "{name}"\n'
+                          f'control_socket = "{self.dir}/{name}.sock"')
+        b.start()
+        return b
+
+    def send_many(self, nodes, prefix, count, accepted, stop=None):
+        """Sends `count` messages round-robin; records the subjects that got 250."""
+        for i in range(count):
+            if stop and stop.is_set():
+                return
+            b = nodes[i % len(nodes)]
+            subject = f"{prefix}-{i}"
+            try:
+                s = smtplib.SMTP(b.host, b.port, timeout=10)
+                s.sendmail("alice@sender.test", [f"u{i}@fleet.test"],
+                           f"Subject: {subject}\r\n\r\nbody {i}\r\n")
+                s.quit()
+                accepted.append(subject)
+            except (OSError, smtplib.SMTPException):
+                pass  # refused or cut off: the sender keeps it and retries (not our promise)
+
+
+class Fleet(FleetBase):
+    def setUp(self):
+        super().setUp()
+        self.pg = PgCluster(self.dir, free_port())
+        self.stoppers.append(self.pg.stop)
+        self.pg.start()
+        self.url = self.pg.url("backupmx") + "?connect_timeout=5"
+
+    def test_nodes_killed_while_accepting_and_delivering_lose_nothing(self):
+        primary_port = free_port()
+        a = self.node("a", "127.0.0.2", primary_port)
+        b = self.node("b", "127.0.0.3", primary_port)
+        c = self.node("c", "127.0.0.4", primary_port)
+        accepted = []
+        sender = threading.Thread(target=self.send_many, args=([a, b, c], "m", 90, accepted))
+        sender.start()
+        wait_until(lambda: len(accepted) >= 30, what="mail accepted by the fleet")
+        a.kill9()  # node a dies while accepting
+        sender.join(120)
+        self.assertGreaterEqual(len(accepted), 60)
+        sink = self.sink(port=primary_port).start()  # the primary comes back
+        wait_until(lambda: len(sink.messages()) >= 5, timeout=30, what="delivery started")
+        b.kill9()  # node b dies while delivering
+        # c takes over what a and b owned once their leases run out, and delivers it
+        wait_until(lambda: set(accepted) <= subjects(sink), timeout=90,
+                   what="every accepted message at the primary")
+        c.wait_log(r"took over id=")
+        missing = set(accepted) - subjects(sink)
+        self.assertEqual(missing, set())
+        wait_until(lambda: self.pg.sql("SELECT count(*) FROM messages", "backupmx") == "0",
+                   timeout=30, what="an empty queue")
+
+    def test_each_message_is_delivered_once_in_normal_running(self):
+        primary_port = free_port()
+        sink = self.sink(port=primary_port).start()
+        nodes = [self.node(n, h, primary_port)
+                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+        accepted = []
+        self.send_many(nodes, "once", 60, accepted)
+        self.assertEqual(len(accepted), 60)
+        wait_until(lambda: set(accepted) <= subjects(sink), timeout=60, what="all delivered")
+        time.sleep(1)
+        self.assertEqual(len(sink.messages()), 60, "a message was delivered twice")
+
+    def test_a_node_cut_off_from_the_database_answers_451_and_recovers(self):
+        primary_port = free_port()
+        sink = self.sink(port=primary_port).start()
+        a = self.node("a", "127.0.0.2", primary_port)
+        s = a.smtp()
+        s.sendmail("alice@sender.test", ["u1@fleet.test"], "Subject: before\r\n\r\nx\r\n")
+        self.pg.stop()  # the database is gone
+        s.mail("alice@sender.test")
+        s.rcpt("u2@fleet.test")
+        code, msg = s.data("Subject: during\r\n\r\nx\r\n")
+        self.assertEqual(code, 451, msg)
+        self.assertIn(b"4.3.0", msg)
+        self.assertEqual(s.noop()[0], 250)  # the session stays alive
+        self.pg.start()
+        wait_until(lambda: self._try_send(s, "after") == 250, timeout=30,
+                   what="a 250 once the database is back")
+        s.quit()
+        wait_until(lambda: {"before", "after"} <= subjects(sink), timeout=30,
+                   what="delivery after the database came back")
+        self.assertNotIn("during", subjects(sink))
+
+    @staticmethod
+    def _try_send(s, subject):
+        try:
+            s.mail("alice@sender.test")
+            s.rcpt("u3@fleet.test")
+            code, _ = s.data(f"Subject: {subject}\r\n\r\nx\r\n")
+            if code != 250:
+                s.rset()
+            return code
+        except smtplib.SMTPException:
+            s.rset()
+            return 0
+
+
+class Failover(FleetBase):
+    def test_database_primary_killed_standby_promoted_nothing_lost(self):
+        p1, p2 = free_port(), free_port()
+        db1 = PgCluster(self.dir, p1, "db1")
+        self.stoppers.append(db1.stop)
+        db1.start()
+        db1.url("backupmx")
+        db2 = db1.standby(self.dir, p2, "db2")
+        self.stoppers.append(db2.stop)
+        db2.start()
+        wait_until(lambda: db1.sql("SELECT sync_state FROM pg_stat_replication") == "sync",
+                   what="a synchronous standby")
+        url = (f"postgresql://postgres@127.0.0.1:{p1},127.0.0.1:{p2}/backupmx"
+               "?target_session_attrs=read-write&connect_timeout=3")
+        primary_port = free_port()
+        nodes = [self.node(n, h, primary_port, store=url)
+                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"))]
+        accepted, stop = [], threading.Event()
+        sender = threading.Thread(target=self.send_many, args=(nodes, "f", 400, accepted, stop))
+        sender.start()
+        wait_until(lambda: len(accepted) >= 40, what="mail accepted")
+        db1.kill9()  # the database primary dies under load
+        db2.promote()
+        wait_until(lambda: len(accepted) >= 80, timeout=60, what="mail accepted after failover")
+        stop.set()
+        sender.join(60)
+        sink = self.sink(port=primary_port).start()
+        wait_until(lambda: set(accepted) <= subjects(sink), timeout=90,
+                   what="every accepted message delivered")
+
+
+if __name__ == "__main__":
+    main()
