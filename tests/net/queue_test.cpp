@@ -9,9 +9,13 @@
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
 
+#include "../pg_server.hpp"
 #include "support.hpp"
 
 using namespace bmx;
+using bmx::test::pg_drop_database;
+using bmx::test::pg_new_database;
+using bmx::test::pg_url;
 using bmx::test::TempDir;
 namespace asio = boost::asio;
 
@@ -79,13 +83,34 @@ struct FullStore : Store {
 
 }  // namespace
 
-TEST(Queue, ConcurrentCommitsShareTransactions) {
+// Group commit holds on both engines: one transaction (one fsync, or one WAL flush) for many.
+class QueueOnEngine : public ::testing::TestWithParam<const char*> {
+  protected:
+    void SetUp() override {
+        if (std::string(GetParam()) == "pg") {
+            db_ = pg_new_database();
+            ASSERT_FALSE(db_.empty());
+        }
+    }
+    void TearDown() override {
+        if (!db_.empty()) pg_drop_database(db_);
+    }
+    std::unique_ptr<Store> open() {
+        return db_.empty() ? open_sqlite_store(dir.path + "/q.db")
+                           : open_pg_store(pg_url(db_), "node-a", Seconds(60));
+    }
     TempDir dir;
+    std::string db_;
+};
+INSTANTIATE_TEST_SUITE_P(Engines, QueueOnEngine, ::testing::Values("sqlite", "pg"),
+                         [](const auto& info) { return std::string(info.param); });
+
+TEST_P(QueueOnEngine, ConcurrentCommitsShareTransactions) {
     const int n = 300;
     int committed = 0;
     std::uint64_t batches = 0;
     {
-        Queue q(open_sqlite_store(dir.path + "/q.db"));
+        Queue q(open());
         asio::io_context io;
         for (int i = 0; i < n; ++i) {
             asio::co_spawn(
@@ -103,19 +128,18 @@ TEST(Queue, ConcurrentCommitsShareTransactions) {
     EXPECT_EQ(committed, n);
     EXPECT_GE(batches, 1u);
     EXPECT_LT(batches, static_cast<std::uint64_t>(n)) << "no commit was shared";
-    auto store = open_sqlite_store(dir.path + "/q.db");  // reopened: everything is on disk
+    auto store = open();  // reopened: everything is on disk
     EXPECT_EQ(store->load_index().size(), static_cast<std::size_t>(n));
 }
 
-TEST(Queue, ConcurrentAttemptRecordsShareTransactions) {
-    TempDir dir;
+TEST_P(QueueOnEngine, ConcurrentAttemptRecordsShareTransactions) {
     const int n = 300;
     std::vector<NewMessage> msgs;
     for (int i = 0; i < n; ++i) msgs.push_back(message(i));
     int removed = 0, kept = 0;
     std::uint64_t batches = 0;
     {
-        Queue q(open_sqlite_store(dir.path + "/q.db"));
+        Queue q(open());
         asio::io_context io;
         asio::co_spawn(
             io, [&]() -> asio::awaitable<void> { co_await q.commit(msgs); }, asio::detached);
@@ -142,7 +166,7 @@ TEST(Queue, ConcurrentAttemptRecordsShareTransactions) {
     EXPECT_EQ(removed, n / 2);
     EXPECT_EQ(kept, n / 2);
     EXPECT_LT(batches, static_cast<std::uint64_t>(n)) << "no transaction was shared";
-    auto store = open_sqlite_store(dir.path + "/q.db");
+    auto store = open();
     EXPECT_EQ(store->load_index().size(), static_cast<std::size_t>(n / 2));
 }
 

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "../pg_server.hpp"
+
 using namespace bmx;
 using namespace std::string_literals;
 
@@ -53,58 +55,6 @@ NewMessage msg(const std::string& id, const std::vector<std::string>& rcpts,
     return m;
 }
 
-// A PostgreSQL 15 server for the tests of that engine: $BMX_TEST_PG (a libpq URI of a database
-// where test databases may be created), or else one started here, from the test itself, by
-// tests/e2e/pg.py on a free loopback port, and stopped at the end.
-class PgServer : public ::testing::Environment {
-  public:
-    static std::string admin_url() { return url_; }
-    void SetUp() override {
-        if (const char* u = std::getenv("BMX_TEST_PG")) {
-            url_ = u;
-            return;
-        }
-        char tmpl[] = "/tmp/bmx_pg_unit_XXXXXX";
-        ASSERT_NE(::mkdtemp(tmpl), nullptr);
-        ::chmod(tmpl, 0755);  // the server runs as `postgres`
-        dir_ = tmpl;
-        const std::string cmd = "python3 " BMX_SOURCE_DIR "/tests/e2e/pg.py start " + dir_ +
-                                "/c 0 >" + dir_ + "/start.log 2>&1";
-        ASSERT_EQ(std::system(cmd.c_str()), 0)
-            << "cannot start PostgreSQL 15 for the store tests (see " << dir_ << "/start.log)";
-        std::ifstream in(dir_ + "/c/url");
-        std::getline(in, url_);
-        ASSERT_FALSE(url_.empty());
-    }
-    void TearDown() override {
-        if (dir_.empty()) return;
-        const std::string cmd = "python3 " BMX_SOURCE_DIR "/tests/e2e/pg.py stop " + dir_ +
-                                "/c >/dev/null 2>&1; rm -rf " + dir_;
-        (void)std::system(cmd.c_str());
-    }
-
-  private:
-    static inline std::string url_;
-    std::string dir_;
-};
-const auto* const g_pg = ::testing::AddGlobalTestEnvironment(new PgServer);
-
-// One value from a query on a PostgreSQL database.
-std::string pg_query(const std::string& url, const std::string& sql) {
-    PGconn* c = PQconnectdb(url.c_str());
-    std::string out = "no connection";
-    if (PQstatus(c) == CONNECTION_OK) {
-        PGresult* r = PQexec(c, sql.c_str());
-        const auto st = PQresultStatus(r);
-        out = st == PGRES_TUPLES_OK && PQntuples(r) > 0         ? PQgetvalue(r, 0, 0)
-              : st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? "no row"
-                                                                : PQresultErrorMessage(r);
-        PQclear(r);
-    }
-    PQfinish(c);
-    return out;
-}
-
 // The store under test, on either engine: the same tests hold for both.
 class StoreFixture {
   protected:
@@ -115,12 +65,9 @@ class StoreFixture {
         dir_ = tmpl;
         path_ = dir_ + "/queue.db";
         if (engine == "pg") {
-            static int n = 0;
-            db_ = "bmx_test_" + std::to_string(::getpid()) + "_" + std::to_string(++n);
-            const auto admin = PgServer::admin_url();
-            ASSERT_FALSE(admin.empty());
-            ASSERT_EQ(pg_query(admin, "CREATE DATABASE " + db_), "no row");
-            url_ = admin.substr(0, admin.rfind('/') + 1) + db_;
+            db_ = test::pg_new_database();
+            ASSERT_FALSE(db_.empty());
+            url_ = test::pg_url(db_);
         }
         reopen();
     }
@@ -128,7 +75,7 @@ class StoreFixture {
         store_.reset();
         std::error_code ec;
         std::filesystem::remove_all(dir_, ec);
-        if (!db_.empty()) pg_query(PgServer::admin_url(), "DROP DATABASE " + db_ + " WITH (FORCE)");
+        if (!db_.empty()) test::pg_drop_database(db_);
     }
     void reopen() {
         store_.reset();
@@ -148,7 +95,7 @@ class StoreFixture {
     }
     // One value from the store's tables, seen through a second connection.
     std::string count(const std::string& sql) {
-        if (engine_ == "pg") return pg_query(url_, sql);
+        if (engine_ == "pg") return test::pg_query(url_, sql);
         sqlite3* db = nullptr;
         EXPECT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
         auto n = query(db, sql.c_str());
