@@ -506,6 +506,51 @@ int queue_act(const Config& cfg, const std::string& action, const std::string& i
     return 0;
 }
 
+// Moves a single node's queue (every message with its pending recipients, held or not, with its
+// attempts), greylist, verification cache, run-time domains and accounts into another store — a
+// fleet's PostgreSQL. Idempotent: what the target has already is skipped, so a copy cut short is
+// run again. The source is left as it was (remove it once the fleet serves the mail).
+int store_copy(const std::string& from, const std::string& to) {
+    auto src = open_store(from, "", Seconds(60));
+    auto dst = open_store(to, "", Seconds(60));  // no owner: the first node to load them claims
+    std::size_t copied = 0, present = 0;
+    const auto rows = src->list();
+    for (const auto& row : rows) {
+        if (dst->load_head(row.id)) {
+            ++present;
+            continue;
+        }
+        auto m = src->load(row.id);
+        if (!m) continue;  // delivered meanwhile
+        NewMessage n;
+        n.id = m->id;
+        n.domain = m->domain;
+        n.sender = m->sender;
+        for (const auto& r : m->recipients)
+            if (r.status == RcptStatus::Pending) n.recipients.push_back(r.address);
+        n.body = std::move(m->body);
+        n.received_at = m->received_at;
+        n.next_attempt_at = m->next_attempt_at;
+        n.smtputf8 = m->smtputf8;
+        n.eightbit = m->eightbit;
+        n.held = m->held;
+        n.attempts = m->attempts;
+        n.last_error = m->last_error;
+        dst->insert({&n});
+        ++copied;
+    }
+    const auto tables = src->export_tables();
+    dst->import_tables(tables);
+    for (const auto& row : rows)
+        if (!dst->load_head(row.id) && src->load_head(row.id))
+            throw StoreError("message " + row.id + " did not reach the target");
+    std::cout << "copied " << copied << " messages (" << present << " were there already), "
+              << tables.greylist.size() << " greylist entries, " << tables.allowlist.size()
+              << " allowlisted networks, " << tables.verify.size() << " verified addresses, "
+              << tables.domains.size() << " domains, " << tables.accounts.size() << " accounts\n";
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -598,8 +643,21 @@ int main(int argc, char** argv) {
     auto* migrate_cmd = store_cmd->add_subcommand(
         "migrate", "create or bring the store's schema up to date (serve does it too)");
     migrate_cmd->add_option("--config", config_path, "config file")->required();
+    std::string copy_from, copy_to;
+    auto* copy_cmd = store_cmd->add_subcommand(
+        "copy", "move a store's queue, greylist, caches, domains and accounts into another");
+    copy_cmd->add_option("--from", copy_from, "sqlite:PATH or postgresql://...")->required();
+    copy_cmd->add_option("--to", copy_to, "postgresql://... (or sqlite:PATH)")->required();
 
     CLI11_PARSE(app, argc, argv);
+    if (*copy_cmd) {
+        try {
+            return store_copy(copy_from, copy_to);
+        } catch (const std::exception& e) {
+            std::cerr << "backupmx: store copy: " << e.what() << "\n";
+            return 1;
+        }
+    }
     if (*dns_cmd && dns_cmd->count("--config") == 0) {
         try {
             return dns_check(check_domain, nullptr, check_hostname, check_json);

@@ -572,6 +572,46 @@ class PgStore final : public Store {
         return exec("SELECT 1 FROM messages WHERE id = $1 AND owner = $2", {id, node_}).rows() > 0;
     }
 
+    StoreTables export_tables() override {
+        StoreTables t;
+        auto g = exec("SELECT network, sender, recipient, first_seen FROM greylist", {});
+        for (int i = 0; i < g.rows(); ++i)
+            t.greylist.push_back(
+                {g.text(i, 0), g.text(i, 1), g.text(i, 2), from_unix(g.integer(i, 3))});
+        auto a = exec("SELECT network, until FROM greylist_allow", {});
+        for (int i = 0; i < a.rows(); ++i)
+            t.allowlist.push_back({a.text(i, 0), from_unix(a.integer(i, 1))});
+        auto v = exec("SELECT address, exists_, expires, reply FROM verify_cache", {});
+        for (int i = 0; i < v.rows(); ++i)
+            t.verify.push_back(
+                {v.text(i, 0),
+                 VerifyEntry{v.boolean(i, 1), from_unix(v.integer(i, 2)), v.text(i, 3)}});
+        t.domains = domains();
+        auto n = exec("SELECT name FROM accounts ORDER BY name", {});
+        for (int i = 0; i < n.rows(); ++i) t.accounts.push_back(*account(n.text(i, 0)));
+        return t;
+    }
+
+    void import_tables(const StoreTables& t) override {
+        Tx tx(*this);
+        for (const auto& r : t.greylist)
+            exec(
+                "INSERT INTO greylist(network, sender, recipient, first_seen) VALUES($1,$2,$3,$4) "
+                "ON CONFLICT DO NOTHING",
+                {r.network, r.sender, r.recipient, to_unix(r.first_seen)});
+        for (const auto& r : t.allowlist)
+            exec("INSERT INTO greylist_allow(network, until) VALUES($1,$2) ON CONFLICT DO NOTHING",
+                 {r.network, to_unix(r.until)});
+        for (const auto& r : t.verify)
+            exec(
+                "INSERT INTO verify_cache(address, exists_, expires, reply) VALUES($1,$2,$3,$4) "
+                "ON CONFLICT DO NOTHING",
+                {r.address, r.entry.exists, to_unix(r.entry.expires), r.entry.reply});
+        for (const auto& d : t.domains) add_domain(d);
+        tx.commit();
+        for (const auto& acc : t.accounts) add_account(acc);
+    }
+
     // A node's lease is one row: renewing it costs the same with 10 or 10 million messages.
     void renew_lease(TimePoint until) override {
         exec(
@@ -687,9 +727,11 @@ class PgStore final : public Store {
     void insert_in_tx(const NewMessage& m) {
         exec(
             "INSERT INTO messages(id, domain, sender, received_at, size, next_attempt_at, "
-            "smtputf8, eightbit, client, held, owner) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            "smtputf8, eightbit, client, held, owner, attempts, last_error) VALUES($1,$2,$3,$4,"
+            "$5,$6,$7,$8,$9,$10,$11,$12,$13)",
             {m.id, m.domain, m.sender, to_unix(m.received_at), body_size(m),
-             to_unix(m.next_attempt_at), m.smtputf8, m.eightbit, m.client, m.held, node_});
+             to_unix(m.next_attempt_at), m.smtputf8, m.eightbit, m.client, m.held, node_,
+             m.attempts, m.last_error});
         std::int64_t seq = 0;
         std::string_view body = m.body;
         const char* piece_sql = "INSERT INTO body_pieces(message_id, seq, data) VALUES($1,$2,$3)";

@@ -669,6 +669,44 @@ class SqliteStore final : public Store {
         return out;
     }
 
+    StoreTables export_tables() override {
+        StoreTables t;
+        Stmt g(db_, "SELECT network, sender, recipient, first_seen FROM greylist");
+        while (g.step())
+            t.greylist.push_back({g.text(0), g.text(1), g.text(2), from_unix(g.integer(3))});
+        Stmt a(db_, "SELECT network, until FROM greylist_allow");
+        while (a.step()) t.allowlist.push_back({a.text(0), from_unix(a.integer(1))});
+        Stmt v(db_, "SELECT address, exists_, expires, reply FROM verify_cache");
+        while (v.step())
+            t.verify.push_back(
+                {v.text(0), VerifyEntry{v.integer(1) != 0, from_unix(v.integer(2)), v.text(3)}});
+        t.domains = domains();
+        Stmt n(db_, "SELECT name FROM accounts ORDER BY name");
+        while (n.step()) t.accounts.push_back(*account(n.text(0)));
+        return t;
+    }
+
+    void import_tables(const StoreTables& t) override {
+        Tx tx(*this);
+        Stmt g(db_,
+               "INSERT OR IGNORE INTO greylist(network, sender, recipient, first_seen) "
+               "VALUES(?,?,?,?)");
+        for (const auto& r : t.greylist) {
+            g.bind(1, r.network).bind(2, r.sender).bind(3, r.recipient);
+            g.bind(4, to_unix(r.first_seen));
+            g.run();
+        }
+        Stmt a(db_, "INSERT OR IGNORE INTO greylist_allow(network, until) VALUES(?,?)");
+        for (const auto& r : t.allowlist) {
+            a.bind(1, r.network).bind(2, to_unix(r.until));
+            a.run();
+        }
+        for (const auto& r : t.verify) verify_put(r.address, r.entry);
+        tx.commit();
+        for (const auto& d : t.domains) add_domain(d);
+        for (const auto& acc : t.accounts) add_account(acc);
+    }
+
   private:
     struct Tx {
         explicit Tx(SqliteStore& s) : s(s) { s.exec("BEGIN IMMEDIATE"); }
@@ -686,7 +724,8 @@ class SqliteStore final : public Store {
     void insert_in_tx(const NewMessage& msg) {
         Stmt m(db_,
                "INSERT INTO messages(id, domain, sender, received_at, size, next_attempt_at, "
-               "smtputf8, eightbit, client, body, held) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
+               "smtputf8, eightbit, client, body, held, attempts, last_error) "
+               "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
         m.bind(1, msg.id)
             .bind(2, msg.domain)
             .bind(3, msg.sender)
@@ -697,7 +736,9 @@ class SqliteStore final : public Store {
             .bind(8, std::int64_t{msg.eightbit})
             .bind(9, msg.client)
             .bind_blob(10, std::string_view{})  // the body goes in pieces, below
-            .bind(11, msg.held);
+            .bind(11, msg.held)
+            .bind(12, std::int64_t{msg.attempts})
+            .bind(13, msg.last_error);
         m.run();
         Stmt b(db_, "INSERT INTO body_pieces(message_id, seq, data) VALUES(?,?,?)");
         std::int64_t seq = 0;

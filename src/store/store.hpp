@@ -34,6 +34,8 @@ struct NewMessage {
     bool eightbit = false;
     std::string client;  // "helo [ip]" for logs
     std::string held;    // non-empty: quarantined (a milter asked); kept, not delivered
+    int attempts = 0;    // a message moved from another store keeps its history's count
+    std::string last_error;
 };
 
 inline std::int64_t body_size(const NewMessage& m) {
@@ -165,6 +167,28 @@ struct AttemptRecord {
     std::string result;
 };
 
+// What `store copy` moves besides the messages: the greylist, the verification cache, the
+// run-time domains and the accounts (API tokens and the audit trail stay where they were).
+struct StoreTables {
+    struct Grey {
+        std::string network, sender, recipient;
+        TimePoint first_seen{};
+    };
+    struct Allow {
+        std::string network;
+        TimePoint until{};
+    };
+    struct Verified {
+        std::string address;
+        VerifyEntry entry;
+    };
+    std::vector<Grey> greylist;
+    std::vector<Allow> allowlist;
+    std::vector<Verified> verify;
+    std::vector<StoredDomain> domains;
+    std::vector<Account> accounts;
+};
+
 struct StoreError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -238,6 +262,10 @@ class Store {
     virtual void outage_end(const std::string& domain, TimePoint end, std::int64_t held) = 0;
     virtual void outage_drained(const std::string& domain, TimePoint at) = 0;
     virtual std::vector<Outage> outages(const std::string& domain, std::size_t limit) = 0;
+
+    // Everything but the messages, to move a store into another; import keeps rows it has.
+    virtual StoreTables export_tables() = 0;
+    virtual void import_tables(const StoreTables& t) = 0;
 
     // A fleet (several nodes, one PostgreSQL store): each message is owned by one node, the one
     // that accepted it, and only its owner delivers it. The owner renews its lease on all of its

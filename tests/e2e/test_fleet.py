@@ -2,12 +2,14 @@
 (SIGKILL) while accepting and while delivering, the database is cut off and comes back, and every
 message that got a 250 must reach the primary. Real PostgreSQL 15 clusters are started here."""
 import smtplib
+import subprocess
 import threading
 import time
 
-from harness import E2ETest, free_port, main, wait_until
+from harness import BIN, E2ETest, free_port, main, wait_until
 from pg import PgCluster
 
+SLOW_ONE = 'probe_interval = "1h"\nretry_min = "1h"\nretry_max = "2h"'
 FAST = 'probe_interval = "1s"\nretry_min = "1s"\nretry_max = "2s"\nlease = "5s"'
 
 
@@ -21,8 +23,9 @@ def subjects(sink):
 
 
 class FleetBase(E2ETest):
-    def node(self, name, host, primary_port, store=None):
-        b = self.backupmx({"fleet.test": f"127.0.0.1:{primary_port}"}, store=store or self.url,
+    def node(self, name, host, primary_port, store=None, domains=None):
+        b = self.backupmx(domains or {"fleet.test": f"127.0.0.1:{primary_port}"},
+                          store=store or self.url,
                           host=host, name=name,
                           extra_queue=FAST + f'\nnode = "{name}"\n'
                           f'control_socket = "{self.dir}/{name}.sock"')
@@ -123,6 +126,63 @@ class Fleet(FleetBase):
         except smtplib.SMTPException:
             s.rset()
             return 0
+
+
+class Migration(FleetBase):
+    def test_store_copy_moves_a_single_node_into_the_fleet(self):
+        pg = PgCluster(self.dir, free_port())
+        self.stoppers.append(pg.stop)
+        pg.start()
+        url = pg.url("fleet")
+        primary_port = free_port()
+        domains = {"mig.test": f"127.0.0.1:{primary_port}",
+                   "grey.test": f"127.0.0.1:{primary_port}"}
+        one = self.backupmx(domains, extra_queue=SLOW_ONE, name="single")
+        with open(one.config) as f:
+            text = f.read()
+        with open(one.config, "w") as f:  # greylisting for grey.test (a bool, not a string)
+            f.write(text.replace('name = "grey.test"', 'name = "grey.test"\ngreylisting = true'))
+        one.start()
+        s = one.smtp()
+        for i in range(3):
+            s.sendmail("alice@sender.test", [f"u{i}@mig.test"], f"Subject: mig-{i}\r\n\r\nx\r\n")
+        s.mail("alice@sender.test")
+        self.assertEqual(s.rcpt("bob@grey.test")[0], 451)  # greylisted: a triplet to carry
+        s.quit()
+        ids = sorted(r["id"] for r in one.queue())
+        one.cli("queue", "hold", ids[0])
+        one.cli("admin", "add-user", "cust", "--role", "customer", "--domain", "mig.test")
+        one.cli("domain", "add", "rt.test", "127.0.0.1:2599")
+        one.stop()
+
+        src = f"sqlite:{self.dir}/queue.db"
+        r = subprocess.run([BIN, "store", "copy", "--from", src, "--to", url],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("copied 3 messages (0 were there already), 1 greylist entries", r.stdout)
+        self.assertIn("1 domains, 1 accounts", r.stdout)
+        r = subprocess.run([BIN, "store", "copy", "--from", src, "--to", url],
+                           capture_output=True, text=True, timeout=60)
+        self.assertIn("copied 0 messages (3 were there already)", r.stdout)  # idempotent
+
+        sink = self.sink(port=primary_port).start()
+        node = self.node("n1", "127.0.0.2", primary_port, store=url, domains=domains)
+        wait_until(lambda: {"mig-1", "mig-2"} <= subjects(sink), timeout=30,
+                   what="the copied queue delivered by the fleet node")
+        self.assertNotIn("mig-0", subjects(sink))  # still held, as it was
+        self.assertEqual(pg.sql(f"SELECT held <> '' FROM messages WHERE id = '{ids[0]}'",
+                                "fleet"), "t")
+        self.assertEqual(pg.sql("SELECT count(*) FROM greylist", "fleet"), "1")
+        self.assertEqual(pg.sql("SELECT domain FROM account_domains WHERE name = 'cust'",
+                                "fleet"), "mig.test")
+        s = node.smtp()
+        s.mail("alice@sender.test")
+        self.assertEqual(s.rcpt("x@rt.test")[0], 250)  # the run-time domain came along
+        s.quit()
+        r = subprocess.run([BIN, "store", "migrate", "--config", node.config],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("schema up to date", r.stdout)
 
 
 class Failover(FleetBase):

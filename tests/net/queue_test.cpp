@@ -79,6 +79,8 @@ struct FullStore : Store {
     void outage_end(const std::string&, TimePoint, std::int64_t) override { full(); }
     void outage_drained(const std::string&, TimePoint) override { full(); }
     std::vector<Outage> outages(const std::string&, std::size_t) override { return {}; }
+    StoreTables export_tables() override { return {}; }
+    void import_tables(const StoreTables&) override { full(); }
 };
 
 }  // namespace
