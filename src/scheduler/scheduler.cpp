@@ -42,7 +42,12 @@ void count_result(const char* result, std::size_t n = 1) {
 }  // namespace
 
 Scheduler::Scheduler(asio::io_context& io, const Config& cfg, Queue& queue, dns::Resolver& resolver)
-    : io_(io), cfg_(cfg), queue_(queue), resolver_(resolver), timer_(io) {}
+    : io_(io),
+      cfg_(cfg),
+      queue_(queue),
+      resolver_(resolver),
+      timer_(io),
+      fleet_(is_pg_url(cfg.store)) {}
 
 Scheduler::Dest& Scheduler::dest(const std::string& domain) {
     auto [it, fresh] = dests_.try_emplace(domain);
@@ -188,18 +193,38 @@ asio::awaitable<void> Scheduler::fleet() {
         auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
         if (ec || stopping_) co_return;
         const auto lease = cfg_.lease;
-        const std::function<std::vector<IndexEntry>(Store&)> work = [lease](Store& s) {
+        struct Work {
+            std::vector<IndexEntry> taken;
+            std::vector<Store::PrimaryState> primaries;
+        };
+        const std::function<Work(Store&)> work = [lease](Store& s) {
             const auto t = now();
             s.renew_lease(t + lease);
-            return s.take_over(t, 1000);
+            return Work{s.take_over(t, 1000), s.primaries()};
         };
         try {
-            auto taken = co_await queue_.call(work);
-            for (const auto& e : taken) {
+            auto w = co_await queue_.call(work);
+            for (const auto& e : w.taken) {
                 spdlog::info("took over id={} domain={}: its node's lease ran out", e.id, e.domain);
                 index(e.id, e.domain, e.received_at, e.next_attempt_at, e.attempts);
             }
-            if (!taken.empty()) wake();
+            // Another node found a primary back up: no need to wait for a probe of our own.
+            for (const auto& p : w.primaries) {
+                auto it = dests_.find(p.domain);
+                if (it == dests_.end() || p.state != "up") continue;
+                auto& d = it->second;
+                if (d.up || d.probing || p.since < d.down_since) continue;
+                spdlog::info("primary for {} is up (seen by another node of the fleet); sending "
+                             "{} queued messages",
+                             p.domain, index_.waiting(d.id));
+                d.up = true;
+                d.failures = 0;
+                d.outage_open = false;  // the node that saw it back closes the outage
+                d.limit = cfg_.initial_concurrency;
+                tried(d, true, p.last_result);
+                flush(p.domain);
+            }
+            if (!w.taken.empty()) wake();
         } catch (const std::exception& e) {
             spdlog::warn("fleet: lease not renewed: {}", e.what());
         }
@@ -362,12 +387,63 @@ void Scheduler::mark_down(const std::string& domain, const std::string& why) {
         d.outage_open = true;
         outage_event(domain, 0);
     }
+    publish(domain);
     d.next_probe = t + cfg_.probe_interval;
     spdlog::warn("primary for {} is down: {}; probing every {}", domain, why,
                  format_duration(cfg_.probe_interval));
 }
 
+asio::awaitable<void> Scheduler::release_slot(std::string domain) {
+    const std::function<bool(Store&)> release = [&domain](Store& st) {
+        st.release_slot(domain);
+        return true;
+    };
+    try {
+        co_await queue_.call(release);
+    } catch (const std::exception& e) {  // the node's lease ends it if the store is gone
+        spdlog::warn("fleet: connection slot for {} not released: {}", domain, e.what());
+    }
+}
+
+void Scheduler::publish(const std::string& domain) {
+    if (!fleet_) return;
+    auto& d = dest(domain);
+    Store::PrimaryState p{domain, d.up ? "up" : "down", d.up ? d.since : d.down_since,
+                          d.last_probe, d.last_result};
+    spawn([](Queue& q, Store::PrimaryState p) -> asio::awaitable<void> {
+        const std::function<bool(Store&)> put = [&p](Store& st) {
+            st.put_primary(p);
+            return true;
+        };
+        try {
+            co_await q.call(put);
+        } catch (const std::exception& e) {
+            spdlog::warn("fleet: state of {}'s primary not shared: {}", p.domain, e.what());
+        }
+    }(queue_, std::move(p)));
+}
+
 asio::awaitable<void> Scheduler::probe(std::string domain) {
+    if (fleet_) {  // one node of the fleet probes a down primary; the others follow the store
+        const auto until = now() + cfg_.probe_interval + std::chrono::seconds(10);
+        const std::function<bool(Store&)> claim = [&domain, until](Store& st) {
+            return st.claim_probe(domain, until);
+        };
+        bool mine = false;
+        try {
+            mine = co_await queue_.call(claim);
+        } catch (const std::exception& e) {
+            spdlog::warn("fleet: cannot claim the probe of {}: {}", domain, e.what());
+        }
+        if (stopping_) co_return;
+        if (!mine) {
+            auto& d = dest(domain);
+            d.probing = false;
+            d.next_probe = now() + cfg_.probe_interval;
+            wake();
+            co_return;
+        }
+    }
     auto r = co_await route(domain);
     const auto s = settings(domain);
     delivery::Outcome o;
@@ -412,6 +488,7 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
                  o.remote, age(d.down_since, t), index_.waiting(d.id));
     d.up = true;
     d.limit = cfg_.initial_concurrency;
+    publish(domain);
     flush(domain);
 }
 
@@ -437,6 +514,34 @@ asio::awaitable<void> Scheduler::expire(std::string id) {
 // connection cache does the same) until none is due, the primary falters, or the reuse limits.
 asio::awaitable<void> Scheduler::worker(std::string domain, std::string first) {
     Slot slot{dest(domain).in_flight};
+    // A fleet: the primary's connections are counted for all nodes together.
+    struct FleetSlot {
+        Scheduler* s = nullptr;
+        std::string domain;
+        ~FleetSlot() {
+            if (s) s->spawn(s->release_slot(domain));
+        }
+    } fleet_slot;
+    if (fleet_) {
+        const unsigned limit = cfg_.max_concurrency;
+        const std::function<bool(Store&)> acquire = [&domain, limit](Store& st) {
+            return st.acquire_slot(domain, limit);
+        };
+        bool ok = false;
+        try {
+            ok = co_await queue_.call(acquire);
+        } catch (const std::exception& e) {
+            spdlog::warn("fleet: no connection slot for {}: {}", domain, e.what());
+        }
+        if (stopping_) co_return;
+        if (!ok) {  // the fleet has all the connections it may open: this one waits a moment
+            index_.requeue(*Index::key(first), now() + std::chrono::seconds(1), false);
+            wake();
+            co_return;
+        }
+        fleet_slot.domain = domain;  // (not a temporary FleetSlot: its end would release it)
+        fleet_slot.s = this;
+    }
     const auto r = co_await route(domain);
     if (stopping_) co_return;
     if (r.kind != delivery::Route::Kind::Ok) {

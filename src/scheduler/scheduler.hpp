@@ -99,6 +99,8 @@ class Scheduler {
                                          const delivery::Route* route);
     boost::asio::awaitable<void> probe(std::string domain);
     boost::asio::awaitable<void> fleet();
+    boost::asio::awaitable<void> release_slot(std::string domain);
+    void publish(const std::string& domain);  // a fleet: this primary's state, for every node
     boost::asio::awaitable<void> finish(std::string id, AttemptUpdate u,
                                         std::optional<NewMessage> dsn);
 
@@ -118,6 +120,7 @@ class Scheduler {
     std::list<boost::asio::cancellation_signal> signals_;
     bool stopping_ = false;
     Alerts* alerts_ = nullptr;
+    bool fleet_ = false;  // a PostgreSQL store shared with other nodes
 };
 
 }  // namespace bmx

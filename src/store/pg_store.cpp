@@ -126,6 +126,24 @@ CREATE TABLE outages (
 );
 CREATE INDEX outages_domain ON outages(domain, start);
 )sql",
+    // 2: the fleet's shared view of each primary, and its connections counted fleet-wide
+    R"sql(
+CREATE TABLE primaries (
+    domain TEXT PRIMARY KEY,
+    state TEXT NOT NULL DEFAULT 'unknown',
+    since BIGINT NOT NULL DEFAULT 0,
+    last_probe BIGINT NOT NULL DEFAULT 0,
+    last_result TEXT NOT NULL DEFAULT '',
+    prober TEXT NOT NULL DEFAULT '',
+    probe_until BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE slots (
+    domain TEXT NOT NULL,
+    node TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (domain, node)
+);
+)sql",
 };
 
 // One query parameter, sent as text (or as bytes, for bodies).
@@ -179,6 +197,7 @@ class PgStore final : public Store {
         connect();
         migrate();
         renew_lease(now() + lease_);  // this node's lease exists before its first message
+        exec("DELETE FROM slots WHERE node = $1", {node_});  // left by a crash of this node
     }
     ~PgStore() override {
         if (conn_) PQfinish(conn_);
@@ -610,6 +629,55 @@ class PgStore final : public Store {
         for (const auto& d : t.domains) add_domain(d);
         tx.commit();
         for (const auto& acc : t.accounts) add_account(acc);
+    }
+
+    bool claim_probe(const std::string& domain, TimePoint until) override {
+        // Ours when nobody holds it, its holder's claim ran out, or it is ours already.
+        return exec(
+                   "INSERT INTO primaries(domain, prober, probe_until) VALUES($1,$2,$3) ON "
+                   "CONFLICT (domain) DO UPDATE SET prober = $2, probe_until = $3 WHERE "
+                   "primaries.probe_until < $4 OR primaries.prober = $2 RETURNING 1",
+                   {domain, node_, to_unix(until), to_unix(now())})
+                   .rows() > 0;
+    }
+
+    void put_primary(const PrimaryState& p) override {
+        exec(
+            "INSERT INTO primaries(domain, state, since, last_probe, last_result) VALUES($1,$2,$3,"
+            "$4,$5) ON CONFLICT (domain) DO UPDATE SET state = $2, since = $3, last_probe = $4, "
+            "last_result = $5",
+            {p.domain, p.state, to_unix(p.since), to_unix(p.last_probe), p.last_result});
+    }
+
+    std::vector<PrimaryState> primaries() override {
+        auto r = exec("SELECT domain, state, since, last_probe, last_result FROM primaries", {});
+        std::vector<PrimaryState> out;
+        for (int i = 0; i < r.rows(); ++i)
+            out.push_back({r.text(i, 0), r.text(i, 1), from_unix(r.integer(i, 2)),
+                           from_unix(r.integer(i, 3)), r.text(i, 4)});
+        return out;
+    }
+
+    // The fleet's open connections to a domain's primary: those of nodes still alive (lease).
+    bool acquire_slot(const std::string& domain, unsigned limit) override {
+        Tx tx(*this);
+        exec("SELECT pg_advisory_xact_lock(hashtext('slots:' || $1))", {domain});
+        auto used = exec(
+            "SELECT coalesce(sum(s.n), 0) FROM slots s JOIN nodes n ON n.name = s.node WHERE "
+            "s.domain = $1 AND n.lease_until >= $2",
+            {domain, to_unix(now())});
+        if (used.integer(0, 0) >= static_cast<std::int64_t>(limit)) return false;
+        exec(
+            "INSERT INTO slots(domain, node, n) VALUES($1,$2,1) ON CONFLICT (domain, node) DO "
+            "UPDATE SET n = slots.n + 1",
+            {domain, node_});
+        tx.commit();
+        return true;
+    }
+
+    void release_slot(const std::string& domain) override {
+        exec("UPDATE slots SET n = greatest(n - 1, 0) WHERE domain = $1 AND node = $2",
+             {domain, node_});
     }
 
     // A node's lease is one row: renewing it costs the same with 10 or 10 million messages.

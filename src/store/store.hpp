@@ -272,6 +272,27 @@ class Store {
     // messages; another node takes over those whose lease ran out (their owner died or lost the
     // store) and schedules them. A store of one node (SQLite) owns everything: both do nothing.
     virtual void renew_lease(TimePoint until) { (void)until; }
+    // A fleet's view of each primary, written by whichever node learnt something: one node at a
+    // time probes a down primary (claim_probe), and the others follow the shared state; the
+    // connections to a primary are counted for the fleet as a whole (acquire_slot).
+    struct PrimaryState {
+        std::string domain, state;  // "up" | "down"
+        TimePoint since{}, last_probe{};
+        std::string last_result;
+    };
+    virtual bool claim_probe(const std::string& domain, TimePoint until) {
+        (void)domain;
+        (void)until;
+        return true;
+    }
+    virtual void put_primary(const PrimaryState& p) { (void)p; }
+    virtual std::vector<PrimaryState> primaries() { return {}; }
+    virtual bool acquire_slot(const std::string& domain, unsigned limit) {
+        (void)domain;
+        (void)limit;
+        return true;
+    }
+    virtual void release_slot(const std::string& domain) { (void)domain; }
     virtual bool owns(const std::string& id) {  // may this node deliver it?
         (void)id;
         return true;

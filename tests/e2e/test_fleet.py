@@ -23,12 +23,12 @@ def subjects(sink):
 
 
 class FleetBase(E2ETest):
-    def node(self, name, host, primary_port, store=None, domains=None):
+    def node(self, name, host, primary_port, store=None, domains=None, extra=""):
         b = self.backupmx(domains or {"fleet.test": f"127.0.0.1:{primary_port}"},
                           store=store or self.url,
                           host=host, name=name,
                           extra_queue=FAST + f'\nnode = "{name}"\n'
-                          f'control_socket = "{self.dir}/{name}.sock"')
+                          f'control_socket = "{self.dir}/{name}.sock"\n{extra}')
         b.start()
         return b
 
@@ -113,6 +113,55 @@ class Fleet(FleetBase):
         wait_until(lambda: {"before", "after"} <= subjects(sink), timeout=30,
                    what="delivery after the database came back")
         self.assertNotIn("during", subjects(sink))
+
+    def test_the_fleet_as_a_whole_keeps_to_max_concurrency(self):
+        primary = self.scripted(data_delay=0.3)  # bound, not listening yet: down
+        cap = 'max_concurrency = 2\ninitial_concurrency = 2'
+        nodes = [self.node(n, h, primary.port, extra=cap)
+                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+        accepted = []
+        self.send_many(nodes, "cap", 30, accepted)
+        self.assertEqual(len(accepted), 30)
+        primary.start()  # back: three nodes, each would open 2 on its own
+        wait_until(lambda: len(primary.transactions) >= 30, timeout=90, what="all delivered")
+        self.assertLessEqual(primary.max_active, 2, "the fleet opened more than max_concurrency")
+
+    def test_a_down_primary_is_probed_by_one_node_at_a_time(self):
+        import socket
+        knock = socket.socket()
+        knock.bind(("127.0.0.1", 0))
+        knock.listen(64)
+        port = knock.getsockname()[1]
+        stop, seen = threading.Event(), []
+
+        def count():  # a primary that is "down": it takes the connection and drops it
+            knock.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    c, _ = knock.accept()
+                    seen.append(time.monotonic())
+                    c.close()
+                except OSError:
+                    pass
+        t = threading.Thread(target=count)
+        t.start()
+        try:
+            nodes = [self.node(n, h, port)
+                     for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+            accepted = []
+            self.send_many(nodes, "probe", 3, accepted)  # each node holds one
+            self.assertEqual(len(accepted), 3)
+            time.sleep(3)  # the first tries are over; now only probes knock
+            start = time.monotonic()
+            time.sleep(8)
+            knocks = len([x for x in seen if x >= start])
+        finally:
+            stop.set()
+            t.join(5)
+            knock.close()
+        # probe_interval is 1 s: one prober knocks about 8 times; three would knock about 24
+        self.assertGreaterEqual(knocks, 4)
+        self.assertLessEqual(knocks, 12, f"{knocks} probes in 8 s: more than one node probes")
 
     @staticmethod
     def _try_send(s, subject):
