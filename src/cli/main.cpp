@@ -167,6 +167,8 @@ int serve(Config cfg) {
     ctl.start();
     if (!cfg.admin_listen.empty()) console.start();
     asio::co_spawn(io, scheduler.run(), asio::detached);
+    if (is_pg_url(cfg.store))  // a fleet: rate limits hold for all nodes together
+        asio::co_spawn(io, checker.share(), asio::detached);
     asio::steady_timer domains_timer(io);
     if (is_pg_url(cfg.store))  // a fleet: what another node's operator adds is served here soon
         asio::co_spawn(
@@ -194,6 +196,7 @@ int serve(Config cfg) {
         ctl.stop();
         console.stop();
         domains_timer.cancel();
+        checker.stop_sharing();
         scheduler.stop();
         resolver.stop();
         grace.expires_after(std::chrono::seconds(20));

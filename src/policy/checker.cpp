@@ -40,14 +40,21 @@ std::string dnsbl_name(const std::string& ip, const std::string& zone) {
     return out + zone;
 }
 
+void Checker::Window::roll(std::int64_t now_minute) {
+    if (now_minute == minute) return;
+    const bool next = now_minute == minute + 1;
+    previous = next ? current : 0;
+    others_previous = next ? others_current : 0;
+    current = others_current = 0;
+    minute = now_minute;
+}
+
 std::uint32_t Checker::Window::add(std::int64_t now_minute, double into_minute) {
-    if (now_minute != minute) {
-        previous = now_minute == minute + 1 ? current : 0;
-        current = 0;
-        minute = now_minute;
-    }
+    roll(now_minute);
     ++current;
-    return current + static_cast<std::uint32_t>(previous * (1.0 - into_minute));
+    ++unshared;
+    return current + others_current +
+           static_cast<std::uint32_t>((previous + others_previous) * (1.0 - into_minute));
 }
 
 Checker::Checker(const Config& cfg, Queue& queue, dns::Resolver& resolver, Verifier verifier)
@@ -290,6 +297,47 @@ asio::awaitable<Decision> Checker::rcpt(const std::string& ip, const std::string
                                "greylisted"};
     }
     co_return Decision{};
+}
+
+asio::awaitable<void> Checker::share() {
+    share_timer_.emplace(co_await asio::this_coro::executor);
+    while (!sharing_stopped_) {
+        share_timer_->expires_after(std::chrono::seconds(1));
+        auto [ec] = co_await share_timer_->async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec || sharing_stopped_) co_return;
+        const auto [minute, into] = minute_now();
+        (void)into;
+        std::vector<Store::RateCount> mine;
+        for (auto& [ip, c] : clients_) {
+            for (auto [w, kind] : {std::pair{&c.connections, "c"}, std::pair{&c.messages, "m"},
+                                   std::pair{&c.recipients, "r"}}) {
+                if (!w->unshared) continue;
+                mine.push_back({ip + "|" + kind, w->minute, w->unshared});
+                w->unshared = 0;
+            }
+        }
+        const std::int64_t since = minute - 1;
+        const std::function<std::vector<Store::RateCount>(Store&)> work = [&mine, since](Store& s) {
+            return s.share_rates(mine, since);
+        };
+        std::vector<Store::RateCount> others;
+        try {
+            others = co_await queue_.call(work);
+        } catch (const std::exception& e) {
+            spdlog::warn("fleet: rate counters not shared: {}", e.what());
+            continue;  // the counts stay local; a lost second is within the tolerance
+        }
+        for (const auto& r : others) {
+            const auto bar = r.key.rfind('|');
+            if (bar == std::string::npos) continue;
+            auto& c = client(r.key.substr(0, bar));
+            const char kind = r.key[bar + 1];
+            Window& w = kind == 'c' ? c.connections : kind == 'm' ? c.messages : c.recipients;
+            w.roll(minute);
+            if (r.minute == minute) w.others_current = r.count;
+            if (r.minute == minute - 1) w.others_previous = r.count;
+        }
+    }
 }
 
 }  // namespace bmx::policy

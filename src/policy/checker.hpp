@@ -8,8 +8,10 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -54,10 +56,22 @@ class Checker {
                                           const std::string& recipient, const DomainConfig& domain,
                                           const Reputation& rep);
 
+    // A fleet: every second, this node's new events go to the store and the other nodes' counts
+    // come back into each window (see share_rates): a client cannot multiply its quota by the
+    // number of nodes, within what it sends to the others in that second.
+    boost::asio::awaitable<void> share();
+    void stop_sharing() {
+        sharing_stopped_ = true;
+        if (share_timer_) share_timer_->cancel();
+    }
+
   private:
     struct Window {  // events in the current and the previous minute: a sliding-window estimate
         std::int64_t minute = 0;
         std::uint32_t current = 0, previous = 0;
+        std::uint32_t others_current = 0, others_previous = 0;  // the fleet's other nodes
+        std::uint32_t unshared = 0;                             // ours since the last share
+        void roll(std::int64_t now_minute);
         std::uint32_t add(std::int64_t now_minute, double into_minute);
     };
     struct Client {
@@ -77,6 +91,8 @@ class Checker {
     Verifier verifier_;
     std::unordered_map<std::string, Client> clients_;
     std::unordered_map<std::string, std::uint32_t> subnets_;  // active sessions per network
+    std::optional<boost::asio::steady_timer> share_timer_;
+    bool sharing_stopped_ = false;
 };
 
 // DNS list query name for an address: "2.0.0.127.zen.spamhaus.org", nibbles for IPv6.

@@ -214,9 +214,10 @@ asio::awaitable<void> Scheduler::fleet() {
                 if (it == dests_.end() || p.state != "up") continue;
                 auto& d = it->second;
                 if (d.up || d.probing || p.since < d.down_since) continue;
-                spdlog::info("primary for {} is up (seen by another node of the fleet); sending "
-                             "{} queued messages",
-                             p.domain, index_.waiting(d.id));
+                spdlog::info(
+                    "primary for {} is up (seen by another node of the fleet); sending "
+                    "{} queued messages",
+                    p.domain, index_.waiting(d.id));
                 d.up = true;
                 d.failures = 0;
                 d.outage_open = false;  // the node that saw it back closes the outage
@@ -408,8 +409,8 @@ asio::awaitable<void> Scheduler::release_slot(std::string domain) {
 void Scheduler::publish(const std::string& domain) {
     if (!fleet_) return;
     auto& d = dest(domain);
-    Store::PrimaryState p{domain, d.up ? "up" : "down", d.up ? d.since : d.down_since,
-                          d.last_probe, d.last_result};
+    Store::PrimaryState p{domain, d.up ? "up" : "down", d.up ? d.since : d.down_since, d.last_probe,
+                          d.last_result};
     spawn([](Queue& q, Store::PrimaryState p) -> asio::awaitable<void> {
         const std::function<bool(Store&)> put = [&p](Store& st) {
             st.put_primary(p);

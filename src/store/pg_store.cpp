@@ -144,6 +144,17 @@ CREATE TABLE slots (
     PRIMARY KEY (domain, node)
 );
 )sql",
+    // 3: per-client rate counters shared by the fleet
+    R"sql(
+CREATE TABLE rates (
+    key TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    node TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (key, minute, node)
+);
+CREATE INDEX rates_minute ON rates(minute);
+)sql",
 };
 
 // One query parameter, sent as text (or as bytes, for bodies).
@@ -678,6 +689,27 @@ class PgStore final : public Store {
     void release_slot(const std::string& domain) override {
         exec("UPDATE slots SET n = greatest(n - 1, 0) WHERE domain = $1 AND node = $2",
              {domain, node_});
+    }
+
+    std::vector<RateCount> share_rates(const std::vector<RateCount>& mine,
+                                       std::int64_t since) override {
+        Tx tx(*this);
+        for (const auto& r : mine)
+            exec(
+                "INSERT INTO rates(key, minute, node, count) VALUES($1,$2,$3,$4) ON CONFLICT "
+                "(key, minute, node) DO UPDATE SET count = rates.count + EXCLUDED.count",
+                {r.key, r.minute, node_, static_cast<std::int64_t>(r.count)});
+        auto others = exec(
+            "SELECT key, minute, sum(count) FROM rates WHERE minute >= $1 AND node <> $2 GROUP "
+            "BY key, minute",
+            {since, node_});
+        exec("DELETE FROM rates WHERE minute < $1", {since - 1});
+        tx.commit();
+        std::vector<RateCount> out;
+        for (int i = 0; i < others.rows(); ++i)
+            out.push_back({others.text(i, 0), others.integer(i, 1),
+                           static_cast<std::uint32_t>(others.integer(i, 2))});
+        return out;
     }
 
     // A node's lease is one row: renewing it costs the same with 10 or 10 million messages.

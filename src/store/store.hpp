@@ -293,6 +293,19 @@ class Store {
         return true;
     }
     virtual void release_slot(const std::string& domain) { (void)domain; }
+    // Rate counters shared by a fleet: this node's new events ("ip|kind" per minute) go in, the
+    // other nodes' counts for minutes >= `since` come back.
+    struct RateCount {
+        std::string key;
+        std::int64_t minute = 0;
+        std::uint32_t count = 0;
+    };
+    virtual std::vector<RateCount> share_rates(const std::vector<RateCount>& mine,
+                                               std::int64_t since) {
+        (void)mine;
+        (void)since;
+        return {};
+    }
     virtual bool owns(const std::string& id) {  // may this node deliver it?
         (void)id;
         return true;

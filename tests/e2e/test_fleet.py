@@ -2,6 +2,7 @@
 (SIGKILL) while accepting and while delivering, the database is cut off and comes back, and every
 message that got a 250 must reach the primary. Real PostgreSQL 15 clusters are started here."""
 import smtplib
+import sys
 import subprocess
 import threading
 import time
@@ -23,10 +24,10 @@ def subjects(sink):
 
 
 class FleetBase(E2ETest):
-    def node(self, name, host, primary_port, store=None, domains=None, extra=""):
+    def node(self, name, host, primary_port, store=None, domains=None, extra="", toml=""):
         b = self.backupmx(domains or {"fleet.test": f"127.0.0.1:{primary_port}"},
                           store=store or self.url,
-                          host=host, name=name,
+                          host=host, name=name, extra_toml=toml,
                           extra_queue=FAST + f'\nnode = "{name}"\n'
                           f'control_socket = "{self.dir}/{name}.sock"\n{extra}')
         b.start()
@@ -125,6 +126,30 @@ class Fleet(FleetBase):
         primary.start()  # back: three nodes, each would open 2 on its own
         wait_until(lambda: len(primary.transactions) >= 30, timeout=90, what="all delivered")
         self.assertLessEqual(primary.max_active, 2, "the fleet opened more than max_concurrency")
+
+    def test_a_client_cannot_multiply_its_rate_by_the_number_of_nodes(self):
+        limits = "[policy]\nlimit_exceptions = []\nmessage_rate = 12\nspf = false"
+        nodes = [self.node(n, h, free_port(), toml=limits)
+                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+        sessions = [n.smtp() for n in nodes]
+        accepted = refused = 0
+        for i in range(36):  # 36 MAIL FROMs in about 5 s, spread over the three nodes
+            code, msg = sessions[i % 3].mail("alice@sender.test")
+            if code == 250:
+                accepted += 1
+            else:
+                self.assertEqual(code, 450, msg)
+                self.assertIn(b"message_rate", msg)
+                refused += 1
+            sessions[i % 3].rset()
+            time.sleep(0.15)
+        for s in sessions:
+            s.quit()
+        # Alone, each node would take 12 (36 in all). Shared every second, the fleet takes 12
+        # plus at most what reached the other nodes within that second.
+        print(f"fleet accepted {accepted} of 36", file=sys.stderr)
+        self.assertGreaterEqual(accepted, 12)
+        self.assertLessEqual(accepted, 20, f"{accepted} MAIL FROMs accepted by the fleet")
 
     def test_a_down_primary_is_probed_by_one_node_at_a_time(self):
         import socket
