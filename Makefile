@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CONFIG ?= examples/demo.toml
 
-.PHONY: all deps build run test unit fuzz bench clean format
+.PHONY: all deps build run test unit fuzz bench clean format fleet-demo
 
 all: build
 
@@ -50,6 +50,11 @@ fuzz: build
 bench: build
 	python3 bench/run.py --write
 	python3 bench/backlog.py --write
+
+# Two PostgreSQL clusters (primary + synchronous standby) and three nodes on loopback; see
+# docs/fleet.md. Ctrl-C stops it all.
+fleet-demo: build
+	python3 scripts/fleet_demo.py
 
 unit: build
 	./$(BUILD)/unit_tests

@@ -114,7 +114,7 @@ class PgCluster:
         os.makedirs(s.dir, mode=0o700)
         s._own(s.dir)
         _check(_as_postgres([f"{BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port),
-                             "-U", "postgres", "-D", s.dir, "-R", "-X", "stream",
+                             "-U", "postgres", "-D", s.dir, "-R", "-X", "stream", "-c", "fast",
                              "--no-sync"]), "pg_basebackup")
         with open(os.path.join(s.dir, "postgresql.auto.conf"), "a") as f:
             f.write(f"\nprimary_conninfo = 'host=127.0.0.1 port={self.port} user=postgres "
