@@ -50,6 +50,7 @@ fuzz: build
 bench: build
 	python3 bench/run.py --write
 	python3 bench/backlog.py --write
+	python3 bench/fleet.py --write
 
 # Two PostgreSQL clusters (primary + synchronous standby) and three nodes on loopback; see
 # docs/fleet.md. Ctrl-C stops it all.

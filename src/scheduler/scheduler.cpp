@@ -208,23 +208,7 @@ asio::awaitable<void> Scheduler::fleet() {
                 spdlog::info("took over id={} domain={}: its node's lease ran out", e.id, e.domain);
                 index(e.id, e.domain, e.received_at, e.next_attempt_at, e.attempts);
             }
-            // Another node found a primary back up: no need to wait for a probe of our own.
-            for (const auto& p : w.primaries) {
-                auto it = dests_.find(p.domain);
-                if (it == dests_.end() || p.state != "up") continue;
-                auto& d = it->second;
-                if (d.up || d.probing || p.since < d.down_since) continue;
-                spdlog::info(
-                    "primary for {} is up (seen by another node of the fleet); sending "
-                    "{} queued messages",
-                    p.domain, index_.waiting(d.id));
-                d.up = true;
-                d.failures = 0;
-                d.outage_open = false;  // the node that saw it back closes the outage
-                d.limit = cfg_.initial_concurrency;
-                tried(d, true, p.last_result);
-                flush(p.domain);
-            }
+            for (const auto& p : w.primaries) adopt(p);
             if (!w.taken.empty()) wake();
         } catch (const std::exception& e) {
             spdlog::warn("fleet: lease not renewed: {}", e.what());
@@ -406,6 +390,25 @@ asio::awaitable<void> Scheduler::release_slot(std::string domain) {
     }
 }
 
+// Another node found a primary back up: no need to wait for a probe of our own.
+void Scheduler::adopt(const Store::PrimaryState& p) {
+    auto it = dests_.find(p.domain);
+    if (it == dests_.end() || p.state != "up") return;
+    auto& d = it->second;
+    // (the store keeps whole seconds: an "up" of the same second as our "down" counts)
+    if (d.up || d.probing || p.since < from_unix(to_unix(d.down_since))) return;
+    spdlog::info(
+        "primary for {} is up (seen by another node of the fleet); sending {} queued "
+        "messages",
+        p.domain, index_.waiting(d.id));
+    d.up = true;
+    d.failures = 0;
+    d.outage_open = false;  // the node that saw it back closes the outage
+    d.limit = cfg_.initial_concurrency;
+    tried(d, true, p.last_result);
+    flush(p.domain);
+}
+
 void Scheduler::publish(const std::string& domain) {
     if (!fleet_) return;
     auto& d = dest(domain);
@@ -427,20 +430,29 @@ void Scheduler::publish(const std::string& domain) {
 asio::awaitable<void> Scheduler::probe(std::string domain) {
     if (fleet_) {  // one node of the fleet probes a down primary; the others follow the store
         const auto until = now() + cfg_.probe_interval + std::chrono::seconds(10);
-        const std::function<bool(Store&)> claim = [&domain, until](Store& st) {
-            return st.claim_probe(domain, until);
+        struct Claim {
+            bool mine = false;
+            std::vector<Store::PrimaryState> shared;  // when another node probes: what it saw
         };
-        bool mine = false;
+        const std::function<Claim(Store&)> claim = [&domain, until](Store& st) {
+            Claim c{st.claim_probe(domain, until), {}};
+            if (!c.mine)
+                for (auto& p : st.primaries())
+                    if (p.domain == domain) c.shared.push_back(std::move(p));
+            return c;
+        };
+        Claim c;
         try {
-            mine = co_await queue_.call(claim);
+            c = co_await queue_.call(claim);
         } catch (const std::exception& e) {
             spdlog::warn("fleet: cannot claim the probe of {}: {}", domain, e.what());
         }
         if (stopping_) co_return;
-        if (!mine) {
+        if (!c.mine) {
             auto& d = dest(domain);
             d.probing = false;
             d.next_probe = now() + cfg_.probe_interval;
+            for (const auto& p : c.shared) adopt(p);
             wake();
             co_return;
         }

@@ -802,11 +802,24 @@ class PgStore final : public Store {
         return exec(sql, std::vector<Param>(params), binary);
     }
 
+    // One node migrates at a time (a session advisory lock: even the first CREATE TABLE would
+    // race between nodes starting together); the others wait, then find nothing to do.
     void migrate() {
+        static constexpr const char* kLock = "SELECT pg_advisory_lock(724165001)";
+        static constexpr const char* kUnlock = "SELECT pg_advisory_unlock(724165001)";
+        exec(kLock, {});
+        try {
+            migrate_locked();
+        } catch (...) {
+            if (conn_ && PQstatus(conn_) == CONNECTION_OK) PQclear(PQexec(conn_, kUnlock));
+            throw;
+        }
+        exec(kUnlock, {});
+    }
+
+    void migrate_locked() {
         exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", {});
         Tx tx(*this);
-        // One node migrates at a time; the others wait here, then find nothing to do.
-        exec("LOCK TABLE schema_version IN EXCLUSIVE MODE", {});
         auto v = exec("SELECT coalesce(max(version), 0) FROM schema_version", {});
         const auto have = v.integer(0, 0);
         const auto want = static_cast<std::int64_t>(std::size(kMigrations));

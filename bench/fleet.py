@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""bench/fleet: the PostgreSQL store beside SQLite and Postfix — accept and drain rates.
+
+Four setups, each the backup MX of example.test on loopback with the primary (smtp-sink) down
+while mail is accepted, then up:
+  sqlite      one backupmx node, embedded SQLite store (as in bench/run.py)
+  pg x1       one node on a PostgreSQL 15 store (fsync on, synchronous_commit on)
+  pg x3       three nodes (127.0.0.2-4) on the same store, the load split over them
+  postfix     Postfix, for the ratio
+Measures accept msg/s (smtp-source, --sessions in all) and drain msg/s from the first to the last
+delivery (and from "primary up", which includes the wait for a probe). Medians of --runs.
+--write puts a section into bench/RESULTS.md (replacing an earlier one); --smoke is tiny.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
+from pg import PgCluster  # noqa: E402
+from run import BIN, Postfix, Sink, free_port, listening, wait  # noqa: E402
+
+
+class Nodes:
+    """One or more backupmx nodes on one store."""
+
+    def __init__(self, work, primary_port, probe_interval, store, hosts):
+        self.procs, self.configs, self.ports = [], [], []
+        self.hosts = hosts
+        for i, host in enumerate(hosts):
+            d = os.path.join(work, f"node{i}")
+            os.makedirs(d)
+            port = free_port()
+            cfg = os.path.join(d, "bench.toml")
+            with open(cfg, "w") as f:
+                f.write(f'''hostname = "mx2.bench.test"
+[smtp]
+listen = ["{host}:{port}"]
+max_connections = 5000
+[queue]
+store = "{store or "sqlite:" + d + "/queue.db"}"
+node = "n{i}"
+control_socket = "{d}/control.sock"
+probe_interval = "{probe_interval}s"
+retry_min = "1h"
+retry_max = "2h"
+[policy]
+spf = false
+[log]
+level = "warn"
+[[domain]]
+name = "example.test"
+primary = "127.0.0.1:{primary_port}"
+''')
+            self.configs.append(cfg)
+            self.ports.append(port)
+        self.dirs = [os.path.dirname(c) for c in self.configs]
+
+    def start(self):
+        for cfg, d in zip(self.configs, self.dirs):
+            log = open(os.path.join(d, "log"), "wb")
+            self.procs.append(subprocess.Popen([BIN, "serve", "--config", cfg], stdout=log,
+                                               stderr=subprocess.STDOUT))
+        for host, port, d in zip(self.hosts, self.ports, self.dirs):
+            try:
+                wait(lambda: listening_on(host, port), 30, "backupmx node")
+            except RuntimeError:
+                sys.stderr.write(open(os.path.join(d, "log")).read())
+                raise
+
+    def queued(self):
+        out = subprocess.run([BIN, "queue", "summary", "--json", "--config", self.configs[0]],
+                             capture_output=True, text=True, timeout=120).stdout
+        import json
+        return sum(d["messages"] for d in json.loads(out or "[]"))
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(60)
+
+
+def listening_on(host, port):
+    import socket
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def run_once(setup, args):
+    work = tempfile.mkdtemp(prefix="bmx-fleet-bench-")
+    os.chmod(work, 0o755)
+    primary_port = free_port()
+    sink = Sink(primary_port)
+    pg = None
+    try:
+        if setup == "postfix":
+            server = Postfix(work, primary_port, args.probe_interval)
+            targets = [("127.0.0.1", None)]
+        else:
+            store = None
+            if setup.startswith("pg"):
+                pg = PgCluster(work, free_port())
+                pg.start()
+                store = pg.url("backupmx")
+            hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"] if setup == "pg x3" else ["127.0.0.1"]
+            server = Nodes(work, primary_port, args.probe_interval, store, hosts)
+        server.start()
+        if setup == "postfix":
+            targets = [("127.0.0.1", server.port)]
+        else:
+            targets = list(zip(server.hosts, server.ports))
+        share = args.messages // len(targets)
+        t0 = time.monotonic()
+        loads = [subprocess.Popen(["smtp-source", "-s", str(max(1, args.sessions // len(targets))),
+                                   "-m", str(share), "-l", str(args.size), "-f",
+                                   "load@sender.test", "-t", "bob@example.test",
+                                   f"{host}:{port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for host, port in targets]
+        for p in loads:
+            p.wait(1800)
+        accept_s = time.monotonic() - t0
+        total = share * len(targets)
+        wait(lambda: server.queued() >= total, 300, "all queued")
+        sink.start()
+        t1 = time.monotonic()
+        if setup == "postfix":
+            server.primary_up()
+        wait(lambda: sink.count >= total, 1800, "drain")
+        return {"accept": total / accept_s, "drain": total / (sink.last - t1),
+                "drain_from_first": total / (sink.last - sink.first)}
+    finally:
+        try:
+            server.stop()
+        finally:
+            sink.stop()
+            if pg:
+                pg.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=10240)
+    ap.add_argument("--sessions", type=int, default=21)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--probe-interval", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.messages, args.runs, args.probe_interval = 300, 1, 1
+    setups = ["sqlite", "pg x1", "pg x3", "postfix"]
+    results = {}
+    for s in setups:
+        runs = [run_once(s, args) for _ in range(args.runs)]
+        results[s] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    pf = results["postfix"]
+    lines = ["| setup | accept msg/s | vs Postfix | drain msg/s, first to last | vs Postfix | "
+             "drain msg/s, from primary up |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in setups:
+        r = results[s]
+        lines.append(f"| {s} | {r['accept']:.0f} | {r['accept'] / pf['accept']:.2f} | "
+                     f"{r['drain_from_first']:.0f} | "
+                     f"{r['drain_from_first'] / pf['drain_from_first']:.2f} | {r['drain']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        section = f"""<!-- fleet -->
+## The PostgreSQL store: one node and a fleet of three (bench/fleet.py)
+
+`python3 bench/fleet.py --messages {args.messages} --size {args.size} --sessions {args.sessions} --runs {args.runs} --write`, {time.strftime('%Y-%m-%d')}.
+The same load (smtp-source, {args.sessions} sessions in all, split evenly over the nodes) with the
+primary down, then the primary up (Postfix flushed at once, backupmx by its probe every
+{args.probe_interval}s). PostgreSQL 15 on the same machine with fsync and synchronous_commit on;
+the three nodes share the one database and this machine's two cores. Medians of {args.runs} runs.
+
+{table}
+<!-- /fleet -->
+"""
+        path = os.path.join(HERE, "RESULTS.md")
+        text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+        if "<!-- fleet -->" in text:
+            a = text.index("<!-- fleet -->")
+            b = text.index("<!-- /fleet -->") + len("<!-- /fleet -->\n")
+            text = text[:a] + section + text[b:]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        with open(path, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
