@@ -132,6 +132,12 @@ def run_once(setup, args):
         accept_s = time.monotonic() - t0
         total = share * len(targets)
         wait(lambda: server.queued() >= total, 300, "all queued")
+        if setup == "postfix":
+            # what Postfix tried while the primary was down must be in its deferred queue first:
+            # a flush then sends all of it (one still active would wait for the next queue run)
+            wait(lambda: all(not files for q in ("maildrop", "incoming", "active")
+                             for _, _, files in os.walk(os.path.join(server.dir, "queue", q))),
+                 300, "postfix active queue empty")
         sink.start()
         t1 = time.monotonic()
         if setup == "postfix":

@@ -48,6 +48,41 @@ def port_open(port, host="127.0.0.1"):
         return False
 
 
+def pg_admin_url():
+    """$BMX_E2E_PG_FILE names a file holding the URL of a PostgreSQL server's admin database:
+    then every backupmx of the e2e tests gets a database of its own there instead of SQLite
+    (ctest runs the suite once on each engine)."""
+    path = os.environ.get("BMX_E2E_PG_FILE")
+    if not path:
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
+
+def pg_store_for(workdir, name):
+    """A fresh database for one backupmx of a test; its libpq URL."""
+    admin = pg_admin_url()
+    db = "e2e_" + re.sub(r"[^a-z0-9]", "_", (os.path.basename(workdir) + name).lower())
+    subprocess.run(["psql", admin, "-Atqc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
+                   capture_output=True, timeout=60)
+    subprocess.run(["psql", admin, "-Atqc", f"CREATE DATABASE {db}"], check=True,
+                   capture_output=True, timeout=60)
+    return admin.rsplit("/", 1)[0] + "/" + db
+
+
+def store_dump(b):
+    """Everything the store holds, as text (to look for what must not be there)."""
+    if b.store.startswith("sqlite:"):
+        import sqlite3
+        db = sqlite3.connect(b.store[7:])
+        try:
+            return "\n".join(db.iterdump())
+        finally:
+            db.close()
+    return subprocess.run(["pg_dump", "--data-only", b.store], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+
+
 class Backupmx:
     """One backupmx server with its own config, store and log in a temp dir."""
 
@@ -61,9 +96,13 @@ class Backupmx:
         self.log_path = os.path.join(workdir, f"backupmx{name}.log")
         self.env = dict(os.environ, **(env or {}))
         self.proc = None
+        if store is None:
+            store = pg_store_for(workdir, name) if pg_admin_url() else \
+                f"sqlite:{workdir}/queue.db"
+        self.store = store
         lines = [f'hostname = "{hostname}"', extra_toml, "[smtp]",
                  f'listen = ["{host}:{self.port}"]', extra_smtp, "[queue]",
-                 f'store = "{store or "sqlite:" + workdir + "/queue.db"}"', extra_queue]
+                 f'store = "{store}"', extra_queue]
         for name, spec in domains.items():
             # spec: "host:port" (the primary), None (route by MX), or a dict of domain keys
             if not isinstance(spec, dict):
