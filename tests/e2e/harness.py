@@ -103,6 +103,8 @@ class Backupmx:
         lines = [f'hostname = "{hostname}"', extra_toml, "[smtp]",
                  f'listen = ["{host}:{self.port}"]', extra_smtp, "[queue]",
                  f'store = "{store}"', extra_queue]
+        if not store.startswith("sqlite:") and "control_socket" not in extra_queue:
+            lines.append(f'control_socket = "{workdir}/control{name}.sock"')  # not beside a file
         for name, spec in domains.items():
             # spec: "host:port" (the primary), None (route by MX), or a dict of domain keys
             if not isinstance(spec, dict):
