@@ -238,17 +238,6 @@ class PgStore final : public Store {
         return r.rows() > 0;
     }
 
-    std::optional<StoredMessage> load(const std::string& id) override {
-        auto m = load_head(id);
-        if (!m) return m;
-        for (std::size_t seq = 1;; ++seq) {
-            auto piece = read_body(id, seq);
-            if (!piece) break;
-            m->body += *piece;
-        }
-        return m;
-    }
-
     std::optional<StoredMessage> load_head(const std::string& id) override {
         auto r = exec(
             "SELECT id, domain, sender, received_at, size, attempts, next_attempt_at, last_error, "

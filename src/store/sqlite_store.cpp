@@ -213,17 +213,6 @@ class SqliteStore final : public Store {
         return any;
     }
 
-    std::optional<StoredMessage> load(const std::string& id) override {
-        auto m = load_head(id);
-        if (!m) return m;
-        for (std::size_t seq = 1;; ++seq) {
-            auto piece = read_body(id, seq);
-            if (!piece) break;
-            m->body += *piece;
-        }
-        return m;
-    }
-
     std::optional<StoredMessage> load_head(const std::string& id) override {
         Stmt s(db_,
                "SELECT id, domain, sender, received_at, size, attempts, next_attempt_at, "

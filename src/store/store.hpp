@@ -210,7 +210,16 @@ class Store {
         }
         return all;
     }
-    virtual std::optional<StoredMessage> load(const std::string& id) = 0;  // the whole body
+    std::optional<StoredMessage> load(const std::string& id) {  // the whole body
+        auto m = load_head(id);
+        if (!m) return m;
+        for (std::size_t seq = 1;; ++seq) {
+            auto piece = read_body(id, seq);
+            if (!piece) break;
+            m->body += *piece;
+        }
+        return m;
+    }
     // Envelope, state and only the first body piece (all a small message has): delivery reads
     // the rest with read_body, a piece at a time, and never holds a whole large body.
     virtual std::optional<StoredMessage> load_head(const std::string& id) = 0;

@@ -231,13 +231,24 @@ class SmtpSink:
         """Parsed dumps: dicts with sender, recipients, mail_args, content (LF line ends)."""
         # smtp-sink writes a dump while the message arrives: only the `done` oldest files are
         # whole messages (the ones still growing are the newest), so a reader never sees one cut.
+        # A dump of a transaction cut off midway (its client killed) is removed by smtp-sink: a
+        # file may vanish between the listing and the reading, and was never a message.
         done = self.base + self.done
-        paths = [os.path.join(self.dump, n) for n in os.listdir(self.dump)]
-        paths.sort(key=lambda p: os.stat(p).st_mtime_ns)
+        stamped = []
+        for n in os.listdir(self.dump):
+            path = os.path.join(self.dump, n)
+            try:
+                stamped.append((os.stat(path).st_mtime_ns, path))
+            except FileNotFoundError:
+                pass
+        stamped.sort()
         out = []
-        for path in sorted(paths[:done]):
-            with open(path, "rb") as f:
-                raw = f.read()
+        for path in sorted(p for _, p in stamped[:done]):
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                continue
             out.append(parse_sink_dump(raw))
         return out
 

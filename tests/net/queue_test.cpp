@@ -38,7 +38,6 @@ struct FullStore : Store {
     bool load_index_page(std::int64_t&, std::size_t, std::vector<IndexEntry>&) override {
         return false;
     }
-    std::optional<StoredMessage> load(const std::string&) override { return std::nullopt; }
     std::optional<StoredMessage> load_head(const std::string&) override { return std::nullopt; }
     std::optional<std::string> read_body(const std::string&, std::size_t) override {
         return std::nullopt;
