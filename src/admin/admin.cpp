@@ -198,8 +198,6 @@ json::object message_json(const QueueRow& r, TimePoint t) {
                         {"held_reason", r.held}};
 }
 
-const char* kRcptStatus[] = {"pending", "delivered", "failed"};
-
 }  // namespace
 
 Admin::Admin(asio::io_context& io, Parts parts) : io_(io), p_(std::move(parts)) {}
@@ -765,7 +763,7 @@ asio::awaitable<Response> Admin::message_api(Ctx& c) {
         for (const auto& r : m.recipients) {
             if (r.status == RcptStatus::Pending) row.recipients.push_back(r.address);
             states.emplace_back(json::object{{"address", r.address},
-                                             {"status", kRcptStatus[static_cast<int>(r.status)]},
+                                             {"status", to_string(r.status)},
                                              {"last_reply", r.last_reply}});
         }
         auto o = message_json(row, now());

@@ -468,9 +468,8 @@ int queue_show(const Config& cfg, const std::string& id) {
               << age_text(m->received_at) << " ago)\nattempts: " << m->attempts
               << "\nnext attempt: " << rfc5322_date(m->next_attempt_at)
               << "\nstate: " << (m->held.empty() ? "queued" : "held (" + m->held + ")") << "\n";
-    const char* names[] = {"pending", "delivered", "failed"};
     for (const auto& r : m->recipients)
-        std::cout << "to: <" << r.address << "> " << names[static_cast<int>(r.status)]
+        std::cout << "to: <" << r.address << "> " << to_string(r.status)
                   << (r.last_reply.empty() ? "" : " \"" + r.last_reply + "\"") << "\n";
     for (const auto& h : store->history(id))
         std::cout << "attempt: " << rfc5322_date(h.at) << " " << h.result << "\n";

@@ -20,6 +20,11 @@ namespace bmx {
 inline constexpr std::size_t kBodyPiece = 64 * 1024;
 
 enum class RcptStatus : int { Pending = 0, Delivered = 1, Failed = 2 };
+inline const char* to_string(RcptStatus s) {  // "pending", "delivered", "failed"
+    return s == RcptStatus::Delivered ? "delivered"
+           : s == RcptStatus::Failed  ? "failed"
+                                      : "pending";
+}
 
 struct NewMessage {
     std::string id;
