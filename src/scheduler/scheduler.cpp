@@ -363,6 +363,7 @@ void Scheduler::mark_down(const std::string& domain, const std::string& why) {
     auto& d = dest(domain);
     auto t = now();
     d.limit = std::max(1u, d.limit / 2);
+    if (fleet_) spawn(window(domain, Store::Window::Halve));
     failed_try(domain, why);
     tried(d, false, why);
     if (!d.up) return;
@@ -376,6 +377,22 @@ void Scheduler::mark_down(const std::string& domain, const std::string& why) {
     d.next_probe = t + cfg_.probe_interval;
     spdlog::warn("primary for {} is down: {}; probing every {}", domain, why,
                  format_duration(cfg_.probe_interval));
+}
+
+// The fleet's slow start for a primary (see Store::adjust_window); this node follows it.
+asio::awaitable<void> Scheduler::window(std::string domain, Store::Window how) {
+    const unsigned initial = cfg_.initial_concurrency, max = cfg_.max_concurrency;
+    const std::function<unsigned(Store&)> adjust = [&domain, how, initial, max](Store& st) {
+        return st.adjust_window(domain, how, initial, max);
+    };
+    try {
+        const unsigned w = co_await queue_.call(adjust);
+        if (stopping_ || w == 0) co_return;
+        dest(domain).limit = w;
+        wake();
+    } catch (const std::exception& e) {
+        spdlog::warn("fleet: connection window of {} not kept: {}", domain, e.what());
+    }
 }
 
 asio::awaitable<void> Scheduler::release_slot(std::string domain) {
@@ -501,6 +518,7 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
                  o.remote, age(d.down_since, t), index_.waiting(d.id));
     d.up = true;
     d.limit = cfg_.initial_concurrency;
+    if (fleet_) spawn(window(domain, Store::Window::Reset));
     publish(domain);
     flush(domain);
 }
@@ -536,18 +554,19 @@ asio::awaitable<void> Scheduler::worker(std::string domain, std::string first) {
         }
     } fleet_slot;
     if (fleet_) {
-        const unsigned limit = cfg_.max_concurrency;
-        const std::function<bool(Store&)> acquire = [&domain, limit](Store& st) {
-            return st.acquire_slot(domain, limit);
+        const unsigned initial = cfg_.initial_concurrency, max = cfg_.max_concurrency;
+        const std::function<Store::SlotGrant(Store&)> acquire = [&domain, initial, max](Store& st) {
+            return st.acquire_slot(domain, initial, max);
         };
-        bool ok = false;
+        Store::SlotGrant grant{false, 0};
         try {
-            ok = co_await queue_.call(acquire);
+            grant = co_await queue_.call(acquire);
         } catch (const std::exception& e) {
             spdlog::warn("fleet: no connection slot for {}: {}", domain, e.what());
         }
         if (stopping_) co_return;
-        if (!ok) {  // the fleet has all the connections it may open: this one waits a moment
+        if (grant.window > 0) dest(domain).limit = grant.window;  // this node opens no more
+        if (!grant.granted) {  // the fleet has all the connections it may open: wait a moment
             index_.requeue(*Index::key(first), now() + std::chrono::seconds(1), false);
             wake();
             co_return;
@@ -713,9 +732,13 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
             auto& d = dest(domain);
             d.failures = 0;
             tried(d, true, "delivered to " + primary);
-            if (d.limit < cfg_.max_concurrency) {
-                ++d.limit;  // slow start: it keeps up, one more connection may open
-                wake();
+            if (d.limit < cfg_.max_concurrency) {  // slow start: it keeps up, one more may open
+                if (fleet_) {
+                    spawn(window(domain, Store::Window::Grow));  // (the fleet's window)
+                } else {
+                    ++d.limit;
+                    wake();
+                }
             }
         }
     } else {

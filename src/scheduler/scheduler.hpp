@@ -100,6 +100,7 @@ class Scheduler {
     boost::asio::awaitable<void> probe(std::string domain);
     boost::asio::awaitable<void> fleet();
     boost::asio::awaitable<void> release_slot(std::string domain);
+    boost::asio::awaitable<void> window(std::string domain, Store::Window how);
     void publish(const std::string& domain);   // a fleet: this primary's state, for every node
     void adopt(const Store::PrimaryState& p);  // ... and what another node saw of it
     boost::asio::awaitable<void> finish(std::string id, AttemptUpdate u,

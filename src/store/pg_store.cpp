@@ -155,6 +155,10 @@ CREATE TABLE rates (
 );
 CREATE INDEX rates_minute ON rates(minute);
 )sql",
+    // 4: slow start for the fleet: each primary's connection window (0: not started)
+    R"sql(
+ALTER TABLE primaries ADD COLUMN conn_window INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 
 // One query parameter, sent as text (or as bytes, for bodies).
@@ -658,21 +662,46 @@ class PgStore final : public Store {
         return out;
     }
 
-    // The fleet's open connections to a domain's primary: those of nodes still alive (lease).
-    bool acquire_slot(const std::string& domain, unsigned limit) override {
+    // The fleet's open connections to a domain's primary: those of nodes still alive (lease),
+    // within the primary's window.
+    SlotGrant acquire_slot(const std::string& domain, unsigned initial, unsigned max) override {
         Tx tx(*this);
         exec("SELECT pg_advisory_xact_lock(hashtext('slots:' || $1))", {domain});
-        auto used = exec(
-            "SELECT coalesce(sum(s.n), 0) FROM slots s JOIN nodes n ON n.name = s.node WHERE "
-            "s.domain = $1 AND n.lease_until >= $2",
+        auto r = exec(
+            "SELECT (SELECT coalesce(sum(s.n), 0) FROM slots s JOIN nodes n ON n.name = s.node "
+            "WHERE s.domain = $1 AND n.lease_until >= $2), (SELECT conn_window FROM primaries "
+            "WHERE domain = $1)",
             {domain, to_unix(now())});
-        if (used.integer(0, 0) >= static_cast<std::int64_t>(limit)) return false;
+        const std::int64_t kept = r.null(0, 1) ? 0 : r.integer(0, 1);
+        const auto window = std::min(max, kept > 0 ? static_cast<unsigned>(kept) : initial);
+        if (r.integer(0, 0) >= static_cast<std::int64_t>(window)) return {false, window};
         exec(
             "INSERT INTO slots(domain, node, n) VALUES($1,$2,1) ON CONFLICT (domain, node) DO "
             "UPDATE SET n = slots.n + 1",
             {domain, node_});
         tx.commit();
-        return true;
+        return {true, window};
+    }
+
+    unsigned adjust_window(const std::string& domain, Window how, unsigned initial,
+                           unsigned max) override {
+        // From the current window (0: not started, so `initial`), within 1..max.
+        const auto next = [how](const std::string& w) {
+            const std::string e = how == Window::Grow    ? w + " + 1"
+                                  : how == Window::Halve ? w + " / 2"
+                                                         : std::string("$2::int");
+            return "least(greatest(" + e + ", 1), $3::int)";
+        };
+        const std::string sql = "INSERT INTO primaries(domain, conn_window) VALUES($1, " +
+                                next("$2::int") +
+                                ") ON CONFLICT (domain) DO UPDATE SET conn_window = " +
+                                next(
+                                    "(CASE WHEN primaries.conn_window = 0 THEN $2::int ELSE "
+                                    "primaries.conn_window END)") +
+                                " RETURNING conn_window";
+        auto r = exec(sql.c_str(),
+                      {domain, static_cast<std::int64_t>(initial), static_cast<std::int64_t>(max)});
+        return static_cast<unsigned>(r.integer(0, 0));
     }
 
     void release_slot(const std::string& domain) override {

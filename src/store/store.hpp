@@ -301,12 +301,31 @@ class Store {
     }
     virtual void put_primary(const PrimaryState& p) { (void)p; }
     virtual std::vector<PrimaryState> primaries() { return {}; }
-    virtual bool acquire_slot(const std::string& domain, unsigned limit) {
+    // Slow start for the fleet as a whole: the primary's `window` (from `initial` up to `max`)
+    // bounds the connections of all nodes together. A slot is granted while fewer are open; the
+    // window comes back either way, so a node opens no more than the fleet may.
+    struct SlotGrant {
+        bool granted = true;
+        unsigned window = 0;  // 0: not kept (one node: the scheduler's own count decides)
+    };
+    virtual SlotGrant acquire_slot(const std::string& domain, unsigned initial, unsigned max) {
         (void)domain;
-        (void)limit;
-        return true;
+        (void)initial;
+        (void)max;
+        return {};
     }
     virtual void release_slot(const std::string& domain) { (void)domain; }
+    // A delivery went through (Grow: one more), the primary faltered (Halve), or it came back up
+    // (Reset: `initial`). Returns the new window (0 when not kept).
+    enum class Window { Grow, Halve, Reset };
+    virtual unsigned adjust_window(const std::string& domain, Window how, unsigned initial,
+                                   unsigned max) {
+        (void)domain;
+        (void)how;
+        (void)initial;
+        (void)max;
+        return 0;
+    }
     // Rate counters shared by a fleet: this node's new events ("ip|kind" per minute) go in, the
     // other nodes' counts for minutes >= `since` come back.
     struct RateCount {

@@ -301,6 +301,8 @@ class ScriptedPrimary:
         self.rsets = 0
         self.max_per_connection = max_per_connection  # then 421 at the next MAIL, and close
         self.per_connection = []  # transactions carried by each finished connection
+        self.mailing = 0  # connections that have sent a MAIL and are still open
+        self.mails = []  # at each first MAIL of a connection: (connections mailing, transactions done)
         self.stopping = False
         self.sock = socket.socket(family)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -353,6 +355,7 @@ class ScriptedPrimary:
             send("220 scripted.primary ESMTP")
             mail, accepted = None, []
             carried = 0
+            mailed = False
             secure = None  # TLS version once STARTTLS is done
             while True:
                 line = readline()
@@ -384,6 +387,11 @@ class ScriptedPrimary:
                             self.reads_with_mail_and_data += 1
                     mail = cmd[10:]
                     accepted = []
+                    if not mailed:
+                        mailed = True
+                        with self.lock:
+                            self.mailing += 1
+                            self.mails.append((self.mailing, len(self.transactions)))
                     send("250 2.1.0 Ok")
                 elif verb == "RCPT":
                     addr = cmd[cmd.index("<") + 1:cmd.rindex(">")]
@@ -432,6 +440,7 @@ class ScriptedPrimary:
         finally:
             with self.lock:
                 self.active -= 1
+                self.mailing -= 1 if mailed else 0
                 self.per_connection.append(carried)
             conn.close()
 

@@ -127,6 +127,26 @@ class Fleet(FleetBase):
         wait_until(lambda: len(primary.transactions) >= 30, timeout=90, what="all delivered")
         self.assertLessEqual(primary.max_active, 2, "the fleet opened more than max_concurrency")
 
+    def test_slow_start_holds_for_the_fleet_as_a_whole(self):
+        # Each delivery takes 1.5 s: until the first one is through, the fleet may open one
+        # connection (initial_concurrency), although three nodes hold mail and learn at once
+        # that the primary is back. Then the window grows, up to max_concurrency in all.
+        primary = self.scripted(data_delay=1.5)  # bound, not listening yet: down
+        window = 'max_concurrency = 3\ninitial_concurrency = 1'
+        nodes = [self.node(n, h, primary.port, extra=window)
+                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+        accepted = []
+        self.send_many(nodes, "slow", 12, accepted)
+        self.assertEqual(len(accepted), 12)
+        primary.start()
+        wait_until(lambda: len(primary.transactions) >= 12, timeout=90, what="all delivered")
+        first = [n for n, done in primary.mails if done == 0]
+        self.assertTrue(first, primary.mails)
+        self.assertEqual(max(first), 1, f"before any delivery went through: {primary.mails}")
+        self.assertGreaterEqual(max(n for n, _ in primary.mails), 2, "the window never grew")
+        self.assertLessEqual(primary.max_active, 3, "the fleet opened more than max_concurrency")
+        self.assertGreaterEqual(len({t["rcpts"][0] for t in primary.transactions}), 12)
+
     def test_a_client_cannot_multiply_its_rate_by_the_number_of_nodes(self):
         limits = "[policy]\nlimit_exceptions = []\nmessage_rate = 12\nspf = false"
         nodes = [self.node(n, h, free_port(), toml=limits)

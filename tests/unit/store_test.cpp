@@ -749,3 +749,94 @@ TEST_P(StoreTest, QueuePagesFiltersSummariesHoldAndHistory) {
     EXPECT_EQ(sums[0].last_error, "451 busy");
     EXPECT_EQ(sums[1].held, 1);
 }
+
+// =============================================================================================
+// A fleet: two nodes on one PostgreSQL store (what only that engine does).
+
+class FleetStoreTest : public StoreFixture, public ::testing::Test {
+  protected:
+    void SetUp() override {
+        open("pg");
+        other_ = open_pg_store(url_, "node-b", Seconds(60));
+    }
+    void TearDown() override {
+        other_.reset();
+        close();
+    }
+    std::unique_ptr<Store> other_;  // node-b; store_ is node-a
+};
+
+TEST_F(FleetStoreTest, EachMessageBelongsToTheNodeThatAcceptedIt) {
+    insert({msg("F000000000000001", {"a@example.test"})});
+    EXPECT_TRUE(store_->owns("F000000000000001"));
+    EXPECT_FALSE(other_->owns("F000000000000001"));
+    EXPECT_EQ(other_->load_index().size(), 0u);  // node-b schedules none of node-a's mail
+    EXPECT_EQ(store_->load_index().size(), 1u);
+    // node-a's lease still runs: nothing to take over
+    EXPECT_TRUE(other_->take_over(now(), 100).empty());
+}
+
+TEST_F(FleetStoreTest, ADeadNodesMessagesAreTakenOverOnceItsLeaseRunsOut) {
+    insert({msg("F000000000000001", {"a@example.test"}), msg("F000000000000002", {"b@x.test"})});
+    store_->renew_lease(now() - Seconds(1));  // node-a stopped renewing
+    auto taken = other_->take_over(now(), 100);
+    ASSERT_EQ(taken.size(), 2u);
+    EXPECT_TRUE(other_->owns("F000000000000001"));
+    EXPECT_FALSE(store_->owns("F000000000000001"));      // node-a, back, must not deliver it
+    EXPECT_TRUE(other_->take_over(now(), 100).empty());  // taken once
+}
+
+TEST_F(FleetStoreTest, OneNodeAtATimeProbesADownPrimary) {
+    EXPECT_TRUE(store_->claim_probe("example.test", now() + Seconds(30)));
+    EXPECT_FALSE(other_->claim_probe("example.test", now() + Seconds(30)));
+    EXPECT_TRUE(store_->claim_probe("example.test", now() + Seconds(30)));  // still ours
+    EXPECT_TRUE(other_->claim_probe("other.test", now() + Seconds(30)));    // per primary
+    // node-a's claim runs out (it died): node-b probes
+    EXPECT_TRUE(store_->claim_probe("example.test", now() - Seconds(1)));
+    EXPECT_TRUE(other_->claim_probe("example.test", now() + Seconds(30)));
+    store_->put_primary({"example.test", "up", from_unix(1000), from_unix(1001), "reached"});
+    auto p = other_->primaries();
+    ASSERT_EQ(p.size(), 2u);
+    EXPECT_EQ(p[0].domain == "example.test" ? p[0].state : p[1].state, "up");
+}
+
+TEST_F(FleetStoreTest, ConnectionsToAPrimaryAreCountedForTheFleetWithinItsWindow) {
+    // initial 1, max 3: the fleet opens one connection until a delivery goes through
+    auto g = store_->acquire_slot("example.test", 1, 3);
+    EXPECT_TRUE(g.granted);
+    EXPECT_EQ(g.window, 1u);
+    EXPECT_FALSE(other_->acquire_slot("example.test", 1, 3).granted);
+    EXPECT_EQ(store_->adjust_window("example.test", Store::Window::Grow, 1, 3), 2u);
+    EXPECT_TRUE(other_->acquire_slot("example.test", 1, 3).granted);  // 2 of 2
+    EXPECT_FALSE(other_->acquire_slot("example.test", 1, 3).granted);
+    EXPECT_EQ(other_->adjust_window("example.test", Store::Window::Grow, 1, 3), 3u);
+    EXPECT_EQ(other_->adjust_window("example.test", Store::Window::Grow, 1, 3), 3u);  // max
+    EXPECT_TRUE(store_->acquire_slot("example.test", 1, 3).granted);                  // 3 of 3
+    EXPECT_FALSE(store_->acquire_slot("example.test", 1, 3).granted);
+    store_->release_slot("example.test");
+    EXPECT_TRUE(other_->acquire_slot("example.test", 1, 3).granted);
+    // the primary falters: halved (never below 1); back up: from `initial` again
+    EXPECT_EQ(store_->adjust_window("example.test", Store::Window::Halve, 1, 3), 1u);
+    EXPECT_EQ(store_->adjust_window("example.test", Store::Window::Halve, 1, 3), 1u);
+    EXPECT_EQ(store_->adjust_window("example.test", Store::Window::Grow, 1, 3), 2u);
+    EXPECT_EQ(store_->adjust_window("example.test", Store::Window::Reset, 1, 3), 1u);
+    // a node whose lease ran out holds no slots: its connections died with it
+    EXPECT_EQ(store_->adjust_window("other.test", Store::Window::Grow, 2, 5), 3u);
+    EXPECT_TRUE(store_->acquire_slot("other.test", 2, 5).granted);
+    EXPECT_TRUE(store_->acquire_slot("other.test", 2, 5).granted);
+    EXPECT_TRUE(store_->acquire_slot("other.test", 2, 5).granted);
+    EXPECT_FALSE(other_->acquire_slot("other.test", 2, 5).granted);
+    store_->renew_lease(now() - Seconds(1));
+    EXPECT_TRUE(other_->acquire_slot("other.test", 2, 5).granted);
+}
+
+TEST_F(FleetStoreTest, RateCountsAreSharedBetweenNodes) {
+    const std::int64_t minute = to_unix(now()) / 60;
+    EXPECT_TRUE(store_->share_rates({{"192.0.2.1|message", minute, 5}}, minute - 1).empty());
+    auto seen = other_->share_rates({{"192.0.2.1|message", minute, 2}}, minute - 1);
+    ASSERT_EQ(seen.size(), 1u);  // node-b sees node-a's 5, not its own 2
+    EXPECT_EQ(seen[0].count, 5u);
+    seen = store_->share_rates({}, minute - 1);
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].count, 2u);
+}
