@@ -1,6 +1,7 @@
 // cli: the `backupmx` command — `serve` wires the parts together on one event loop; `queue
 // list|flush|delete` and `check-config` are the operator's tools. It must never hold protocol or
 // queue logic of its own: it only parses arguments, prints, and calls the parts.
+#include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -60,12 +61,44 @@ void raise_fd_limit() {
     }
 }
 
+// A fleet's node whose database cannot be reached at start waits for it, not listening (senders
+// go to another MX or come back later), instead of exiting; SIGINT or SIGTERM still stop it
+// (nullptr). An SQLite store that does not open is an error at once.
+std::unique_ptr<Store> open_store_waiting(const Config& cfg) {
+    if (!is_pg_url(cfg.store)) return open_store(cfg.store, cfg.node, cfg.lease);
+    sigset_t stop, old;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, &old);
+    struct Restore {
+        sigset_t* old;
+        ~Restore() { pthread_sigmask(SIG_SETMASK, old, nullptr); }
+    } restore{&old};
+    Seconds wait{1};
+    for (;;) {
+        try {
+            return open_store(cfg.store, cfg.node, cfg.lease);
+        } catch (const StoreError& e) {
+            spdlog::error("{}; not accepting mail, trying again in {}", e.what(),
+                          format_duration(wait));
+        }
+        const timespec ts{static_cast<time_t>(wait.count()), 0};
+        if (sigtimedwait(&stop, nullptr, &ts) > 0) {
+            spdlog::info("stopped while waiting for the store");
+            return nullptr;
+        }
+        wait = std::min(wait * 2, Seconds(30));
+    }
+}
+
 int serve(Config cfg) {
     setup_logging(cfg.log_level);
     apply_time_offset();
     raise_fd_limit();
     asio::io_context io(1);
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = open_store_waiting(cfg);
+    if (!store) return 0;
     // The domains added at run time, loaded before the first SMTP session can ask for them.
     Domains domains(cfg);
     domains.load(store->domains());

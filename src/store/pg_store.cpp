@@ -209,10 +209,15 @@ class PgStore final : public Store {
   public:
     PgStore(std::string url, std::string node, Seconds lease)
         : url_(std::move(url)), node_(std::move(node)), lease_(lease) {
-        connect();
-        migrate();
-        renew_lease(now() + lease_);  // this node's lease exists before its first message
-        exec("DELETE FROM slots WHERE node = $1", {node_});  // left by a crash of this node
+        try {
+            connect();
+            migrate();
+            renew_lease(now() + lease_);  // this node's lease exists before its first message
+            exec("DELETE FROM slots WHERE node = $1", {node_});  // left by a crash of this node
+        } catch (...) {  // (no destructor runs for a constructor that throws)
+            if (conn_) PQfinish(conn_);
+            throw;
+        }
     }
     ~PgStore() override {
         if (conn_) PQfinish(conn_);
@@ -784,6 +789,8 @@ class PgStore final : public Store {
             PQfinish(conn_);
             conn_ = nullptr;
             while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+            for (char& c : err)  // libpq's hint goes on a line of its own: one log line
+                if (c == '\n' || c == '\t') c = ' ';
             throw StoreError("cannot reach the PostgreSQL store: " + err);
         }
         PQclear(PQexec(conn_, "SET client_min_messages = warning"));

@@ -24,13 +24,14 @@ def subjects(sink):
 
 
 class FleetBase(E2ETest):
-    def node(self, name, host, primary_port, store=None, domains=None, extra="", toml=""):
+    def node(self, name, host, primary_port, store=None, domains=None, extra="", toml="",
+             wait=True):
         b = self.backupmx(domains or {"fleet.test": f"127.0.0.1:{primary_port}"},
                           store=store or self.url,
                           host=host, name=name, extra_toml=toml,
                           extra_queue=FAST + f'\nnode = "{name}"\n'
                           f'control_socket = "{self.dir}/{name}.sock"\n{extra}')
-        b.start()
+        b.start(wait=wait)
         return b
 
     def send_many(self, nodes, prefix, count, accepted, stop=None):
@@ -114,6 +115,29 @@ class Fleet(FleetBase):
         wait_until(lambda: {"before", "after"} <= subjects(sink), timeout=30,
                    what="delivery after the database came back")
         self.assertNotIn("during", subjects(sink))
+
+    def test_a_node_started_while_the_database_is_down_waits_for_it(self):
+        import socket
+        primary_port = free_port()
+        sink = self.sink(port=primary_port).start()
+        self.pg.stop()
+        a = self.node("a", "127.0.0.2", primary_port, wait=False)
+        b = self.node("b", "127.0.0.3", primary_port, wait=False)
+        for n in (a, b):
+            n.wait_log(r"cannot reach the PostgreSQL store.*not accepting mail, trying again in")
+        a.wait_log(r"trying again in 2s")  # backing off, still alive
+        self.assertIsNone(a.proc.poll())
+        with self.assertRaises(OSError):  # not listening: senders go to another MX
+            socket.create_connection((a.host, a.port), timeout=2).close()
+        self.assertEqual(b.stop(), 0)  # a signal still stops a waiting node
+        b.wait_log(r"stopped while waiting for the store")
+        self.pg.start()
+        wait_until(lambda: "backupmx ready" in a.log(), timeout=60, what="a ready once the "
+                   "database is back")
+        s = a.smtp()
+        s.sendmail("alice@sender.test", ["u1@fleet.test"], "Subject: late\r\n\r\nx\r\n")
+        s.quit()
+        wait_until(lambda: "late" in subjects(sink), timeout=30, what="delivery")
 
     def test_the_fleet_as_a_whole_keeps_to_max_concurrency(self):
         primary = self.scripted(data_delay=0.3)  # bound, not listening yet: down
