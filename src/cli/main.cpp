@@ -716,7 +716,16 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (*serve_cmd) return serve(cfg);
-        if (*dns_cmd) return dns_check(check_domain, &cfg, check_hostname, check_json);
+        if (*dns_cmd) {  // the domains added at run time count as configured too
+            Domains live(cfg);
+            try {
+                live.load(open_store(cfg.store, cfg.node, cfg.lease)->domains());
+                cfg.live_domains = [&live](std::string_view name) { return live.find(name); };
+            } catch (const StoreError& e) {
+                std::cerr << "backupmx: domains added at run time not read: " << e.what() << "\n";
+            }
+            return dns_check(check_domain, &cfg, check_hostname, check_json);
+        }
         if (*list_cmd) return queue_list(cfg, json, list_domain);
         if (*summary_cmd) return queue_summary(cfg, json);
         if (*show_cmd) return queue_show(cfg, act_id);

@@ -92,6 +92,13 @@ class DnsCheck(E2ETest):
         fix = [c["fix"] for c in checks if c["check"] == "backup-listed"][0]
         self.assertIn(f"notlisted.test. 3600 IN MX 20 {ME}.", fix)
 
+    def test_a_domain_added_at_run_time_counts_as_configured(self):
+        self.assertIn(("configured", "error"), self.levels("notlisted.test")[2])
+        self.b.cli("domain", "add", "notlisted.test", "mail.notlisted.test")  # kept in the store
+        code, rep, lv, _ = self.levels("notlisted.test")
+        self.assertIn(("configured", "ok"), lv)
+        self.assertIn(("backup-listed", "error"), lv)  # the DNS is still to be fixed
+
     def test_backup_preferred_over_primary(self):
         code, rep, lv, _ = self.levels("backupfirst.test")
         self.assertEqual(code, 1)
