@@ -161,6 +161,14 @@ ALTER TABLE primaries ADD COLUMN conn_window INTEGER NOT NULL DEFAULT 0;
 )sql",
 };
 
+// libpq's messages end in a newline and put their hints on lines of their own: one log line.
+std::string one_line(std::string err) {
+    while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+    for (char& c : err)
+        if (c == '\n' || c == '\t') c = ' ';
+    return err;
+}
+
 // One query parameter, sent as text (or as bytes, for bodies).
 struct Param {
     Param(const std::string& s) : value(s) {}
@@ -785,12 +793,9 @@ class PgStore final : public Store {
         if (conn_) PQfinish(conn_);
         conn_ = PQconnectdb(url_.c_str());
         if (PQstatus(conn_) != CONNECTION_OK) {
-            std::string err = PQerrorMessage(conn_);
+            std::string err = one_line(PQerrorMessage(conn_));
             PQfinish(conn_);
             conn_ = nullptr;
-            while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
-            for (char& c : err)  // libpq's hint goes on a line of its own: one log line
-                if (c == '\n' || c == '\t') c = ' ';
             throw StoreError("cannot reach the PostgreSQL store: " + err);
         }
         PQclear(PQexec(conn_, "SET client_min_messages = warning"));
@@ -816,9 +821,8 @@ class PgStore final : public Store {
                          lengths.data(), formats.data(), binary_result ? 1 : 0);
         const auto status = PQresultStatus(r);
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-            std::string err = PQresultErrorMessage(r);
+            std::string err = one_line(PQresultErrorMessage(r));
             PQclear(r);
-            while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
             throw StoreError("postgresql: " + err);
         }
         return Result(r);

@@ -73,5 +73,78 @@ class DiskFull(E2ETest):
         self.assertEqual(len(sink.messages()), 1)
 
 
+class PgDiskFull(E2ETest):
+    """The same promise on a PostgreSQL store whose server runs out of disk: a table that cannot
+    grow fails the transaction (451); a WAL write that cannot be made stops the server, which
+    the operator starts again once there is space."""
+
+    def test_full_database_disk_answers_451_and_keeps_what_it_took(self):
+        import random
+        import string
+        from harness import free_port
+        from pg import PgCluster
+        self.assertEqual(os.geteuid(), 0, "this test mounts a tmpfs: run make test as root")
+        disk = os.path.join(self.dir, "pgdisk")
+        os.makedirs(disk)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m,mode=0755", "tmpfs", disk],
+                       check=True)
+        self.stoppers.append(lambda: subprocess.run(["umount", "-l", disk]))
+        pg = PgCluster(disk, free_port())
+        self.stoppers.append(pg.stop)  # (stopped before the disk goes)
+        pg.init()
+        pg.configure("max_wal_size = 32MB\nmin_wal_size = 32MB\n")
+        pg.start()
+        url = pg.url("backupmx") + "?connect_timeout=5"
+        sink = self.sink()
+        b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"}, store=url,
+                          extra_queue=f'probe_interval = "1s"\nretry_min = "1h"\n'
+                                      f'retry_max = "2h"\ncontrol_socket = "{self.dir}/c.sock"')
+        b.start()
+        rnd = random.Random(7)  # bodies that do not compress: the disk fills for real
+        accepted, refused = [], None
+        s = b.smtp()
+        for i in range(3000):
+            text = "".join(rnd.choices(string.ascii_letters, k=76 * 400))
+            body = f"Subject: fill-{i:04d}\r\n\r\n" + "\r\n".join(
+                text[j:j + 76] for j in range(0, len(text), 76)) + "\r\n"  # ~31 KB
+            try:
+                s.sendmail("a@sender.test", ["u@example.test"], body)
+                accepted.append(f"fill-{i:04d}")
+            except smtplib.SMTPDataError as e:
+                refused = (e.smtp_code, e.smtp_error.decode())
+                break
+            except smtplib.SMTPServerDisconnected:
+                self.fail("the session was dropped: " + b.log()[-2000:])
+        self.assertIsNotNone(refused, "the database's disk never filled up")
+        self.assertEqual(refused[0], 451, refused)
+        self.assertTrue(refused[1].startswith("4.3.0"), refused)
+        self.assertGreater(len(accepted), 5)
+        self.assertEqual(s.noop()[0], 250)  # the session and the server live on
+        self.assertIn("store failure, answering 451", b.log())
+        s.quit()
+        subprocess.run(["mount", "-o", "remount,size=512m", disk], check=True)  # space is back
+        if not pg.pid() or subprocess.run(["kill", "-0", str(pg.pid())]).returncode != 0:
+            pg.start()  # it stopped on a WAL write: the operator starts it again
+
+        def send_after():
+            try:
+                s = b.smtp()
+                s.sendmail("a@sender.test", ["u@example.test"], "Subject: after\r\n\r\nx\r\n")
+                s.quit()
+                return True
+            except (OSError, smtplib.SMTPException):
+                return False
+        wait_until(send_after, timeout=60, what="a 250 once there is space again")
+        accepted.append("after")
+        sink.start()
+        wait_until(lambda: pg.sql("SELECT count(*) FROM messages", "backupmx") == "0",
+                   timeout=120, what="queue drained")
+        got = set()
+        for m in sink.messages():
+            subject = [l for l in m["content"].split(b"\n") if l.startswith(b"Subject: ")][0]
+            got.add(subject[9:].decode())
+        self.assertEqual(set(accepted) - got, set(), "accepted messages lost")
+
+
 if __name__ == "__main__":
     main()
