@@ -171,9 +171,8 @@ TEST_P(QueueOnEngine, ConcurrentAttemptRecordsShareTransactions) {
     EXPECT_EQ(store->load_index().size(), static_cast<std::size_t>(n / 2));
 }
 
-TEST(Queue, CallRunsOnTheStoreThreadAndReturnsValues) {
-    TempDir dir;
-    Queue q(open_sqlite_store(dir.path + "/q.db"));
+TEST_P(QueueOnEngine, CallRunsOnTheStoreThreadAndReturnsValues) {
+    Queue q(open());
     asio::io_context io;
     std::size_t rows = 99;
     asio::co_spawn(
