@@ -85,33 +85,12 @@ const char* to_string(Role r) {
     return r == Role::Operator ? "operator" : "customer";
 }
 
-std::string Sessions::create(const std::string& user) {
-    const auto t = now();
-    std::erase_if(sessions_, [&](const auto& kv) { return kv.second.last_used + idle_ < t; });
-    auto id = random_token();
-    sessions_[token_hash(id)] = Session{user, random_token(), t};
-    return id;
+std::string session_key(std::string_view id) {
+    return token_hash(id);
 }
 
-const Sessions::Session* Sessions::find(const std::string& id) {
-    if (id.empty()) return nullptr;
-    auto it = sessions_.find(token_hash(id));
-    if (it == sessions_.end()) return nullptr;
-    const auto t = now();
-    if (it->second.last_used + idle_ < t) {
-        sessions_.erase(it);
-        return nullptr;
-    }
-    it->second.last_used = t;
-    return &it->second;
-}
-
-void Sessions::end(const std::string& id) {
-    sessions_.erase(token_hash(id));
-}
-
-void Sessions::end_user(const std::string& user) {
-    std::erase_if(sessions_, [&](const auto& kv) { return kv.second.user == user; });
+std::string csrf_token(std::string_view id) {  // a different hash than the key's: not in the store
+    return token_hash("csrf:" + std::string(id));
 }
 
 bool LoginLimiter::over(const std::string& key, TimePoint t) {

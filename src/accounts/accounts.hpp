@@ -27,24 +27,12 @@ enum class Role { Operator, Customer };
 std::optional<Role> parse_role(std::string_view s);
 const char* to_string(Role r);
 
-// Browser sessions, in this node's memory (a restart logs everyone out): the cookie's value is
-// the session id; the CSRF token goes with it. Idle sessions end after `idle`.
-class Sessions {
-  public:
-    struct Session {
-        std::string user, csrf;
-        TimePoint last_used{};
-    };
-    explicit Sessions(Seconds idle = Seconds(8 * 3600)) : idle_(idle) {}
-    std::string create(const std::string& user);  // returns the new session id
-    const Session* find(const std::string& id);   // nullptr when unknown or expired
-    void end(const std::string& id);
-    void end_user(const std::string& user);  // every session of an account
-
-  private:
-    Seconds idle_;
-    std::map<std::string, Session> sessions_;  // by SHA-256 of the id: a dump shows no cookie
-};
+// Browser sessions: the cookie's value is a random id. The store keeps only session_key(id), so
+// every node of a fleet knows the session and a dump shows no cookie; the CSRF token is derived
+// from the id (csrf_token) and is kept nowhere. Idle sessions end after kSessionIdle.
+inline constexpr Seconds kSessionIdle{8 * 3600};
+std::string session_key(std::string_view id);
+std::string csrf_token(std::string_view id);
 
 // Failed logins: after `max` failures within `window` from one address, or for one account, the
 // next tries are refused without checking the password until the window has passed.

@@ -272,9 +272,14 @@ asio::awaitable<std::optional<Admin::Caller>> Admin::authenticate(const Request&
         };
         user = co_await p_.queue.call(find);
     } else if (auto id = cookie(req, "bmx_session"); !id.empty()) {
-        if (const auto* s = sessions_.find(id)) {
-            user = s->user;
-            c.csrf = s->csrf;
+        const std::string key = accounts::session_key(id);
+        const std::function<std::optional<std::string>(Store&)> use = [&key](Store& s) {
+            const auto t = now();
+            return s.use_session(key, t, t - accounts::kSessionIdle);
+        };
+        user = co_await p_.queue.call(use);
+        if (user) {
+            c.csrf = accounts::csrf_token(id);
             c.session = id;
         }
     }
@@ -359,7 +364,13 @@ asio::awaitable<Response> Admin::login(Ctx& c) {
         co_return login_page(c.req, 401, "Wrong user name or password.");
     }
     limiter_.succeeded(user);
-    const std::string id = sessions_.create(user);
+    const std::string id = accounts::random_token();
+    const std::string key = accounts::session_key(id);
+    const std::function<bool(Store&)> put = [&key, &user, t](Store& s) {
+        s.put_session(key, user, t, t - accounts::kSessionIdle);
+        return true;
+    };
+    co_await p_.queue.call(put);
     co_await audit(c, "login", user, "");
     Response r = redirect("/");
     r.set(http::field::set_cookie, "bmx_session=" + id + "; HttpOnly; SameSite=Strict; Path=/" +
@@ -392,7 +403,12 @@ asio::awaitable<Response> Admin::route(Ctx& c) {
                         "text/html; charset=utf-8");
     }
     if (c.path == "/logout" && method == http::verb::post) {
-        sessions_.end(c.caller.session);
+        const std::string key = accounts::session_key(c.caller.session);
+        const std::function<bool(Store&)> end = [&key](Store& s) {
+            s.end_session(key);
+            return true;
+        };
+        co_await p_.queue.call(end);
         co_await audit(c, "logout", c.caller.user, "");
         Response r = redirect("/login");
         r.set(http::field::set_cookie,

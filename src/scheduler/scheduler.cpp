@@ -248,15 +248,26 @@ void Scheduler::outage_event(const std::string& domain, int what) {
 Scheduler::PrimaryStatus Scheduler::status(const std::string& domain) const {
     PrimaryStatus s;
     auto it = dests_.find(domain);
-    if (it == dests_.end()) return s;
-    const auto& d = it->second;
-    s.queued = index_.waiting(d.id);
-    s.in_flight = d.in_flight;
-    if (!d.known) return s;
-    s.state = d.up ? "up" : "down";
-    s.since = d.up ? d.since : d.down_since;
-    s.last_probe = d.last_probe;
-    s.last_result = d.last_result;
+    const Dest* d = it == dests_.end() ? nullptr : &it->second;
+    if (d) {
+        s.queued = index_.waiting(d->id);
+        s.in_flight = d->in_flight;
+    }
+    // A fleet: another node may have probed it since (one probes for all): the newer view.
+    auto sh = shared_.find(domain);
+    if (sh != shared_.end() && sh->second.state != "unknown" &&
+        (!d || !d->known || sh->second.last_probe > from_unix(to_unix(d->last_probe)))) {
+        s.state = sh->second.state == "up" ? "up" : "down";
+        s.since = sh->second.since;
+        s.last_probe = sh->second.last_probe;
+        s.last_result = sh->second.last_result;
+        return s;
+    }
+    if (!d || !d->known) return s;
+    s.state = d->up ? "up" : "down";
+    s.since = d->up ? d->since : d->down_since;
+    s.last_probe = d->last_probe;
+    s.last_result = d->last_result;
     return s;
 }
 
@@ -409,6 +420,7 @@ asio::awaitable<void> Scheduler::release_slot(std::string domain) {
 
 // Another node found a primary back up: no need to wait for a probe of our own.
 void Scheduler::adopt(const Store::PrimaryState& p) {
+    shared_[p.domain] = p;
     auto it = dests_.find(p.domain);
     if (it == dests_.end() || p.state != "up") return;
     auto& d = it->second;
@@ -493,6 +505,7 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
         d.next_probe = t + cfg_.probe_interval;
         spdlog::debug("probe of primary for {} failed: {}", domain, o.error);
         tried(d, false, o.error);
+        publish(domain);  // a fleet: the others show when it was last probed
         if (!d.outage_open) {
             d.outage_open = true;
             outage_event(domain, 0);

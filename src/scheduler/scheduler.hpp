@@ -123,6 +123,7 @@ class Scheduler {
     bool stopping_ = false;
     Alerts* alerts_ = nullptr;
     bool fleet_ = false;  // a PostgreSQL store shared with other nodes
+    std::map<std::string, Store::PrimaryState> shared_;  // a fleet: what all nodes saw last
 };
 
 }  // namespace bmx

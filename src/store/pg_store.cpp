@@ -159,6 +159,14 @@ CREATE INDEX rates_minute ON rates(minute);
     R"sql(
 ALTER TABLE primaries ADD COLUMN conn_window INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // 5: admin browser sessions, valid on every node
+    R"sql(
+CREATE TABLE admin_sessions (
+    key TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    last_used BIGINT NOT NULL
+);
+)sql",
 };
 
 // libpq's messages end in a newline and put their hints on lines of their own: one log line.
@@ -483,6 +491,28 @@ class PgStore final : public Store {
     void add_token(const ApiToken& t, const std::string& token_hash) override {
         exec("INSERT INTO api_tokens(id, name, hash, label, created) VALUES($1,$2,$3,$4,$5)",
              {t.id, t.user, token_hash, t.label, to_unix(t.created)});
+    }
+
+    void put_session(const std::string& key, const std::string& user, TimePoint t,
+                     TimePoint idle_before) override {
+        exec("DELETE FROM admin_sessions WHERE last_used < $1", {to_unix(idle_before)});
+        exec("INSERT INTO admin_sessions(key, name, last_used) VALUES($1,$2,$3)",
+             {key, user, to_unix(t)});
+    }
+
+    std::optional<std::string> use_session(const std::string& key, TimePoint t,
+                                           TimePoint idle_before) override {
+        auto r =
+            exec("SELECT name, last_used FROM admin_sessions WHERE key = $1 AND last_used >= $2",
+                 {key, to_unix(idle_before)});
+        if (!r.rows()) return std::nullopt;
+        if (r.integer(0, 1) < to_unix(t) - 60)
+            exec("UPDATE admin_sessions SET last_used = $1 WHERE key = $2", {to_unix(t), key});
+        return r.text(0, 0);
+    }
+
+    void end_session(const std::string& key) override {
+        exec("DELETE FROM admin_sessions WHERE key = $1", {key});
     }
 
     std::optional<std::string> token_user(const std::string& token_hash) override {

@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     label TEXT NOT NULL DEFAULT '',
     created INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS admin_sessions (
+    key TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    last_used INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     at INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -516,6 +521,36 @@ class SqliteStore final : public Store {
         Stmt s(db_, "INSERT INTO api_tokens(id, name, hash, label, created) VALUES(?,?,?,?,?)");
         s.bind(1, t.id).bind(2, t.user).bind(3, token_hash).bind(4, t.label);
         s.bind(5, to_unix(t.created));
+        s.run();
+    }
+
+    void put_session(const std::string& key, const std::string& user, TimePoint t,
+                     TimePoint idle_before) override {
+        Stmt gone(db_, "DELETE FROM admin_sessions WHERE last_used < ?");
+        gone.bind(1, to_unix(idle_before));
+        gone.run();
+        Stmt s(db_, "INSERT INTO admin_sessions(key, name, last_used) VALUES(?,?,?)");
+        s.bind(1, key).bind(2, user).bind(3, to_unix(t));
+        s.run();
+    }
+
+    std::optional<std::string> use_session(const std::string& key, TimePoint t,
+                                           TimePoint idle_before) override {
+        Stmt s(db_, "SELECT name, last_used FROM admin_sessions WHERE key = ? AND last_used >= ?");
+        s.bind(1, key).bind(2, to_unix(idle_before));
+        if (!s.step()) return std::nullopt;
+        auto user = s.text(0);
+        if (s.integer(1) < to_unix(t) - 60) {
+            Stmt u(db_, "UPDATE admin_sessions SET last_used = ? WHERE key = ?");
+            u.bind(1, to_unix(t)).bind(2, key);
+            u.run();
+        }
+        return user;
+    }
+
+    void end_session(const std::string& key) override {
+        Stmt s(db_, "DELETE FROM admin_sessions WHERE key = ?");
+        s.bind(1, key);
         s.run();
     }
 

@@ -262,6 +262,15 @@ class Store {
     virtual std::optional<std::string> token_user(const std::string& token_hash) = 0;
     virtual std::vector<ApiToken> tokens(const std::string& user) = 0;
     virtual bool remove_token(const std::string& user, const std::string& id) = 0;
+    // Browser sessions, kept by `key` (SHA-256 of the cookie's id), so every node of a fleet
+    // knows them. put also ends the sessions idle since `idle_before`. use: the session's user
+    // unless it has been idle since `idle_before`; its last use is moved to `t` when older than
+    // a minute (a page that polls does not write on every request).
+    virtual void put_session(const std::string& key, const std::string& user, TimePoint t,
+                             TimePoint idle_before) = 0;
+    virtual std::optional<std::string> use_session(const std::string& key, TimePoint t,
+                                                   TimePoint idle_before) = 0;
+    virtual void end_session(const std::string& key) = 0;
     virtual void audit(const AuditEntry& e) = 0;
     virtual std::vector<AuditEntry> audit_log(std::size_t limit) = 0;
 

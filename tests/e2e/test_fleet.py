@@ -7,7 +7,7 @@ import subprocess
 import threading
 import time
 
-from harness import BIN, E2ETest, free_port, main, wait_until
+from harness import BIN, AdminClient, E2ETest, add_user, free_port, main, wait_until
 from pg import PgCluster
 
 SLOW_ONE = 'probe_interval = "1h"\nretry_min = "1h"\nretry_max = "2h"'
@@ -170,6 +170,40 @@ class Fleet(FleetBase):
         self.assertGreaterEqual(max(n for n, _ in primary.mails), 2, "the window never grew")
         self.assertLessEqual(primary.max_active, 3, "the fleet opened more than max_concurrency")
         self.assertGreaterEqual(len({t["rcpts"][0] for t in primary.transactions}), 12)
+
+    def test_the_console_works_on_every_node_and_shows_the_fleets_view(self):
+        down = free_port()  # the primary is down: one node probes it for the fleet
+        ports = {"a": free_port(), "b": free_port()}
+        nodes = {n: self.node(n, h, down, toml=f'[admin]\nlisten = ["{h}:{ports[n]}"]\n')
+                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"))}
+        pw = add_user(nodes["a"], "ann", "operator")  # one account for the fleet
+        on_a = AdminClient(ports["a"], host="127.0.0.2")
+        self.assertEqual(on_a.login("ann", pw), 303)
+        # the same browser session is good on the other node (a load balancer needs no stickiness)
+        on_b = AdminClient(ports["b"], host="127.0.0.3")
+        on_b.cookies, on_b.csrf = dict(on_a.cookies), on_a.csrf
+        self.assertEqual(on_b.api("GET", "/api/v1/me")[0], 200)
+        status, _ = on_b.api("POST", "/api/v1/domains/fleet.test/flush")
+        self.assertIn(status, (200, 202))  # the CSRF token holds there too
+        # both nodes show the probes of whichever node probes (every second here)
+        self.send_many([nodes["a"]], "held", 1, [])
+
+        def last_probes():
+            out = []
+            for c in (on_a, on_b):
+                st = c.api("GET", "/api/v1/domains/fleet.test")[1]["primary_state"]
+                if st["state"] != "down" or not st["last_probe"]:
+                    return None
+                out.append(st["last_probe"])
+            return out
+        wait_until(lambda: last_probes() is not None, timeout=30, what="both see it down")
+        first = last_probes()
+        time.sleep(8)  # (the others read the shared state every lease/3, and at each probe turn)
+        later = last_probes()
+        self.assertTrue(all(b > a for a, b in zip(first, later)), (first, later))
+        # logging out on b ends the session on a too
+        self.assertEqual(on_b.request("POST", "/logout", "", {"X-CSRF-Token": on_b.csrf})[0], 303)
+        self.assertEqual(on_a.api("GET", "/api/v1/me")[0], 401)
 
     def test_a_client_cannot_multiply_its_rate_by_the_number_of_nodes(self):
         limits = "[policy]\nlimit_exceptions = []\nmessage_rate = 12\nspf = false"

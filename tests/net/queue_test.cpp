@@ -68,6 +68,13 @@ struct FullStore : Store {
     std::optional<std::string> token_user(const std::string&) override { return {}; }
     std::vector<ApiToken> tokens(const std::string&) override { return {}; }
     bool remove_token(const std::string&, const std::string&) override { full(); }
+    void put_session(const std::string&, const std::string&, TimePoint, TimePoint) override {
+        full();
+    }
+    std::optional<std::string> use_session(const std::string&, TimePoint, TimePoint) override {
+        return {};
+    }
+    void end_session(const std::string&) override {}
     void audit(const AuditEntry&) override { full(); }
     std::vector<AuditEntry> audit_log(std::size_t) override { return {}; }
     bool add_domain(const StoredDomain&) override { full(); }

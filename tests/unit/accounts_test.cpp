@@ -33,25 +33,13 @@ TEST(Accounts, NewSecretsAreRandomAndTokensHashed) {
     EXPECT_FALSE(same_secret("abc", "abcd"));
 }
 
-TEST(Accounts, SessionsEndIdleAndOnLogout) {
-    Sessions s(Seconds(60));
-    const auto id = s.create("ann");
-    const auto* one = s.find(id);
-    ASSERT_NE(one, nullptr);
-    EXPECT_EQ(one->user, "ann");
-    EXPECT_FALSE(one->csrf.empty());
-    EXPECT_EQ(s.find("forged"), nullptr);
-    EXPECT_EQ(s.find(""), nullptr);
-    set_time_offset(Seconds(61));  // idle longer than allowed
-    EXPECT_EQ(s.find(id), nullptr);
-    set_time_offset(Seconds(0));
-    const auto again = s.create("ann");
-    s.end(again);
-    EXPECT_EQ(s.find(again), nullptr);
-    const auto a = s.create("bob"), b = s.create("bob");
-    s.end_user("bob");
-    EXPECT_EQ(s.find(a), nullptr);
-    EXPECT_EQ(s.find(b), nullptr);
+TEST(Accounts, SessionKeyAndCsrfTokenAreDifferentHashesOfTheId) {
+    const auto id = random_token();
+    EXPECT_EQ(session_key(id), session_key(id));
+    EXPECT_EQ(csrf_token(id), csrf_token(id));
+    EXPECT_NE(session_key(id), csrf_token(id));  // the store's key does not give the CSRF token
+    EXPECT_EQ(session_key(id).find(id), std::string::npos);
+    EXPECT_NE(csrf_token(id), csrf_token(random_token()));
 }
 
 TEST(Accounts, FailedLoginsBlockAnAddressAndAnAccountForAWhile) {

@@ -645,6 +645,27 @@ TEST_P(StoreTest, AccountsAndTokensKeepOnlyHashes) {
     EXPECT_FALSE(store_->token_user("hash-of-token"));
 }
 
+TEST_P(StoreTest, SessionsEndWhenIdleOrEndedAndGoWithTheirAccount) {
+    ASSERT_TRUE(store_->add_account({"ann", "operator", "$argon2id$x", {}, from_unix(1000)}));
+    const auto idle = Seconds(3600);
+    const auto t = from_unix(100000);
+    store_->put_session("k1", "ann", t, t - idle);
+    EXPECT_EQ(store_->use_session("k1", t + Seconds(10), t + Seconds(10) - idle), "ann");
+    EXPECT_EQ(store_->use_session("forged", t, t - idle), std::nullopt);
+    // used within the hour: it lives on past an hour from its creation
+    EXPECT_EQ(store_->use_session("k1", t + Seconds(1800), t + Seconds(1800) - idle), "ann");
+    const auto later = t + Seconds(1800 + 3000);
+    EXPECT_EQ(store_->use_session("k1", later, later - idle), "ann");
+    const auto idle_too_long = later + idle + Seconds(1);
+    EXPECT_EQ(store_->use_session("k1", idle_too_long, idle_too_long - idle), std::nullopt);
+    store_->put_session("k2", "ann", t, t - idle);
+    store_->end_session("k2");
+    EXPECT_EQ(store_->use_session("k2", t, t - idle), std::nullopt);
+    // a new login clears sessions idle too long
+    store_->put_session("k3", "ann", idle_too_long, idle_too_long - idle);
+    EXPECT_EQ(count("SELECT count(*) FROM admin_sessions"), "1");
+}
+
 TEST_P(StoreTest, AuditIsNewestFirstAndBounded) {
     for (int i = 0; i < 5; ++i)
         store_->audit({from_unix(i), "ann", "act" + std::to_string(i), "t", "", "127.0.0.1"});
