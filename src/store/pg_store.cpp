@@ -838,6 +838,11 @@ class PgStore final : public Store {
         if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
             if (in_tx_) throw StoreError("the PostgreSQL store connection was lost");
             connect();
+        } else if (read_only_ && !in_tx_) {
+            // The server turned read-only: connect again, and libpq's
+            // target_session_attrs=read-write finds whichever host takes writes now.
+            read_only_ = false;
+            connect();
         }
         std::vector<const char*> values;
         std::vector<int> lengths, formats;
@@ -852,6 +857,8 @@ class PgStore final : public Store {
         const auto status = PQresultStatus(r);
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
             std::string err = one_line(PQresultErrorMessage(r));
+            const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+            if (state && std::string_view(state) == "25006") read_only_ = true;
             PQclear(r);
             throw StoreError("postgresql: " + err);
         }
@@ -956,6 +963,7 @@ class PgStore final : public Store {
     Seconds lease_;
     PGconn* conn_ = nullptr;
     bool in_tx_ = false;
+    bool read_only_ = false;  // a write was refused as read-only: connect again first
 };
 
 }  // namespace

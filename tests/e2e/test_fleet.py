@@ -139,6 +139,25 @@ class Fleet(FleetBase):
         s.quit()
         wait_until(lambda: "late" in subjects(sink), timeout=30, what="delivery")
 
+    def test_a_read_only_database_gets_451_and_250_again_once_writable(self):
+        primary_port = free_port()
+        sink = self.sink(port=primary_port).start()
+        a = self.node("a", "127.0.0.2", primary_port)
+        self.pg.sql("ALTER SYSTEM SET default_transaction_read_only = on")
+        self.pg.sql("SELECT pg_reload_conf()")
+        s = a.smtp()
+        wait_until(lambda: self._try_send(s, "read-only") == 451, timeout=20,
+                   what="451 from a read-only database")
+        self.assertEqual(s.noop()[0], 250)
+        self.assertRegex(a.log(), r"store failure, answering 451 .*read-only transaction")
+        self.pg.sql("ALTER SYSTEM SET default_transaction_read_only = off")
+        self.pg.sql("SELECT pg_reload_conf()")
+        wait_until(lambda: self._try_send(s, "writable") == 250, timeout=30,
+                   what="250 once the database takes writes again")
+        s.quit()
+        wait_until(lambda: "writable" in subjects(sink), timeout=30, what="delivery")
+        self.assertNotIn("read-only", subjects(sink))
+
     def test_the_fleet_as_a_whole_keeps_to_max_concurrency(self):
         primary = self.scripted(data_delay=0.3)  # bound, not listening yet: down
         cap = 'max_concurrency = 2\ninitial_concurrency = 2'
