@@ -7,6 +7,37 @@ import subprocess
 from harness import E2ETest, main, wait_until
 
 
+def fill_until_full(test, b, most, body):
+    """Sends ~31 KB messages (`body(i)`) on one session until the store refuses one: that must be
+    451 4.3.0 with the session alive. Returns the session and the subjects that got 250."""
+    accepted, refused = [], None
+    s = b.smtp()
+    for i in range(most):
+        try:
+            s.sendmail("a@sender.test", ["u@example.test"], f"Subject: fill-{i:04d}\r\n\r\n" + body(i))
+            accepted.append(f"fill-{i:04d}")
+        except smtplib.SMTPDataError as e:
+            refused = (e.smtp_code, e.smtp_error.decode())
+            break
+        except smtplib.SMTPServerDisconnected:
+            test.fail("the session was dropped: " + b.log()[-2000:])
+    test.assertIsNotNone(refused, "the disk never filled up")
+    test.assertEqual(refused[0], 451, refused)
+    test.assertTrue(refused[1].startswith("4.3.0"), refused)
+    test.assertGreater(len(accepted), 5)
+    test.assertEqual(s.noop()[0], 250)  # the session and the server live on
+    test.assertIn("store failure, answering 451", b.log())
+    return s, accepted
+
+
+def subjects(sink):
+    got = set()
+    for m in sink.messages():
+        subject = [l for l in m["content"].split(b"\n") if l.startswith(b"Subject: ")][0]
+        got.add(subject[9:].decode())
+    return got
+
+
 class DiskFull(E2ETest):
     def on_small_disk(self, size, sink, **kw):
         """A started backupmx whose store lives on a tmpfs of `size` (needs root)."""
@@ -26,33 +57,14 @@ class DiskFull(E2ETest):
         sink = self.sink()
         store, b = self.on_small_disk("1m", sink, extra_queue='probe_interval = "1s"\n'
                                       'retry_min = "1h"\nretry_max = "2h"')
-        accepted, refused = [], None
-        s = b.smtp()
-        for i in range(200):
-            body = f"Subject: fill-{i:03d}\r\n\r\n" + ("y" * 76 + "\r\n") * 400  # ~31 KB
-            try:
-                s.sendmail("a@sender.test", ["u@example.test"], body)
-                accepted.append(f"fill-{i:03d}")
-            except smtplib.SMTPDataError as e:
-                refused = (e.smtp_code, e.smtp_error.decode())
-                break
-        self.assertIsNotNone(refused, "the 1 MB store never filled up")
-        self.assertEqual(refused[0], 451, refused)
-        self.assertTrue(refused[1].startswith("4.3.0"), refused)
-        self.assertGreater(len(accepted), 5)
-        self.assertEqual(s.noop()[0], 250)  # the session and the server live on
-        self.assertIn("store failure, answering 451", b.log())
+        s, accepted = fill_until_full(self, b, 200, lambda i: ("y" * 76 + "\r\n") * 400)
         subprocess.run(["mount", "-o", "remount,size=64m", store], check=True)  # space is back
         s.sendmail("a@sender.test", ["u@example.test"], "Subject: after\r\n\r\nafter\r\n")
         accepted.append("after")
         s.quit()
         sink.start()
         wait_until(lambda: b.queue() == [], timeout=60, what="queue drained")
-        got = set()
-        for m in sink.messages():
-            subject = [l for l in m["content"].split(b"\n") if l.startswith(b"Subject: ")][0]
-            got.add(subject[9:].decode())
-        self.assertEqual(set(accepted) - got, set(), "accepted messages lost")
+        self.assertEqual(set(accepted) - subjects(sink), set(), "accepted messages lost")
 
     def test_large_message_on_a_full_disk_gets_451_and_leaves_no_trace(self):
         # Past the first 64 KiB a body goes to a spool file beside the queue while it arrives:
@@ -101,26 +113,11 @@ class PgDiskFull(E2ETest):
                                       f'retry_max = "2h"\ncontrol_socket = "{self.dir}/c.sock"')
         b.start()
         rnd = random.Random(7)  # bodies that do not compress: the disk fills for real
-        accepted, refused = [], None
-        s = b.smtp()
-        for i in range(3000):
+
+        def body(i):
             text = "".join(rnd.choices(string.ascii_letters, k=76 * 400))
-            body = f"Subject: fill-{i:04d}\r\n\r\n" + "\r\n".join(
-                text[j:j + 76] for j in range(0, len(text), 76)) + "\r\n"  # ~31 KB
-            try:
-                s.sendmail("a@sender.test", ["u@example.test"], body)
-                accepted.append(f"fill-{i:04d}")
-            except smtplib.SMTPDataError as e:
-                refused = (e.smtp_code, e.smtp_error.decode())
-                break
-            except smtplib.SMTPServerDisconnected:
-                self.fail("the session was dropped: " + b.log()[-2000:])
-        self.assertIsNotNone(refused, "the database's disk never filled up")
-        self.assertEqual(refused[0], 451, refused)
-        self.assertTrue(refused[1].startswith("4.3.0"), refused)
-        self.assertGreater(len(accepted), 5)
-        self.assertEqual(s.noop()[0], 250)  # the session and the server live on
-        self.assertIn("store failure, answering 451", b.log())
+            return "\r\n".join(text[j:j + 76] for j in range(0, len(text), 76)) + "\r\n"
+        s, accepted = fill_until_full(self, b, 3000, body)
         s.quit()
         subprocess.run(["mount", "-o", "remount,size=512m", disk], check=True)  # space is back
         if not pg.pid() or subprocess.run(["kill", "-0", str(pg.pid())]).returncode != 0:
@@ -139,11 +136,7 @@ class PgDiskFull(E2ETest):
         sink.start()
         wait_until(lambda: pg.sql("SELECT count(*) FROM messages", "backupmx") == "0",
                    timeout=120, what="queue drained")
-        got = set()
-        for m in sink.messages():
-            subject = [l for l in m["content"].split(b"\n") if l.startswith(b"Subject: ")][0]
-            got.add(subject[9:].decode())
-        self.assertEqual(set(accepted) - got, set(), "accepted messages lost")
+        self.assertEqual(set(accepted) - subjects(sink), set(), "accepted messages lost")
 
 
 if __name__ == "__main__":
