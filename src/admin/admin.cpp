@@ -200,6 +200,13 @@ json::object message_json(const QueueRow& r, TimePoint t) {
 
 }  // namespace
 
+json::object primary_json(const Scheduler::PrimaryStatus& st) {
+    return json::object{{"state", st.state},
+                        {"since", opt_time(st.since)},
+                        {"last_probe", opt_time(st.last_probe)},
+                        {"last_result", st.last_result}};
+}
+
 Admin::Admin(asio::io_context& io, Parts parts) : io_(io), p_(std::move(parts)) {}
 
 Admin::~Admin() {
@@ -486,11 +493,7 @@ json::object Admin::domain_json(const std::string& name,
     o["greylisting"] = dc && dc->policy.greylisting;
     o["max_message_size"] =
         dc && dc->policy.max_message_size ? dc->policy.max_message_size : p_.cfg.max_message_size;
-    const auto st = p_.scheduler.status(name);
-    o["primary_state"] = json::object{{"state", st.state},
-                                      {"since", opt_time(st.since)},
-                                      {"last_probe", opt_time(st.last_probe)},
-                                      {"last_result", st.last_result}};
+    o["primary_state"] = primary_json(p_.scheduler.status(name));
     json::object q{{"messages", 0},
                    {"bytes", 0},
                    {"held", 0},

@@ -26,6 +26,10 @@
 
 namespace bmx::admin {
 
+// A domain's primary as the API shows it (and the control socket's `status`): state, since,
+// last_probe (Unix seconds, null for never), last_result.
+boost::json::object primary_json(const Scheduler::PrimaryStatus& st);
+
 struct Parts {
     const Config& cfg;
     Queue& queue;

@@ -177,12 +177,7 @@ int serve(Config cfg) {
         if (line == "status") {  // each domain's primary, as the scheduler sees it
             boost::json::object all;
             auto add = [&](const std::string& name) {
-                const auto st = scheduler.status(name);
-                all[name] =
-                    boost::json::object{{"state", st.state},
-                                        {"since", st.since ? to_unix(*st.since) : 0},
-                                        {"last_probe", st.last_probe ? to_unix(*st.last_probe) : 0},
-                                        {"last_result", st.last_result}};
+                all[name] = admin::primary_json(scheduler.status(name));
             };
             for (const auto& d : cfg.domains) add(d.name);
             for (const auto& d : domains.all()) add(d.name);
