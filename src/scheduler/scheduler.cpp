@@ -334,6 +334,10 @@ void Scheduler::pump() {
             }
             continue;
         }
+        if (d.slot_wait > t) {  // (not one refused try per due message)
+            next = std::min(next, d.slot_wait);
+            continue;
+        }
         while (d.in_flight < d.limit) {  // one connection each; it carries on with more
             auto id = take_due(d, t);
             if (!id) break;
@@ -580,7 +584,9 @@ asio::awaitable<void> Scheduler::worker(std::string domain, std::string first) {
         if (stopping_) co_return;
         if (grant.window > 0) dest(domain).limit = grant.window;  // this node opens no more
         if (!grant.granted) {  // the fleet has all the connections it may open: wait a moment
-            index_.requeue(*Index::key(first), now() + std::chrono::seconds(1), false);
+            auto& d = dest(domain);
+            d.slot_wait = now() + std::chrono::seconds(1);
+            index_.requeue(*Index::key(first), d.slot_wait, false);
             wake();
             co_return;
         }

@@ -75,6 +75,7 @@ class Scheduler {
         bool outage_open = false;    // an outage row in the store waits for its end
         bool draining = false;       // back up: its drain time is recorded when the queue empties
         TimePoint since{}, last_probe{};  // state since; last probe or attempt
+        TimePoint slot_wait{};  // a fleet: no connection slot was free; ask again at this time
         std::string last_result;
     };
     void outage_event(const std::string& domain, int what);  // 0 begin, 1 end, 2 drained
