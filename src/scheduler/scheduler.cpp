@@ -590,10 +590,9 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     const Index::Key key = *Index::key(id);
     // The first body piece only (a DSN needs no more than the header, which it holds); the rest
     // is read while it is sent.
-    const std::function<std::optional<StoredMessage>(Store&)> load =
-        [id](Store& s) -> std::optional<StoredMessage> {
-        if (!s.owns(id)) return std::nullopt;  // a fleet: another node took it over
-        return s.load_head(id);
+    // (nothing when another node of a fleet took it over)
+    const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
+        return s.load_owned(id);
     };
     auto msg = co_await queue_.call(load);
     if (!msg || !index_.find(key)) {  // deleted by an operator meanwhile

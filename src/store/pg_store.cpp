@@ -196,6 +196,44 @@ class Result {
     }
     bool boolean(int row, int col) const { return PQgetvalue(r_, row, col)[0] == 't'; }
     std::int64_t affected() const { return std::strtoll(PQcmdTuples(r_), nullptr, 10); }
+    // Values of a result asked for in binary: integers of 2, 4 or 8 bytes (network order),
+    // booleans, and one-dimensional arrays (their elements' bytes; empty for NULL or {}).
+    std::string_view bytes(int row, int col) const {
+        return {PQgetvalue(r_, row, col), static_cast<std::size_t>(PQgetlength(r_, row, col))};
+    }
+    std::int64_t bin_integer(int row, int col) const { return big_endian(bytes(row, col)); }
+    bool bin_boolean(int row, int col) const {
+        return bytes(row, col) == std::string_view("\1", 1);
+    }
+    std::vector<std::string_view> bin_array(int row, int col) const {
+        std::vector<std::string_view> out;
+        if (null(row, col)) return out;
+        auto b = bytes(row, col);
+        auto take = [&b](std::size_t n) {
+            if (b.size() < n) throw StoreError("postgresql: a malformed array");
+            auto v = b.substr(0, n);
+            b.remove_prefix(n);
+            return v;
+        };
+        const auto ndim = big_endian(take(4));
+        take(8);  // has-nulls flag, element type
+        if (ndim == 0) return out;
+        if (ndim != 1) throw StoreError("postgresql: an array of more than one dimension");
+        const auto n = big_endian(take(4));
+        take(4);  // lower bound
+        for (std::int64_t i = 0; i < n; ++i) {
+            const auto len = big_endian(take(4));
+            out.push_back(len < 0 ? std::string_view() : take(static_cast<std::size_t>(len)));
+        }
+        return out;
+    }
+    static std::int64_t big_endian(std::string_view b) {
+        std::uint64_t v = 0;
+        for (unsigned char c : b) v = v << 8 | c;
+        // sign-extend from the value's width
+        const unsigned shift = 64 - 8 * static_cast<unsigned>(b.size());
+        return b.empty() ? 0 : static_cast<std::int64_t>(v << shift) >> shift;
+    }
 
   private:
     PGresult* r_;
@@ -239,32 +277,11 @@ class PgStore final : public Store {
     }
 
     std::optional<StoredMessage> load_head(const std::string& id) override {
-        auto r = exec(
-            "SELECT id, domain, sender, received_at, size, attempts, next_attempt_at, last_error, "
-            "smtputf8, eightbit, held FROM messages WHERE id = $1",
-            {id});
-        if (r.rows() == 0) return std::nullopt;
-        StoredMessage m;
-        m.id = r.text(0, 0);
-        m.domain = r.text(0, 1);
-        m.sender = r.text(0, 2);
-        m.received_at = from_unix(r.integer(0, 3));
-        m.size = r.integer(0, 4);
-        m.attempts = static_cast<int>(r.integer(0, 5));
-        m.next_attempt_at = from_unix(r.integer(0, 6));
-        m.last_error = r.text(0, 7);
-        m.smtputf8 = r.boolean(0, 8);
-        m.eightbit = r.boolean(0, 9);
-        m.held = r.text(0, 10);
-        m.body = read_body(id, 0).value_or("");
-        auto rc = exec(
-            "SELECT address, status, last_reply FROM recipients WHERE message_id = $1 ORDER BY "
-            "pos",
-            {id});
-        for (int i = 0; i < rc.rows(); ++i)
-            m.recipients.push_back(
-                {rc.text(i, 0), static_cast<RcptStatus>(rc.integer(i, 1)), rc.text(i, 2)});
-        return m;
+        return load(id, false);
+    }
+
+    std::optional<StoredMessage> load_owned(const std::string& id) override {
+        return load(id, true);
     }
 
     std::optional<std::string> read_body(const std::string& id, std::size_t seq) override {
@@ -824,6 +841,42 @@ class PgStore final : public Store {
             exec("INSERT INTO schema_version(version) VALUES($1)", {want});
         }
         tx.commit();
+    }
+
+    // load_head in one round trip: the envelope, the first body piece and the recipients (as
+    // arrays, in binary). `owned`: nothing unless this node owns the message.
+    std::optional<StoredMessage> load(const std::string& id, bool owned) {
+        auto r = exec(
+            "SELECT m.domain, m.sender, m.received_at, m.size, m.attempts, m.next_attempt_at, "
+            "m.last_error, m.smtputf8, m.eightbit, m.held, m.owner = $2, b.data, rc.a, rc.s, rc.l "
+            "FROM messages m LEFT JOIN body_pieces b ON b.message_id = m.id AND b.seq = 0 "
+            "CROSS JOIN LATERAL (SELECT array_agg(address ORDER BY pos) a, array_agg(status "
+            "ORDER BY pos) s, array_agg(last_reply ORDER BY pos) l FROM recipients WHERE "
+            "message_id = m.id) rc WHERE m.id = $1",
+            {id, node_}, true);
+        if (r.rows() == 0 || (owned && !r.bin_boolean(0, 10))) return std::nullopt;
+        StoredMessage m;
+        m.id = id;
+        m.domain = r.bytes(0, 0);
+        m.sender = r.bytes(0, 1);
+        m.received_at = from_unix(r.bin_integer(0, 2));
+        m.size = r.bin_integer(0, 3);
+        m.attempts = static_cast<int>(r.bin_integer(0, 4));
+        m.next_attempt_at = from_unix(r.bin_integer(0, 5));
+        m.last_error = r.bytes(0, 6);
+        m.smtputf8 = r.bin_boolean(0, 7);
+        m.eightbit = r.bin_boolean(0, 8);
+        m.held = r.bytes(0, 9);
+        m.body = r.bytes(0, 11);
+        const auto address = r.bin_array(0, 12), status = r.bin_array(0, 13),
+                   reply = r.bin_array(0, 14);
+        if (status.size() != address.size() || reply.size() != address.size())
+            throw StoreError("postgresql: recipients of id=" + id + " read inconsistently");
+        for (std::size_t i = 0; i < address.size(); ++i)
+            m.recipients.push_back({std::string(address[i]),
+                                    static_cast<RcptStatus>(Result::big_endian(status[i])),
+                                    std::string(reply[i])});
+        return m;
     }
 
     void insert_in_tx(const NewMessage& m) {

@@ -329,6 +329,13 @@ class Store {
         (void)limit;
         return {};
     }
+
+    // load_head of a message this node may deliver (owns), else nullopt: what delivery reads,
+    // in one round trip where the engine can.
+    virtual std::optional<StoredMessage> load_owned(const std::string& id) {
+        if (!owns(id)) return std::nullopt;
+        return load_head(id);
+    }
 };
 
 // One line of a message's delivery history, as both engines write it.

@@ -441,6 +441,38 @@ TEST_P(StoreTest, UnknownRecipientInOutcomesIgnored) {
     EXPECT_EQ(store_->load("A000000000000001")->recipients.size(), 1u);
 }
 
+TEST_P(StoreTest, LoadOwnedIsTheHeadOfAMessageOfThisNode) {
+    auto m = msg("A000000000000001", {"a@example.test", "b@example.test"},
+                 std::string(kBodyPiece + 10, 'x'));
+    insert({m});
+    auto head = store_->load_head("A000000000000001");
+    auto owned = store_->load_owned("A000000000000001");
+    ASSERT_TRUE(head);
+    ASSERT_TRUE(owned);
+    EXPECT_EQ(owned->body, std::string(kBodyPiece, 'x'));
+    EXPECT_EQ(owned->body, head->body);
+    EXPECT_EQ(owned->size, head->size);
+    EXPECT_EQ(owned->received_at, head->received_at);
+    ASSERT_EQ(owned->recipients.size(), 2u);
+    EXPECT_EQ(owned->recipients[1].address, "b@example.test");
+    EXPECT_FALSE(store_->load_owned("NOTTHERE00000000"));
+}
+
+TEST(PgStoreTest, LoadOwnedSkipsAnotherNodesMessage) {
+    const auto db = test::pg_new_database();
+    ASSERT_FALSE(db.empty());
+    {
+        auto a = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
+        auto b = open_pg_store(test::pg_url(db), "node-b", Seconds(60));
+        auto m = msg("A000000000000001", {"a@example.test"});
+        a->insert({&m});
+        EXPECT_TRUE(a->load_owned("A000000000000001"));
+        EXPECT_FALSE(b->load_owned("A000000000000001"));
+        EXPECT_TRUE(b->load_head("A000000000000001"));
+    }
+    test::pg_drop_database(db);
+}
+
 // =============================================================================================
 // remove
 
