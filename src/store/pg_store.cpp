@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <span>
 #include <utility>
 
 #include "store/store.hpp"
@@ -169,6 +171,19 @@ struct Param {
         p.binary = true;
         return p;
     }
+    // A one-dimensional array in PostgreSQL's text form, each element quoted: {"a","b\\"c"}.
+    static Param array(const std::vector<std::string>& elements) {
+        std::string v = "{";
+        for (const auto& e : elements) {
+            v += v.size() > 1 ? ",\"" : "\"";
+            for (char c : e) {
+                if (c == '"' || c == '\\') v += '\\';
+                v += c;
+            }
+            v += '"';
+        }
+        return Param{v + "}"};
+    }
     static Param null() {
         Param p("");
         p.is_null = true;
@@ -294,7 +309,15 @@ class PgStore final : public Store {
     std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>& batch) override {
         Tx tx(*this);
         std::vector<int> left;
-        for (const AttemptUpdate* u : batch) left.push_back(record_in_tx(*u));
+        // A few statements for the whole batch; a message that comes again starts another round,
+        // so its updates apply in order.
+        for (auto from = batch.begin(); from != batch.end();) {
+            std::set<std::string_view> ids;
+            auto to = from;
+            while (to != batch.end() && ids.insert((*to)->id).second) ++to;
+            record_in_tx({from, to}, left);
+            from = to;
+        }
         tx.commit();
         return left;
     }
@@ -911,28 +934,71 @@ class PgStore final : public Store {
                 {m.id, pos++, a});
     }
 
-    int record_in_tx(const AttemptUpdate& u) {
-        if (exec("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", {u.id}).rows() == 0) return 0;
-        for (const auto& o : u.outcomes)
+    // Updates of distinct messages; appends each one's pending count to `left`.
+    void record_in_tx(std::span<const AttemptUpdate* const> batch, std::vector<int>& left) {
+        std::vector<std::string> ids;
+        for (const AttemptUpdate* u : batch) ids.push_back(u->id);
+        // Locked against a concurrent removal; one deleted meanwhile has nothing to record.
+        auto locked =
+            exec("SELECT id FROM messages WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                 {Param::array(ids)});
+        std::map<std::string, std::int64_t> pending;  // of the messages still there
+        for (int i = 0; i < locked.rows(); ++i) pending[locked.text(i, 0)] = 0;
+        if (pending.empty()) {
+            left.insert(left.end(), batch.size(), 0);
+            return;
+        }
+        std::vector<std::string> o_id, o_address, o_status, o_reply;
+        for (const AttemptUpdate* u : batch) {
+            if (!pending.contains(u->id)) continue;
+            for (const auto& o : u->outcomes) {
+                o_id.push_back(u->id);
+                o_address.push_back(o.address);
+                o_status.push_back(std::to_string(static_cast<int>(o.status)));
+                o_reply.push_back(o.reply);
+            }
+        }
+        if (!o_id.empty())
             exec(
-                "UPDATE recipients SET status = $1, last_reply = $2 WHERE message_id = $3 AND "
-                "address = $4",
-                {static_cast<int>(o.status), o.reply, u.id, o.address});
-        if (u.dsn) insert_in_tx(*u.dsn);
-        auto c =
-            exec("SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 0", {u.id});
-        std::int64_t pending = c.integer(0, 0);
-        if (pending == 0 || u.remove) {
-            exec("DELETE FROM messages WHERE id = $1", {u.id});
-            return 0;
+                "UPDATE recipients r SET status = v.status, last_reply = v.reply FROM "
+                "unnest($1::text[], $2::text[], $3::int[], $4::text[]) AS v(id, address, status, "
+                "reply) WHERE r.message_id = v.id AND r.address = v.address",
+                {Param::array(o_id), Param::array(o_address), Param::array(o_status),
+                 Param::array(o_reply)});
+        for (const AttemptUpdate* u : batch)
+            if (u->dsn && pending.contains(u->id)) insert_in_tx(*u->dsn);
+        std::vector<std::string> present;
+        for (const auto& [id, n] : pending) present.push_back(id);
+        auto c = exec(
+            "SELECT message_id, count(*) FROM recipients WHERE message_id = ANY($1::text[]) AND "
+            "status = 0 GROUP BY message_id",
+            {Param::array(present)});
+        for (int i = 0; i < c.rows(); ++i) pending[c.text(i, 0)] = c.integer(i, 1);
+        // Gone when nothing is pending (or asked); else the attempt is counted and logged.
+        std::vector<std::string> gone, k_id, k_count, k_next, k_error, k_text;
+        const auto at = std::to_string(to_unix(now()));
+        for (const AttemptUpdate* u : batch) {
+            auto it = pending.find(u->id);
+            if (it == pending.end() || it->second == 0 || u->remove) {
+                if (it != pending.end()) gone.push_back(u->id);
+                left.push_back(0);
+                continue;
+            }
+            k_id.push_back(u->id);
+            k_count.push_back(u->count_attempt ? "1" : "0");
+            k_next.push_back(std::to_string(to_unix(u->next_attempt_at)));
+            k_error.push_back(u->last_error);
+            k_text.push_back(attempt_text(*u));
+            left.push_back(static_cast<int>(it->second));
         }
         exec(
-            "UPDATE messages SET attempts = attempts + $1, next_attempt_at = $2, last_error = $3 "
-            "WHERE id = $4",
-            {std::int64_t{u.count_attempt}, to_unix(u.next_attempt_at), u.last_error, u.id});
-        exec("INSERT INTO attempt_log(message_id, at, result) VALUES($1,$2,$3)",
-             {u.id, to_unix(now()), attempt_text(u)});
-        return static_cast<int>(pending);
+            "WITH gone AS (DELETE FROM messages WHERE id = ANY($1::text[])), kept AS (UPDATE "
+            "messages m SET attempts = m.attempts + v.n, next_attempt_at = v.next, last_error = "
+            "v.error FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[]) AS v(id, n, "
+            "next, error) WHERE m.id = v.id) INSERT INTO attempt_log(message_id, at, result) "
+            "SELECT id, $6::bigint, result FROM unnest($2::text[], $7::text[]) AS v(id, result)",
+            {Param::array(gone), Param::array(k_id), Param::array(k_count), Param::array(k_next),
+             Param::array(k_error), at, Param::array(k_text)});
     }
 
     std::string url_, node_;

@@ -441,6 +441,47 @@ TEST_P(StoreTest, UnknownRecipientInOutcomesIgnored) {
     EXPECT_EQ(store_->load("A000000000000001")->recipients.size(), 1u);
 }
 
+TEST_P(StoreTest, BatchOfAttemptsAppliesEachInOrder) {
+    insert({msg("A000000000000001", {"a@example.test", "b@example.test"}),
+            msg("B000000000000002", {"c@example.test"}),
+            msg("C000000000000003", {"d@example.test"})});
+    AttemptUpdate a1, b, missing, a2, c;
+    a1.id = a2.id = "A000000000000001";
+    a1.outcomes = {{"a@example.test", RcptStatus::Delivered, "250 \"quoted\" \\ {braces}, ok"},
+                   {"b@example.test", RcptStatus::Pending, "451 later"}};
+    a1.last_error = "451 later";
+    a1.next_attempt_at = from_unix(1700000900);
+    b.id = "B000000000000002";
+    b.outcomes = {{"c@example.test", RcptStatus::Delivered, "250 ok"}};
+    missing.id = "NOTTHERE00000000";
+    a2.id = "A000000000000001";  // the same message again: applied after a1
+    a2.outcomes = {{"b@example.test", RcptStatus::Pending, "452 full"}};
+    a2.last_error = "452 \"full\"";
+    a2.next_attempt_at = from_unix(1700001800);
+    c.id = "C000000000000003";
+    c.outcomes = {{"d@example.test", RcptStatus::Pending, "421 busy"}};
+    c.count_attempt = false;
+    c.next_attempt_at = from_unix(1700000999);
+    EXPECT_EQ(store_->record_attempts({&a1, &b, &missing, &a2, &c}),
+              (std::vector<int>{1, 0, 0, 1, 1}));
+
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(statuses(*got),
+              (std::vector<RcptStatus>{RcptStatus::Delivered, RcptStatus::Pending}));
+    EXPECT_EQ(got->recipients[0].last_reply, "250 \"quoted\" \\ {braces}, ok");
+    EXPECT_EQ(got->recipients[1].last_reply, "452 full");
+    EXPECT_EQ(got->attempts, 2);
+    EXPECT_EQ(got->last_error, "452 \"full\"");
+    EXPECT_EQ(got->next_attempt_at, from_unix(1700001800));
+    EXPECT_EQ(store_->history("A000000000000001").size(), 2u);
+    EXPECT_FALSE(store_->load("B000000000000002"));
+    auto gc = store_->load("C000000000000003");
+    ASSERT_TRUE(gc);
+    EXPECT_EQ(gc->attempts, 0);
+    EXPECT_EQ(gc->next_attempt_at, from_unix(1700000999));
+}
+
 TEST_P(StoreTest, LoadOwnedIsTheHeadOfAMessageOfThisNode) {
     auto m = msg("A000000000000001", {"a@example.test", "b@example.test"},
                  std::string(kBodyPiece + 10, 'x'));
