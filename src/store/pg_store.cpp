@@ -200,6 +200,7 @@ class Result {
     Result(Result&& o) noexcept : r_(std::exchange(o.r_, nullptr)) {}
     Result(const Result&) = delete;
     Result& operator=(const Result&) = delete;
+    const PGresult* get() const { return r_; }
     int rows() const { return PQntuples(r_); }
     bool null(int row, int col) const { return PQgetisnull(r_, row, col); }
     std::string text(int row, int col) const {
@@ -416,7 +417,7 @@ class PgStore final : public Store {
         if (f.state == "held") sql += " AND held <> ''";
         if (f.state == "queued") sql += " AND held = ''";
         sql += " ORDER BY id LIMIT " + add(static_cast<std::int64_t>(f.limit));
-        auto r = exec(sql.c_str(), params);
+        auto r = exec_once(sql, params);
         std::vector<QueueRow> out;
         std::map<std::string, std::size_t> at;
         for (int i = 0; i < r.rows(); ++i) {
@@ -789,6 +790,7 @@ class PgStore final : public Store {
 
     void connect() {
         if (conn_) PQfinish(conn_);
+        prepared_.clear();  // they went with the old connection
         conn_ = PQconnectdb(url_.c_str());
         if (PQstatus(conn_) != CONNECTION_OK) {
             std::string err = PQerrorMessage(conn_);
@@ -800,10 +802,24 @@ class PgStore final : public Store {
         PQclear(PQexec(conn_, "SET client_min_messages = warning"));
     }
 
-    // Runs one statement. A broken connection is reopened before it (libpq goes to whichever
-    // host is writable now); a failure inside a transaction is not retried: the caller's work
-    // was rolled back with it and it throws, so the caller answers 451 or tries later.
+    // Runs one statement, prepared once per connection when it has parameters (the server then
+    // parses it once, not on every call). A broken connection is reopened before it (libpq goes
+    // to whichever host is writable now); a failure inside a transaction is not retried: the
+    // caller's work was rolled back with it and it throws, so the caller answers 451 or tries
+    // later.
     Result exec(const char* sql, const std::vector<Param>& params, bool binary_result = false) {
+        return run(sql, params, binary_result, !params.empty());
+    }
+    Result exec(const char* sql, std::initializer_list<Param> params, bool binary = false) {
+        return exec(sql, std::vector<Param>(params), binary);
+    }
+    // A statement made up for one call (the operator's filters): never prepared.
+    Result exec_once(const std::string& sql, const std::vector<Param>& params) {
+        return run(sql.c_str(), params, false, false);
+    }
+
+    Result run(const char* sql, const std::vector<Param>& params, bool binary_result,
+               bool prepare) {
         if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
             if (in_tx_) throw StoreError("the PostgreSQL store connection was lost");
             connect();
@@ -815,20 +831,34 @@ class PgStore final : public Store {
             lengths.push_back(static_cast<int>(p.value.size()));
             formats.push_back(p.binary ? 1 : 0);
         }
-        PGresult* r =
-            PQexecParams(conn_, sql, static_cast<int>(params.size()), nullptr, values.data(),
-                         lengths.data(), formats.data(), binary_result ? 1 : 0);
-        const auto status = PQresultStatus(r);
-        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-            std::string err = PQresultErrorMessage(r);
-            PQclear(r);
-            while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
-            throw StoreError("postgresql: " + err);
+        const int n = static_cast<int>(params.size());
+        PGresult* r = nullptr;
+        if (prepare) {
+            auto [it, fresh] = prepared_.try_emplace(sql, "s" + std::to_string(prepared_.size()));
+            if (fresh) {
+                Result p(PQprepare(conn_, it->second.c_str(), sql, n, nullptr));
+                if (auto err = failure(p)) {
+                    prepared_.erase(it);
+                    throw StoreError("postgresql: " + *err);
+                }
+            }
+            r = PQexecPrepared(conn_, it->second.c_str(), n, values.data(), lengths.data(),
+                               formats.data(), binary_result ? 1 : 0);
+        } else {
+            r = PQexecParams(conn_, sql, n, nullptr, values.data(), lengths.data(), formats.data(),
+                             binary_result ? 1 : 0);
         }
-        return Result(r);
+        Result result(r);
+        if (auto err = failure(result)) throw StoreError("postgresql: " + *err);
+        return result;
     }
-    Result exec(const char* sql, std::initializer_list<Param> params, bool binary = false) {
-        return exec(sql, std::vector<Param>(params), binary);
+
+    static std::optional<std::string> failure(const Result& r) {
+        const auto status = PQresultStatus(r.get());
+        if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return std::nullopt;
+        std::string err = PQresultErrorMessage(r.get());
+        while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+        return err;
     }
 
     // One node migrates at a time (a session advisory lock: even the first CREATE TABLE would
@@ -1004,6 +1034,7 @@ class PgStore final : public Store {
     std::string url_, node_;
     Seconds lease_;
     PGconn* conn_ = nullptr;
+    std::map<std::string, std::string> prepared_;  // SQL -> name, on this connection
     bool in_tx_ = false;
 };
 
