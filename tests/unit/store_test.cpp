@@ -514,6 +514,26 @@ TEST(PgStoreTest, LoadOwnedSkipsAnotherNodesMessage) {
     test::pg_drop_database(db);
 }
 
+TEST(PgStoreTest, StatementsArePreparedAgainAfterAReconnect) {
+    const auto db = test::pg_new_database();
+    ASSERT_FALSE(db.empty());
+    {
+        auto store = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
+        auto m = msg("A000000000000001", {"a@example.test"});
+        store->insert({&m});
+        ASSERT_TRUE(store->load_owned("A000000000000001"));  // prepared on this connection
+        test::pg_query(test::pg_url(db),
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                       "datname = current_database() AND pid <> pg_backend_pid()");
+        try {
+            store->load_owned("A000000000000001");  // may be the call that finds it cut
+        } catch (const StoreError&) {
+        }
+        EXPECT_TRUE(store->load_owned("A000000000000001"));
+    }
+    test::pg_drop_database(db);
+}
+
 // =============================================================================================
 // remove
 
