@@ -594,7 +594,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
         return s.load_owned(id);
     };
-    auto msg = co_await queue_.call(load);
+    auto msg = co_await queue_.read(load);
     if (!msg || !index_.find(key)) {  // deleted by an operator meanwhile
         index_.remove(key);
         co_return;
@@ -641,7 +641,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
             } else {
                 const std::function<std::optional<std::string>(Store&)> read =
                     [&id, n = seq](Store& st) { return st.read_body(id, n); };
-                piece = co_await queue_.call(read);
+                piece = co_await queue_.read(read);
             }
             ++seq;
             if (piece) given += static_cast<std::int64_t>(piece->size());

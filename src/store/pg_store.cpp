@@ -268,6 +268,10 @@ class PgStore final : public Store {
         if (conn_) PQfinish(conn_);
     }
 
+    std::unique_ptr<Store> reader() override {
+        return std::unique_ptr<Store>(new PgStore(*this, Reader{}));
+    }
+
     void insert(const std::vector<const NewMessage*>& batch) override {
         Tx tx(*this);
         for (const NewMessage* m : batch) insert_in_tx(*m);
@@ -769,6 +773,12 @@ class PgStore final : public Store {
     }
 
   private:
+    struct Reader {};
+    // Another connection of the same node: only connects (the schema and the lease are done).
+    PgStore(const PgStore& main, Reader) : url_(main.url_), node_(main.node_), lease_(main.lease_) {
+        connect();
+    }
+
     struct Tx {
         explicit Tx(PgStore& s) : s(s) {
             s.exec("BEGIN", {});

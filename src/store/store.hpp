@@ -336,6 +336,9 @@ class Store {
         if (!owns(id)) return std::nullopt;
         return load_head(id);
     }
+    // A second connection to the same store for the queue's reads (load_owned, read_body), so
+    // they never wait behind this connection's commits; nullptr: one connection does everything.
+    virtual std::unique_ptr<Store> reader() { return nullptr; }
 };
 
 // One line of a message's delivery history, as both engines write it.
