@@ -3,8 +3,9 @@
 // with a synchronous standby, one round trip to it) serves the whole group commit.
 // Each message has an owner: the node that accepted it or took it over when the owner's lease ran
 // out (SELECT ... FOR UPDATE SKIP LOCKED), so one node delivers it.
-// A lost connection is reopened on the next call (libpq follows target_session_attrs to the
-// promoted server); until then every call throws StoreError, and SMTP answers 451.
+// Delivery reads on a second connection (reader()). A lost connection is reopened on the next call
+// (libpq follows target_session_attrs to the promoted server); until then every call throws
+// StoreError, and SMTP answers 451.
 #include <libpq-fe.h>
 
 #include <algorithm>
@@ -774,10 +775,10 @@ class PgStore final : public Store {
 
   private:
     struct Reader {};
-    // Another connection of the same node: only connects (the schema and the lease are done).
-    PgStore(const PgStore& main, Reader) : url_(main.url_), node_(main.node_), lease_(main.lease_) {
-        connect();
-    }
+    // Another connection of the same node, opened by its first call (the schema and the lease
+    // are the main one's business).
+    PgStore(const PgStore& main, Reader)
+        : url_(main.url_), node_(main.node_), lease_(main.lease_) {}
 
     struct Tx {
         explicit Tx(PgStore& s) : s(s) {
