@@ -314,6 +314,12 @@ class PgStore final : public Store {
 
     std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>& batch) override {
         Tx tx(*this);
+        // The batch's rows are found by key, however many: the planner, with its estimates of a
+        // queue that filled since it last looked, would rather scan whole tables for a large one.
+        exec(
+            "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', "
+            "'off', true)",
+            {});
         std::vector<int> left;
         // A few statements for the whole batch; a message that comes again starts another round,
         // so its updates apply in order.
