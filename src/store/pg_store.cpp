@@ -784,7 +784,7 @@ class PgStore final : public Store {
     // Another connection of the same node, opened by its first call (the schema and the lease
     // are the main one's business).
     PgStore(const PgStore& main, Reader)
-        : url_(main.url_), node_(main.node_), lease_(main.lease_) {}
+        : url_(main.url_), node_(main.node_), lease_(main.lease_), reader_(true) {}
 
     struct Tx {
         explicit Tx(PgStore& s) : s(s) {
@@ -837,6 +837,18 @@ class PgStore final : public Store {
 
     Result run(const char* sql, const std::vector<Param>& params, bool binary_result,
                bool prepare) {
+        try {
+            return run_once(sql, params, binary_result, prepare);
+        } catch (const StoreError&) {
+            // The reading connection only reads: when it turns out to have died since its last
+            // call (the server restarted, or failed over), the read is tried again on a new one.
+            if (!reader_ || !conn_ || PQstatus(conn_) == CONNECTION_OK) throw;
+        }
+        return run_once(sql, params, binary_result, prepare);
+    }
+
+    Result run_once(const char* sql, const std::vector<Param>& params, bool binary_result,
+                    bool prepare) {
         if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
             if (in_tx_) throw StoreError("the PostgreSQL store connection was lost");
             connect();
@@ -1050,6 +1062,7 @@ class PgStore final : public Store {
 
     std::string url_, node_;
     Seconds lease_;
+    bool reader_ = false;  // the reading connection (reader()), never in a transaction
     PGconn* conn_ = nullptr;
     std::map<std::string, std::string> prepared_;  // SQL -> name, on this connection
     bool in_tx_ = false;

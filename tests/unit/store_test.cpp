@@ -534,6 +534,25 @@ TEST(PgStoreTest, StatementsArePreparedAgainAfterAReconnect) {
     test::pg_drop_database(db);
 }
 
+TEST(PgStoreTest, TheReadingConnectionReadsOnANewOneWhenItsOwnWasLost) {
+    const auto db = test::pg_new_database();
+    ASSERT_FALSE(db.empty());
+    {
+        auto store = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
+        auto reader = store->reader();
+        ASSERT_TRUE(reader);
+        auto m = msg("A000000000000001", {"a@example.test"});
+        store->insert({&m});
+        ASSERT_TRUE(reader->load_owned("A000000000000001"));
+        test::pg_query(test::pg_url(db),
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                       "datname = current_database() AND pid <> pg_backend_pid()");
+        EXPECT_TRUE(reader->load_owned("A000000000000001"));  // no StoreError: read again
+        EXPECT_TRUE(reader->read_body("A000000000000001", 0));
+    }
+    test::pg_drop_database(db);
+}
+
 // =============================================================================================
 // remove
 
