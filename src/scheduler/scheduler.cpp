@@ -594,7 +594,15 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
         return s.load_owned(id);
     };
-    auto msg = co_await queue_.read(load);
+    std::optional<StoredMessage> msg;
+    try {
+        msg = co_await queue_.read(load);
+    } catch (const std::exception& e) {
+        // Not loaded (the store is out of reach): still queued as it was; tried again later.
+        spdlog::error("store failure loading id={}: {}", id, e.what());
+        if (index_.find(key)) index_.requeue(key, now() + cfg_.retry_min, false);
+        co_return;
+    }
     if (!msg || !index_.find(key)) {  // deleted by an operator meanwhile
         index_.remove(key);
         co_return;
