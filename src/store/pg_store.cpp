@@ -172,7 +172,7 @@ struct Param {
         p.binary = true;
         return p;
     }
-    // A one-dimensional array in PostgreSQL's text form, each element quoted: {"a","b\\"c"}.
+    // A one-dimensional array in PostgreSQL's text form, each element quoted: {"a","b\"c"}.
     static Param array(const std::vector<std::string>& elements) {
         std::string v = "{";
         for (const auto& e : elements) {
