@@ -1,5 +1,6 @@
 #include "delivery/reply.hpp"
 
+#include <algorithm>
 #include <cctype>
 
 namespace bmx::delivery {
@@ -60,10 +61,15 @@ std::optional<Reply> ReplyParser::next(std::string& buf) {
 
 void Stuffer::feed(std::string_view piece, std::string& out) {
     out.reserve(out.size() + piece.size() + piece.size() / 64 + 8);
-    for (char c : piece) {
-        if (bol_ && c == '.') out.push_back('.');
-        out.push_back(c);
-        bol_ = c == '\n';
+    for (std::size_t at = 0; at < piece.size();) {  // a line (or the rest) at a time
+        if (bol_ && piece[at] == '.') out.push_back('.');
+        const auto nl = piece.find('\n', at);
+        const auto end = nl == std::string_view::npos ? piece.size() : nl + 1;
+        out.append(piece.substr(at, end - at));
+        bol_ = nl != std::string_view::npos;
+        at = end;
+    }
+    for (char c : piece.substr(piece.size() - std::min<std::size_t>(piece.size(), 2))) {
         last_[0] = last_[1];
         last_[1] = c;
     }

@@ -6,8 +6,9 @@
 
 namespace bmx {
 
-Queue::Queue(std::unique_ptr<Store> store) : store_(std::move(store)) {
+Queue::Queue(std::unique_ptr<Store> store) : store_(std::move(store)), reader_(store_->reader()) {
     thread_ = std::thread([this] { loop(); });
+    if (reader_) reads_.thread = std::thread([this] { read_loop(); });
 }
 
 Queue::~Queue() {
@@ -17,6 +18,14 @@ Queue::~Queue() {
     }
     cv_.notify_all();
     thread_.join();
+    if (reader_) {
+        {
+            std::lock_guard lock(reads_.mu);
+            reads_.stopping = true;
+        }
+        reads_.cv.notify_all();
+        reads_.thread.join();
+    }
 }
 
 void Queue::submit(Job job) {
@@ -25,6 +34,27 @@ void Queue::submit(Job job) {
         jobs_.push_back(std::move(job));
     }
     cv_.notify_one();
+}
+
+void Queue::submit_read(Job job) {
+    {
+        std::lock_guard lock(reads_.mu);
+        reads_.jobs.push_back(std::move(job));
+    }
+    reads_.cv.notify_one();
+}
+
+void Queue::read_loop() {
+    for (;;) {
+        std::deque<Job> jobs;
+        {
+            std::unique_lock lock(reads_.mu);
+            reads_.cv.wait(lock, [&] { return reads_.stopping || !reads_.jobs.empty(); });
+            if (reads_.jobs.empty()) return;  // stopping, every read done
+            jobs.swap(reads_.jobs);
+        }
+        for (auto& j : jobs) j.run(reader_.get(), nullptr);
+    }
 }
 
 boost::asio::awaitable<void> Queue::commit(const std::vector<NewMessage>& msgs) {

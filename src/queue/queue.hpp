@@ -1,7 +1,8 @@
 // queue: the asynchronous door to the store. Coroutines on the event loop hand it work; one
 // thread of its own runs every store call, and batches the new messages of all sessions that wait
 // at the same moment into one transaction (group commit: one fsync serves many 250s), and likewise
-// the delivery attempts that finish together.
+// the delivery attempts that finish together. Delivery's reads go to a second thread and connection
+// when the store has one (PostgreSQL), so they never wait behind a commit.
 // It must never run store calls on the event loop, and never complete a commit before the store
 // has returned from it.
 #pragma once
@@ -44,27 +45,13 @@ class Queue {
     // Callers pass a named std::function: GCC 12 may destroy a temporary inside co_await twice.
     template <class T>
     boost::asio::awaitable<T> call(const std::function<T(Store&)>& fn) {
-        auto ex = co_await boost::asio::this_coro::executor;
-        co_return co_await boost::asio::async_initiate<decltype(boost::asio::use_awaitable),
-                                                       void(std::exception_ptr, T)>(
-            [this, ex, &fn](auto handler) {
-                auto h = std::make_shared<decltype(handler)>(std::move(handler));
-                submit(Job{nullptr, [h, ex, fn](Store* s, std::exception_ptr batch_error) {
-                               T result{};
-                               std::exception_ptr ep = batch_error;
-                               if (!ep) {
-                                   try {
-                                       result = fn(*s);
-                                   } catch (...) {
-                                       ep = std::current_exception();
-                                   }
-                               }
-                               boost::asio::post(ex, [h, ep, r = std::move(result)]() mutable {
-                                   (*h)(ep, std::move(r));
-                               });
-                           }});
-            },
-            boost::asio::use_awaitable);
+        return run(fn, false);
+    }
+    // The same for a read that only sees committed data (a message to deliver, its body): on the
+    // reading connection when the store has one, else as call().
+    template <class T>
+    boost::asio::awaitable<T> read(const std::function<T(Store&)>& fn) {
+        return run(fn, reader_ != nullptr);
     }
 
     std::uint64_t batches() const { return batches_.load(); }  // group commits (tests, metrics)
@@ -77,8 +64,47 @@ class Queue {
         const AttemptUpdate* attempt = nullptr;  // non-null: part of the next attempt batch
         int* left = nullptr;                     // where the attempt's result goes
     };
+    struct Reads {  // the reading connection's jobs, run one after another on its thread
+        std::mutex mu;
+        std::condition_variable cv;
+        std::deque<Job> jobs;
+        bool stopping = false;
+        std::thread thread;
+    };
+
+    template <class T>
+    boost::asio::awaitable<T> run(const std::function<T(Store&)>& fn, bool on_reader) {
+        auto ex = co_await boost::asio::this_coro::executor;
+        co_return co_await boost::asio::async_initiate<decltype(boost::asio::use_awaitable),
+                                                       void(std::exception_ptr, T)>(
+            [this, ex, &fn, on_reader](auto handler) {
+                auto h = std::make_shared<decltype(handler)>(std::move(handler));
+                Job job{nullptr, [h, ex, fn](Store* s, std::exception_ptr batch_error) {
+                            T result{};
+                            std::exception_ptr ep = batch_error;
+                            if (!ep) {
+                                try {
+                                    result = fn(*s);
+                                } catch (...) {
+                                    ep = std::current_exception();
+                                }
+                            }
+                            boost::asio::post(ex, [h, ep, r = std::move(result)]() mutable {
+                                (*h)(ep, std::move(r));
+                            });
+                        }};
+                if (on_reader)
+                    submit_read(std::move(job));
+                else
+                    submit(std::move(job));
+            },
+            boost::asio::use_awaitable);
+    }
+
     void submit(Job job);
+    void submit_read(Job job);
     void loop();
+    void read_loop();
 
     std::unique_ptr<Store> store_;
     std::mutex mu_;
@@ -88,6 +114,8 @@ class Queue {
     std::atomic<std::uint64_t> batches_{0};
     std::atomic<std::uint64_t> attempt_batches_{0};
     std::thread thread_;
+    std::unique_ptr<Store> reader_;  // null: reads share the store thread
+    Reads reads_;
 };
 
 }  // namespace bmx

@@ -628,12 +628,19 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     const Index::Key key = *Index::key(id);
     // The first body piece only (a DSN needs no more than the header, which it holds); the rest
     // is read while it is sent.
-    const std::function<std::optional<StoredMessage>(Store&)> load =
-        [id](Store& s) -> std::optional<StoredMessage> {
-        if (!s.owns(id)) return std::nullopt;  // a fleet: another node took it over
-        return s.load_head(id);
+    // (nothing when another node of a fleet took it over)
+    const std::function<std::optional<StoredMessage>(Store&)> load = [id](Store& s) {
+        return s.load_owned(id);
     };
-    auto msg = co_await queue_.call(load);
+    std::optional<StoredMessage> msg;
+    try {
+        msg = co_await queue_.read(load);
+    } catch (const std::exception& e) {
+        // Not loaded (the store is out of reach): still queued as it was; tried again later.
+        spdlog::error("store failure loading id={}: {}", id, e.what());
+        if (index_.find(key)) index_.requeue(key, now() + cfg_.retry_min, false);
+        co_return;
+    }
     if (!msg || !index_.find(key)) {  // deleted by an operator meanwhile
         index_.remove(key);
         co_return;
@@ -680,7 +687,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
             } else {
                 const std::function<std::optional<std::string>(Store&)> read =
                     [&id, n = seq](Store& st) { return st.read_body(id, n); };
-                piece = co_await queue_.call(read);
+                piece = co_await queue_.read(read);
             }
             ++seq;
             if (piece) given += static_cast<std::int64_t>(piece->size());

@@ -3,12 +3,15 @@
 // with a synchronous standby, one round trip to it) serves the whole group commit.
 // Each message has an owner: the node that accepted it or took it over when the owner's lease ran
 // out (SELECT ... FOR UPDATE SKIP LOCKED), so one node delivers it.
-// A lost connection is reopened on the next call (libpq follows target_session_attrs to the
-// promoted server); until then every call throws StoreError, and SMTP answers 451.
+// Delivery reads on a second connection (reader()). A lost connection is reopened on the next call
+// (libpq follows target_session_attrs to the promoted server); until then every call throws
+// StoreError, and SMTP answers 451.
 #include <libpq-fe.h>
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <span>
 #include <utility>
 
 #include "store/store.hpp"
@@ -189,6 +192,19 @@ struct Param {
         p.binary = true;
         return p;
     }
+    // A one-dimensional array in PostgreSQL's text form, each element quoted: {"a","b\"c"}.
+    static Param array(const std::vector<std::string>& elements) {
+        std::string v = "{";
+        for (const auto& e : elements) {
+            v += v.size() > 1 ? ",\"" : "\"";
+            for (char c : e) {
+                if (c == '"' || c == '\\') v += '\\';
+                v += c;
+            }
+            v += '"';
+        }
+        return Param{v + "}"};
+    }
     static Param null() {
         Param p("");
         p.is_null = true;
@@ -205,6 +221,7 @@ class Result {
     Result(Result&& o) noexcept : r_(std::exchange(o.r_, nullptr)) {}
     Result(const Result&) = delete;
     Result& operator=(const Result&) = delete;
+    const PGresult* get() const { return r_; }
     int rows() const { return PQntuples(r_); }
     bool null(int row, int col) const { return PQgetisnull(r_, row, col); }
     std::string text(int row, int col) const {
@@ -216,6 +233,44 @@ class Result {
     }
     bool boolean(int row, int col) const { return PQgetvalue(r_, row, col)[0] == 't'; }
     std::int64_t affected() const { return std::strtoll(PQcmdTuples(r_), nullptr, 10); }
+    // Values of a result asked for in binary: integers of 2, 4 or 8 bytes (network order),
+    // booleans, and one-dimensional arrays (their elements' bytes; empty for NULL or {}).
+    std::string_view bytes(int row, int col) const {
+        return {PQgetvalue(r_, row, col), static_cast<std::size_t>(PQgetlength(r_, row, col))};
+    }
+    std::int64_t bin_integer(int row, int col) const { return big_endian(bytes(row, col)); }
+    bool bin_boolean(int row, int col) const {
+        return bytes(row, col) == std::string_view("\1", 1);
+    }
+    std::vector<std::string_view> bin_array(int row, int col) const {
+        std::vector<std::string_view> out;
+        if (null(row, col)) return out;
+        auto b = bytes(row, col);
+        auto take = [&b](std::size_t n) {
+            if (b.size() < n) throw StoreError("postgresql: a malformed array");
+            auto v = b.substr(0, n);
+            b.remove_prefix(n);
+            return v;
+        };
+        const auto ndim = big_endian(take(4));
+        take(8);  // has-nulls flag, element type
+        if (ndim == 0) return out;
+        if (ndim != 1) throw StoreError("postgresql: an array of more than one dimension");
+        const auto n = big_endian(take(4));
+        take(4);  // lower bound
+        for (std::int64_t i = 0; i < n; ++i) {
+            const auto len = big_endian(take(4));
+            out.push_back(len < 0 ? std::string_view() : take(static_cast<std::size_t>(len)));
+        }
+        return out;
+    }
+    static std::int64_t big_endian(std::string_view b) {
+        std::uint64_t v = 0;
+        for (unsigned char c : b) v = v << 8 | c;
+        // sign-extend from the value's width
+        const unsigned shift = 64 - 8 * static_cast<unsigned>(b.size());
+        return b.empty() ? 0 : static_cast<std::int64_t>(v << shift) >> shift;
+    }
 
   private:
     PGresult* r_;
@@ -237,6 +292,10 @@ class PgStore final : public Store {
     }
     ~PgStore() override {
         if (conn_) PQfinish(conn_);
+    }
+
+    std::unique_ptr<Store> reader() override {
+        return std::unique_ptr<Store>(new PgStore(*this, Reader{}));
     }
 
     void insert(const std::vector<const NewMessage*>& batch) override {
@@ -264,32 +323,11 @@ class PgStore final : public Store {
     }
 
     std::optional<StoredMessage> load_head(const std::string& id) override {
-        auto r = exec(
-            "SELECT id, domain, sender, received_at, size, attempts, next_attempt_at, last_error, "
-            "smtputf8, eightbit, held FROM messages WHERE id = $1",
-            {id});
-        if (r.rows() == 0) return std::nullopt;
-        StoredMessage m;
-        m.id = r.text(0, 0);
-        m.domain = r.text(0, 1);
-        m.sender = r.text(0, 2);
-        m.received_at = from_unix(r.integer(0, 3));
-        m.size = r.integer(0, 4);
-        m.attempts = static_cast<int>(r.integer(0, 5));
-        m.next_attempt_at = from_unix(r.integer(0, 6));
-        m.last_error = r.text(0, 7);
-        m.smtputf8 = r.boolean(0, 8);
-        m.eightbit = r.boolean(0, 9);
-        m.held = r.text(0, 10);
-        m.body = read_body(id, 0).value_or("");
-        auto rc = exec(
-            "SELECT address, status, last_reply FROM recipients WHERE message_id = $1 ORDER BY "
-            "pos",
-            {id});
-        for (int i = 0; i < rc.rows(); ++i)
-            m.recipients.push_back(
-                {rc.text(i, 0), static_cast<RcptStatus>(rc.integer(i, 1)), rc.text(i, 2)});
-        return m;
+        return load(id, false);
+    }
+
+    std::optional<StoredMessage> load_owned(const std::string& id) override {
+        return load(id, true);
     }
 
     std::optional<std::string> read_body(const std::string& id, std::size_t seq) override {
@@ -301,8 +339,22 @@ class PgStore final : public Store {
 
     std::vector<int> record_attempts(const std::vector<const AttemptUpdate*>& batch) override {
         Tx tx(*this);
+        // The batch's rows are found by key, however many: the planner, with its estimates of a
+        // queue that filled since it last looked, would rather scan whole tables for a large one.
+        exec(
+            "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', "
+            "'off', true)",
+            {});
         std::vector<int> left;
-        for (const AttemptUpdate* u : batch) left.push_back(record_in_tx(*u));
+        // A few statements for the whole batch; a message that comes again starts another round,
+        // so its updates apply in order.
+        for (auto from = batch.begin(); from != batch.end();) {
+            std::set<std::string_view> ids;
+            auto to = from;
+            while (to != batch.end() && ids.insert((*to)->id).second) ++to;
+            record_in_tx({from, to}, left);
+            from = to;
+        }
         tx.commit();
         return left;
     }
@@ -401,7 +453,7 @@ class PgStore final : public Store {
         if (f.state == "held") sql += " AND held <> ''";
         if (f.state == "queued") sql += " AND held = ''";
         sql += " ORDER BY id LIMIT " + add(static_cast<std::int64_t>(f.limit));
-        auto r = exec(sql.c_str(), params);
+        auto r = exec_once(sql, params);
         std::vector<QueueRow> out;
         std::map<std::string, std::size_t> at;
         for (int i = 0; i < r.rows(); ++i) {
@@ -800,6 +852,12 @@ class PgStore final : public Store {
     }
 
   private:
+    struct Reader {};
+    // Another connection of the same node, opened by its first call (the schema and the lease
+    // are the main one's business).
+    PgStore(const PgStore& main, Reader)
+        : url_(main.url_), node_(main.node_), lease_(main.lease_), reader_(true) {}
+
     struct Tx {
         explicit Tx(PgStore& s) : s(s) {
             s.exec("BEGIN", {});
@@ -821,6 +879,7 @@ class PgStore final : public Store {
 
     void connect() {
         if (conn_) PQfinish(conn_);
+        prepared_.clear();  // they went with the old connection
         conn_ = PQconnectdb(url_.c_str());
         if (PQstatus(conn_) != CONNECTION_OK) {
             std::string err = one_line(PQerrorMessage(conn_));
@@ -831,10 +890,36 @@ class PgStore final : public Store {
         PQclear(PQexec(conn_, "SET client_min_messages = warning"));
     }
 
-    // Runs one statement. A broken connection is reopened before it (libpq goes to whichever
-    // host is writable now); a failure inside a transaction is not retried: the caller's work
-    // was rolled back with it and it throws, so the caller answers 451 or tries later.
+    // Runs one statement, prepared once per connection when it has parameters (the server then
+    // parses it once, not on every call). A broken connection is reopened before it (libpq goes
+    // to whichever host is writable now); a failure inside a transaction is not retried: the
+    // caller's work was rolled back with it and it throws, so the caller answers 451 or tries
+    // later.
     Result exec(const char* sql, const std::vector<Param>& params, bool binary_result = false) {
+        return run(sql, params, binary_result, !params.empty());
+    }
+    Result exec(const char* sql, std::initializer_list<Param> params, bool binary = false) {
+        return exec(sql, std::vector<Param>(params), binary);
+    }
+    // A statement made up for one call (the operator's filters): never prepared.
+    Result exec_once(const std::string& sql, const std::vector<Param>& params) {
+        return run(sql.c_str(), params, false, false);
+    }
+
+    Result run(const char* sql, const std::vector<Param>& params, bool binary_result,
+               bool prepare) {
+        try {
+            return run_once(sql, params, binary_result, prepare);
+        } catch (const StoreError&) {
+            // The reading connection only reads: when it turns out to have died since its last
+            // call (the server restarted, or failed over), the read is tried again on a new one.
+            if (!reader_ || !conn_ || PQstatus(conn_) == CONNECTION_OK) throw;
+        }
+        return run_once(sql, params, binary_result, prepare);
+    }
+
+    Result run_once(const char* sql, const std::vector<Param>& params, bool binary_result,
+                    bool prepare) {
         if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
             if (in_tx_) throw StoreError("the PostgreSQL store connection was lost");
             connect();
@@ -851,21 +936,36 @@ class PgStore final : public Store {
             lengths.push_back(static_cast<int>(p.value.size()));
             formats.push_back(p.binary ? 1 : 0);
         }
-        PGresult* r =
-            PQexecParams(conn_, sql, static_cast<int>(params.size()), nullptr, values.data(),
-                         lengths.data(), formats.data(), binary_result ? 1 : 0);
-        const auto status = PQresultStatus(r);
-        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-            std::string err = one_line(PQresultErrorMessage(r));
-            const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-            if (state && std::string_view(state) == "25006") read_only_ = true;
-            PQclear(r);
-            throw StoreError("postgresql: " + err);
+        const int n = static_cast<int>(params.size());
+        PGresult* r = nullptr;
+        if (prepare) {
+            auto [it, fresh] = prepared_.try_emplace(sql, "s" + std::to_string(prepared_.size()));
+            if (fresh) {
+                Result p(PQprepare(conn_, it->second.c_str(), sql, n, nullptr));
+                if (auto err = failure(p)) {
+                    prepared_.erase(it);
+                    throw StoreError("postgresql: " + *err);
+                }
+            }
+            r = PQexecPrepared(conn_, it->second.c_str(), n, values.data(), lengths.data(),
+                               formats.data(), binary_result ? 1 : 0);
+        } else {
+            r = PQexecParams(conn_, sql, n, nullptr, values.data(), lengths.data(), formats.data(),
+                             binary_result ? 1 : 0);
         }
-        return Result(r);
+        Result result(r);
+        if (auto err = failure(result)) {
+            const char* state = PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
+            if (state && std::string_view(state) == "25006") read_only_ = true;
+            throw StoreError("postgresql: " + *err);
+        }
+        return result;
     }
-    Result exec(const char* sql, std::initializer_list<Param> params, bool binary = false) {
-        return exec(sql, std::vector<Param>(params), binary);
+
+    static std::optional<std::string> failure(const Result& r) {
+        const auto status = PQresultStatus(r.get());
+        if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return std::nullopt;
+        return one_line(PQresultErrorMessage(r.get()));
     }
 
     // One node migrates at a time (a session advisory lock: even the first CREATE TABLE would
@@ -903,6 +1003,42 @@ class PgStore final : public Store {
         tx.commit();
     }
 
+    // load_head in one round trip: the envelope, the first body piece and the recipients (as
+    // arrays, in binary). `owned`: nothing unless this node owns the message.
+    std::optional<StoredMessage> load(const std::string& id, bool owned) {
+        auto r = exec(
+            "SELECT m.domain, m.sender, m.received_at, m.size, m.attempts, m.next_attempt_at, "
+            "m.last_error, m.smtputf8, m.eightbit, m.held, m.owner = $2, b.data, rc.a, rc.s, rc.l "
+            "FROM messages m LEFT JOIN body_pieces b ON b.message_id = m.id AND b.seq = 0 "
+            "CROSS JOIN LATERAL (SELECT array_agg(address ORDER BY pos) a, array_agg(status "
+            "ORDER BY pos) s, array_agg(last_reply ORDER BY pos) l FROM recipients WHERE "
+            "message_id = m.id) rc WHERE m.id = $1",
+            {id, node_}, true);
+        if (r.rows() == 0 || (owned && !r.bin_boolean(0, 10))) return std::nullopt;
+        StoredMessage m;
+        m.id = id;
+        m.domain = r.bytes(0, 0);
+        m.sender = r.bytes(0, 1);
+        m.received_at = from_unix(r.bin_integer(0, 2));
+        m.size = r.bin_integer(0, 3);
+        m.attempts = static_cast<int>(r.bin_integer(0, 4));
+        m.next_attempt_at = from_unix(r.bin_integer(0, 5));
+        m.last_error = r.bytes(0, 6);
+        m.smtputf8 = r.bin_boolean(0, 7);
+        m.eightbit = r.bin_boolean(0, 8);
+        m.held = r.bytes(0, 9);
+        m.body = r.bytes(0, 11);
+        const auto address = r.bin_array(0, 12), status = r.bin_array(0, 13),
+                   reply = r.bin_array(0, 14);
+        if (status.size() != address.size() || reply.size() != address.size())
+            throw StoreError("postgresql: recipients of id=" + id + " read inconsistently");
+        for (std::size_t i = 0; i < address.size(); ++i)
+            m.recipients.push_back({std::string(address[i]),
+                                    static_cast<RcptStatus>(Result::big_endian(status[i])),
+                                    std::string(reply[i])});
+        return m;
+    }
+
     void insert_in_tx(const NewMessage& m) {
         exec(
             "INSERT INTO messages(id, domain, sender, received_at, size, next_attempt_at, "
@@ -935,33 +1071,78 @@ class PgStore final : public Store {
                 {m.id, pos++, a});
     }
 
-    int record_in_tx(const AttemptUpdate& u) {
-        if (exec("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", {u.id}).rows() == 0) return 0;
-        for (const auto& o : u.outcomes)
+    // Updates of distinct messages; appends each one's pending count to `left`.
+    void record_in_tx(std::span<const AttemptUpdate* const> batch, std::vector<int>& left) {
+        std::vector<std::string> ids;
+        for (const AttemptUpdate* u : batch) ids.push_back(u->id);
+        // Locked against a concurrent removal; one deleted meanwhile has nothing to record.
+        auto locked =
+            exec("SELECT id FROM messages WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                 {Param::array(ids)});
+        std::map<std::string, std::int64_t> pending;  // of the messages still there
+        for (int i = 0; i < locked.rows(); ++i) pending[locked.text(i, 0)] = 0;
+        if (pending.empty()) {
+            left.insert(left.end(), batch.size(), 0);
+            return;
+        }
+        std::vector<std::string> o_id, o_address, o_status, o_reply;
+        for (const AttemptUpdate* u : batch) {
+            if (!pending.contains(u->id)) continue;
+            for (const auto& o : u->outcomes) {
+                o_id.push_back(u->id);
+                o_address.push_back(o.address);
+                o_status.push_back(std::to_string(static_cast<int>(o.status)));
+                o_reply.push_back(o.reply);
+            }
+        }
+        if (!o_id.empty())
             exec(
-                "UPDATE recipients SET status = $1, last_reply = $2 WHERE message_id = $3 AND "
-                "address = $4",
-                {static_cast<int>(o.status), o.reply, u.id, o.address});
-        if (u.dsn) insert_in_tx(*u.dsn);
-        auto c =
-            exec("SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 0", {u.id});
-        std::int64_t pending = c.integer(0, 0);
-        if (pending == 0 || u.remove) {
-            exec("DELETE FROM messages WHERE id = $1", {u.id});
-            return 0;
+                "UPDATE recipients r SET status = v.status, last_reply = v.reply FROM "
+                "unnest($1::text[], $2::text[], $3::int[], $4::text[]) AS v(id, address, status, "
+                "reply) WHERE r.message_id = v.id AND r.address = v.address",
+                {Param::array(o_id), Param::array(o_address), Param::array(o_status),
+                 Param::array(o_reply)});
+        for (const AttemptUpdate* u : batch)
+            if (u->dsn && pending.contains(u->id)) insert_in_tx(*u->dsn);
+        std::vector<std::string> present;
+        for (const auto& [id, n] : pending) present.push_back(id);
+        auto c = exec(
+            "SELECT message_id, count(*) FROM recipients WHERE message_id = ANY($1::text[]) AND "
+            "status = 0 GROUP BY message_id",
+            {Param::array(present)});
+        for (int i = 0; i < c.rows(); ++i) pending[c.text(i, 0)] = c.integer(i, 1);
+        // Gone when nothing is pending (or asked); else the attempt is counted and logged.
+        std::vector<std::string> gone, k_id, k_count, k_next, k_error, k_text;
+        const auto at = std::to_string(to_unix(now()));
+        for (const AttemptUpdate* u : batch) {
+            auto it = pending.find(u->id);
+            if (it == pending.end() || it->second == 0 || u->remove) {
+                if (it != pending.end()) gone.push_back(u->id);
+                left.push_back(0);
+                continue;
+            }
+            k_id.push_back(u->id);
+            k_count.push_back(u->count_attempt ? "1" : "0");
+            k_next.push_back(std::to_string(to_unix(u->next_attempt_at)));
+            k_error.push_back(u->last_error);
+            k_text.push_back(attempt_text(*u));
+            left.push_back(static_cast<int>(it->second));
         }
         exec(
-            "UPDATE messages SET attempts = attempts + $1, next_attempt_at = $2, last_error = $3 "
-            "WHERE id = $4",
-            {std::int64_t{u.count_attempt}, to_unix(u.next_attempt_at), u.last_error, u.id});
-        exec("INSERT INTO attempt_log(message_id, at, result) VALUES($1,$2,$3)",
-             {u.id, to_unix(now()), attempt_text(u)});
-        return static_cast<int>(pending);
+            "WITH gone AS (DELETE FROM messages WHERE id = ANY($1::text[])), kept AS (UPDATE "
+            "messages m SET attempts = m.attempts + v.n, next_attempt_at = v.next, last_error = "
+            "v.error FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[]) AS v(id, n, "
+            "next, error) WHERE m.id = v.id) INSERT INTO attempt_log(message_id, at, result) "
+            "SELECT id, $6::bigint, result FROM unnest($2::text[], $7::text[]) AS v(id, result)",
+            {Param::array(gone), Param::array(k_id), Param::array(k_count), Param::array(k_next),
+             Param::array(k_error), at, Param::array(k_text)});
     }
 
     std::string url_, node_;
     Seconds lease_;
+    bool reader_ = false;  // the reading connection (reader()), never in a transaction
     PGconn* conn_ = nullptr;
+    std::map<std::string, std::string> prepared_;  // SQL -> name, on this connection
     bool in_tx_ = false;
     bool read_only_ = false;  // a write was refused as read-only: connect again first
 };

@@ -357,6 +357,16 @@ class Store {
         (void)limit;
         return {};
     }
+
+    // load_head of a message this node may deliver (owns), else nullopt: what delivery reads,
+    // in one round trip where the engine can.
+    virtual std::optional<StoredMessage> load_owned(const std::string& id) {
+        if (!owns(id)) return std::nullopt;
+        return load_head(id);
+    }
+    // A second connection to the same store for the queue's reads (load_owned, read_body), so
+    // they never wait behind this connection's commits; nullptr: one connection does everything.
+    virtual std::unique_ptr<Store> reader() { return nullptr; }
 };
 
 // One line of a message's delivery history, as both engines write it.

@@ -7,7 +7,9 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 
 #include "../pg_server.hpp"
 #include "support.hpp"
@@ -87,6 +89,37 @@ struct FullStore : Store {
     std::vector<Outage> outages(const std::string&, std::size_t) override { return {}; }
     StoreTables export_tables() override { return {}; }
     void import_tables(const StoreTables&) override { full(); }
+};
+
+// A store with a reading connection of its own: its commit waits until a read is done, which
+// only a read that does not queue behind the commit can be.
+struct SlowCommitStore : FullStore {
+    struct Shared {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool read = false;
+    };
+    struct Reader : FullStore {
+        explicit Reader(std::shared_ptr<Shared> s) : shared(std::move(s)) {}
+        std::optional<StoredMessage> load_head(const std::string& id) override {
+            {
+                std::lock_guard lock(shared->mu);
+                shared->read = true;
+            }
+            shared->cv.notify_all();
+            StoredMessage m;
+            m.id = id;
+            return m;
+        }
+        std::shared_ptr<Shared> shared;
+    };
+    void insert(const std::vector<const NewMessage*>&) override {
+        std::unique_lock lock(shared->mu);
+        if (!shared->cv.wait_for(lock, std::chrono::seconds(10), [&] { return shared->read; }))
+            throw StoreError("the read waited behind the commit");
+    }
+    std::unique_ptr<Store> reader() override { return std::make_unique<Reader>(shared); }
+    std::shared_ptr<Shared> shared = std::make_shared<Shared>();
 };
 
 }  // namespace
@@ -191,10 +224,43 @@ TEST_P(QueueOnEngine, CallRunsOnTheStoreThreadAndReturnsValues) {
                 return s.list().size();
             };
             rows = co_await q.call(count);
+            const auto again = co_await q.read(count);  // no reading connection: store thread
+            rows += again;
         },
         asio::detached);
     io.run();
-    EXPECT_EQ(rows, 2u);
+    EXPECT_EQ(rows, 4u);
+}
+
+TEST(Queue, ReadsOnTheReadingConnectionDoNotWaitForACommit) {
+    Queue q(std::make_unique<SlowCommitStore>());
+    asio::io_context io;
+    std::string committed, loaded;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            const std::vector<NewMessage> batch{message(1)};
+            try {
+                co_await q.commit(batch);
+                committed = "yes";
+            } catch (const StoreError& e) {
+                committed = e.what();
+            }
+        },
+        asio::detached);
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            const std::function<std::optional<StoredMessage>(Store&)> load = [](Store& s) {
+                return s.load_owned("A000000000000001");
+            };
+            auto m = co_await q.read(load);
+            if (m) loaded = m->id;
+        },
+        asio::detached);
+    io.run();
+    EXPECT_EQ(committed, "yes");
+    EXPECT_EQ(loaded, "A000000000000001");
 }
 
 // Runs `step` against a queue whose store always fails; returns what the caller caught.

@@ -441,6 +441,118 @@ TEST_P(StoreTest, UnknownRecipientInOutcomesIgnored) {
     EXPECT_EQ(store_->load("A000000000000001")->recipients.size(), 1u);
 }
 
+TEST_P(StoreTest, BatchOfAttemptsAppliesEachInOrder) {
+    insert({msg("A000000000000001", {"a@example.test", "b@example.test"}),
+            msg("B000000000000002", {"c@example.test"}),
+            msg("C000000000000003", {"d@example.test"})});
+    AttemptUpdate a1, b, missing, a2, c;
+    a1.id = a2.id = "A000000000000001";
+    a1.outcomes = {{"a@example.test", RcptStatus::Delivered, "250 \"quoted\" \\ {braces}, ok"},
+                   {"b@example.test", RcptStatus::Pending, "451 later"}};
+    a1.last_error = "451 later";
+    a1.next_attempt_at = from_unix(1700000900);
+    b.id = "B000000000000002";
+    b.outcomes = {{"c@example.test", RcptStatus::Delivered, "250 ok"}};
+    missing.id = "NOTTHERE00000000";
+    a2.id = "A000000000000001";  // the same message again: applied after a1
+    a2.outcomes = {{"b@example.test", RcptStatus::Pending, "452 full"}};
+    a2.last_error = "452 \"full\"";
+    a2.next_attempt_at = from_unix(1700001800);
+    c.id = "C000000000000003";
+    c.outcomes = {{"d@example.test", RcptStatus::Pending, "421 busy"}};
+    c.count_attempt = false;
+    c.next_attempt_at = from_unix(1700000999);
+    EXPECT_EQ(store_->record_attempts({&a1, &b, &missing, &a2, &c}),
+              (std::vector<int>{1, 0, 0, 1, 1}));
+
+    auto got = store_->load("A000000000000001");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(statuses(*got),
+              (std::vector<RcptStatus>{RcptStatus::Delivered, RcptStatus::Pending}));
+    EXPECT_EQ(got->recipients[0].last_reply, "250 \"quoted\" \\ {braces}, ok");
+    EXPECT_EQ(got->recipients[1].last_reply, "452 full");
+    EXPECT_EQ(got->attempts, 2);
+    EXPECT_EQ(got->last_error, "452 \"full\"");
+    EXPECT_EQ(got->next_attempt_at, from_unix(1700001800));
+    EXPECT_EQ(store_->history("A000000000000001").size(), 2u);
+    EXPECT_FALSE(store_->load("B000000000000002"));
+    auto gc = store_->load("C000000000000003");
+    ASSERT_TRUE(gc);
+    EXPECT_EQ(gc->attempts, 0);
+    EXPECT_EQ(gc->next_attempt_at, from_unix(1700000999));
+}
+
+TEST_P(StoreTest, LoadOwnedIsTheHeadOfAMessageOfThisNode) {
+    auto m = msg("A000000000000001", {"a@example.test", "b@example.test"},
+                 std::string(kBodyPiece + 10, 'x'));
+    insert({m});
+    auto head = store_->load_head("A000000000000001");
+    auto owned = store_->load_owned("A000000000000001");
+    ASSERT_TRUE(head);
+    ASSERT_TRUE(owned);
+    EXPECT_EQ(owned->body, std::string(kBodyPiece, 'x'));
+    EXPECT_EQ(owned->body, head->body);
+    EXPECT_EQ(owned->size, head->size);
+    EXPECT_EQ(owned->received_at, head->received_at);
+    ASSERT_EQ(owned->recipients.size(), 2u);
+    EXPECT_EQ(owned->recipients[1].address, "b@example.test");
+    EXPECT_FALSE(store_->load_owned("NOTTHERE00000000"));
+}
+
+TEST(PgStoreTest, LoadOwnedSkipsAnotherNodesMessage) {
+    const auto db = test::pg_new_database();
+    ASSERT_FALSE(db.empty());
+    {
+        auto a = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
+        auto b = open_pg_store(test::pg_url(db), "node-b", Seconds(60));
+        auto m = msg("A000000000000001", {"a@example.test"});
+        a->insert({&m});
+        EXPECT_TRUE(a->load_owned("A000000000000001"));
+        EXPECT_FALSE(b->load_owned("A000000000000001"));
+        EXPECT_TRUE(b->load_head("A000000000000001"));
+    }
+    test::pg_drop_database(db);
+}
+
+TEST(PgStoreTest, StatementsArePreparedAgainAfterAReconnect) {
+    const auto db = test::pg_new_database();
+    ASSERT_FALSE(db.empty());
+    {
+        auto store = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
+        auto m = msg("A000000000000001", {"a@example.test"});
+        store->insert({&m});
+        ASSERT_TRUE(store->load_owned("A000000000000001"));  // prepared on this connection
+        test::pg_query(test::pg_url(db),
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                       "datname = current_database() AND pid <> pg_backend_pid()");
+        try {
+            store->load_owned("A000000000000001");  // may be the call that finds it cut
+        } catch (const StoreError&) {
+        }
+        EXPECT_TRUE(store->load_owned("A000000000000001"));
+    }
+    test::pg_drop_database(db);
+}
+
+TEST(PgStoreTest, TheReadingConnectionReadsOnANewOneWhenItsOwnWasLost) {
+    const auto db = test::pg_new_database();
+    ASSERT_FALSE(db.empty());
+    {
+        auto store = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
+        auto reader = store->reader();
+        ASSERT_TRUE(reader);
+        auto m = msg("A000000000000001", {"a@example.test"});
+        store->insert({&m});
+        ASSERT_TRUE(reader->load_owned("A000000000000001"));
+        test::pg_query(test::pg_url(db),
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                       "datname = current_database() AND pid <> pg_backend_pid()");
+        EXPECT_TRUE(reader->load_owned("A000000000000001"));  // no StoreError: read again
+        EXPECT_TRUE(reader->read_body("A000000000000001", 0));
+    }
+    test::pg_drop_database(db);
+}
+
 // =============================================================================================
 // remove
 
