@@ -164,14 +164,18 @@ def main():
     ap.add_argument("--probe-interval", type=int, default=5)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--only", help="comma-separated setups to run (no table, no --write)")
     args = ap.parse_args()
     if args.smoke:
         args.messages, args.runs, args.probe_interval = 300, 1, 1
     setups = ["sqlite", "pg x1", "pg x3", "postfix"]
     results = {}
-    for s in setups:
+    for s in args.only.split(",") if args.only else setups:
         runs = [run_once(s, args) for _ in range(args.runs)]
         results[s] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(s, {k: round(v) for k, v in results[s].items()}, flush=True)
+    if args.only:
+        return 0
     pf = results["postfix"]
     lines = ["| setup | accept msg/s | vs Postfix | drain msg/s, first to last | vs Postfix | "
              "drain msg/s, from primary up |",
