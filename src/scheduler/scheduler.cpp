@@ -148,7 +148,10 @@ asio::awaitable<void> Scheduler::run() {
         loaded += page.rows.size();
         if (!page.more || stopping_) break;
     }
-    if (is_pg_url(cfg_.store)) spawn(fleet());
+    if (is_pg_url(cfg_.store)) {
+        spawn(fleet());
+        spawn(follow());
+    }
     malloc_trim(0);  // give the pages' transient memory back
     spdlog::info("scheduler: {} queued messages for {} destinations", loaded, dests_.size());
     while (!stopping_) {
@@ -200,7 +203,7 @@ asio::awaitable<void> Scheduler::fleet() {
         const std::function<Work(Store&)> work = [lease](Store& s) {
             const auto t = now();
             s.renew_lease(t + lease);
-            return Work{s.take_over(t, 1000), s.primaries()};
+            return Work{s.take_over(t, 1000), s.primaries(TimePoint{})};
         };
         try {
             auto w = co_await queue_.call(work);
@@ -212,6 +215,35 @@ asio::awaitable<void> Scheduler::fleet() {
             if (!w.taken.empty()) wake();
         } catch (const std::exception& e) {
             spdlog::warn("fleet: lease not renewed: {}", e.what());
+        }
+    }
+}
+
+// A fleet's node waiting for a down primary that another node probes: it reads what changed in
+// the shared state every second, so it sends its queue within a second of the primary's return,
+// not at its next probe turn. (Nothing is read while every primary it has mail for is up.)
+asio::awaitable<void> Scheduler::follow() {
+    asio::steady_timer timer(io_);
+    auto seen = now();
+    while (!stopping_) {
+        timer.expires_after(std::chrono::seconds(1));
+        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec || stopping_) co_return;
+        const bool waiting = std::any_of(dests_.begin(), dests_.end(), [this](const auto& kv) {
+            return !kv.second.up && index_.waiting(kv.second.id) > 0;
+        });
+        if (!waiting) continue;
+        const auto since = seen - std::chrono::seconds(1);  // (whole seconds in the store)
+        const std::function<std::vector<Store::PrimaryState>(Store&)> read = [since](Store& s) {
+            return s.primaries(since);
+        };
+        try {
+            const auto t = now();
+            auto changed = co_await queue_.call(read);
+            seen = t;
+            for (const auto& p : changed) adopt(p);
+        } catch (const std::exception& e) {
+            spdlog::debug("fleet: shared primary state not read: {}", e.what());
         }
     }
 }
@@ -470,7 +502,7 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
         const std::function<Claim(Store&)> claim = [&domain, until](Store& st) {
             Claim c{st.claim_probe(domain, until), {}};
             if (!c.mine)
-                for (auto& p : st.primaries())
+                for (auto& p : st.primaries(TimePoint{}))
                     if (p.domain == domain) c.shared.push_back(std::move(p));
             return c;
         };

@@ -100,6 +100,7 @@ class Scheduler {
                                          const delivery::Route* route);
     boost::asio::awaitable<void> probe(std::string domain);
     boost::asio::awaitable<void> fleet();
+    boost::asio::awaitable<void> follow();
     boost::asio::awaitable<void> release_slot(std::string domain);
     boost::asio::awaitable<void> window(std::string domain, Store::Window how);
     void publish(const std::string& domain);   // a fleet: this primary's state, for every node

@@ -748,8 +748,11 @@ class PgStore final : public Store {
             {p.domain, p.state, to_unix(p.since), to_unix(p.last_probe), p.last_result});
     }
 
-    std::vector<PrimaryState> primaries() override {
-        auto r = exec("SELECT domain, state, since, last_probe, last_result FROM primaries", {});
+    std::vector<PrimaryState> primaries(TimePoint changed_since) override {
+        auto r = exec(
+            "SELECT domain, state, since, last_probe, last_result FROM primaries WHERE "
+            "greatest(since, last_probe) >= $1",
+            {to_unix(changed_since)});
         std::vector<PrimaryState> out;
         for (int i = 0; i < r.rows(); ++i)
             out.push_back({r.text(i, 0), r.text(i, 1), from_unix(r.integer(i, 2)),

@@ -309,7 +309,11 @@ class Store {
         return true;
     }
     virtual void put_primary(const PrimaryState& p) { (void)p; }
-    virtual std::vector<PrimaryState> primaries() { return {}; }
+    // Every primary's row, or those changed (state or probe) at or after `changed_since`.
+    virtual std::vector<PrimaryState> primaries(TimePoint changed_since) {
+        (void)changed_since;
+        return {};
+    }
     // Slow start for the fleet as a whole: the primary's `window` (from `initial` up to `max`)
     // bounds the connections of all nodes together. A slot is granted while fewer are open; the
     // window comes back either way, so a node opens no more than the fleet may.

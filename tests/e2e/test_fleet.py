@@ -1,6 +1,7 @@
 """A fleet: several backupmx nodes on one PostgreSQL store (issue 8). Nodes are killed for real
 (SIGKILL) while accepting and while delivering, the database is cut off and comes back, and every
 message that got a 250 must reach the primary. Real PostgreSQL 15 clusters are started here."""
+import re
 import smtplib
 import sys
 import subprocess
@@ -25,11 +26,11 @@ def subjects(sink):
 
 class FleetBase(E2ETest):
     def node(self, name, host, primary_port, store=None, domains=None, extra="", toml="",
-             wait=True):
+             wait=True, timing=FAST):
         b = self.backupmx(domains or {"fleet.test": f"127.0.0.1:{primary_port}"},
                           store=store or self.url,
                           host=host, name=name, extra_toml=toml,
-                          extra_queue=FAST + f'\nnode = "{name}"\n'
+                          extra_queue=timing + f'\nnode = "{name}"\n'
                           f'control_socket = "{self.dir}/{name}.sock"\n{extra}')
         b.start(wait=wait)
         return b
@@ -189,6 +190,34 @@ class Fleet(FleetBase):
         self.assertGreaterEqual(max(n for n, _ in primary.mails), 2, "the window never grew")
         self.assertLessEqual(primary.max_active, 3, "the fleet opened more than max_concurrency")
         self.assertGreaterEqual(len({t["rcpts"][0] for t in primary.transactions}), 12)
+
+    def test_every_node_sends_within_seconds_of_the_primarys_return(self):
+        # One node probes (every 15 s here); the others read the shared state every second while
+        # they hold mail for a down primary, so they do not wait for a probe turn (15 s) or a
+        # lease renewal (10 s) of their own.
+        slow_probe = 'probe_interval = "15s"\nretry_min = "1s"\nretry_max = "2s"\nlease = "30s"'
+        primary_port = free_port()
+        nodes = [self.node(n, h, primary_port, timing=slow_probe)
+                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+        accepted = []
+        self.send_many(nodes[:1], "back-a", 3, accepted)
+        nodes[0].wait_log(r"primary for fleet.test is down")
+        time.sleep(7)  # b and c find it down 7 s later: their probe turns come 7 s after a's
+        self.send_many(nodes[1:], "back-bc", 6, accepted)
+        self.assertEqual(len(accepted), 9)
+        for n in nodes[1:]:
+            n.wait_log(r"primary for fleet.test is down")
+        sink = self.sink(port=primary_port).start()
+        wait_until(lambda: set(accepted) <= subjects(sink), timeout=60, what="all delivered")
+
+        def first_delivery(n):
+            import datetime
+            m = re.search(r"^(\S+ \S+) info delivered id=", n.log(), re.M)
+            return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        firsts = sorted(first_delivery(n) for n in nodes)
+        print(f"first deliveries of the three nodes within {firsts[-1] - firsts[0]:.2f} s",
+              file=sys.stderr)
+        self.assertLessEqual(firsts[-1] - firsts[0], 3.0, f"first deliveries per node: {firsts}")
 
     def test_the_console_works_on_every_node_and_shows_the_fleets_view(self):
         down = free_port()  # the primary is down: one node probes it for the fleet

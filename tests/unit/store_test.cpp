@@ -928,9 +928,13 @@ TEST_F(FleetStoreTest, OneNodeAtATimeProbesADownPrimary) {
     EXPECT_TRUE(store_->claim_probe("example.test", now() - Seconds(1)));
     EXPECT_TRUE(other_->claim_probe("example.test", now() + Seconds(30)));
     store_->put_primary({"example.test", "up", from_unix(1000), from_unix(1001), "reached"});
-    auto p = other_->primaries();
+    auto p = other_->primaries(TimePoint{});
     ASSERT_EQ(p.size(), 2u);
     EXPECT_EQ(p[0].domain == "example.test" ? p[0].state : p[1].state, "up");
+    p = other_->primaries(from_unix(1001));  // what changed since: the nodes that wait follow it
+    ASSERT_EQ(p.size(), 1u);
+    EXPECT_EQ(p[0].domain, "example.test");
+    EXPECT_TRUE(other_->primaries(from_unix(1002)).empty());
 }
 
 TEST_F(FleetStoreTest, ConnectionsToAPrimaryAreCountedForTheFleetWithinItsWindow) {
