@@ -93,29 +93,8 @@ std::string csrf_token(std::string_view id) {  // a different hash than the key'
     return token_hash("csrf:" + std::string(id));
 }
 
-bool LoginLimiter::over(const std::string& key, TimePoint t) {
-    auto it = failures_.find(key);
-    if (it == failures_.end()) return false;
-    std::erase_if(it->second, [&](TimePoint f) { return f + window_ < t; });
-    if (it->second.empty()) {
-        failures_.erase(it);
-        return false;
-    }
-    return it->second.size() >= max_;
-}
-
-bool LoginLimiter::blocked(const std::string& ip, const std::string& user, TimePoint t) {
-    return over("ip:" + ip, t) || over("user:" + user, t);
-}
-
-void LoginLimiter::failed(const std::string& ip, const std::string& user, TimePoint t) {
-    if (failures_.size() > 100000) failures_.clear();  // bounded, whatever an attacker sends
-    failures_["ip:" + ip].push_back(t);
-    failures_["user:" + user].push_back(t);
-}
-
-void LoginLimiter::succeeded(const std::string& user) {
-    failures_.erase("user:" + user);
+LoginKeys login_keys(const std::string& ip, const std::string& user) {
+    return {"ip:" + ip, "user:" + user};
 }
 
 }  // namespace bmx::accounts

@@ -6,11 +6,9 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "util/util.hpp"
 
@@ -34,20 +32,14 @@ inline constexpr Seconds kSessionIdle{8 * 3600};
 std::string session_key(std::string_view id);
 std::string csrf_token(std::string_view id);
 
-// Failed logins: after `max` failures within `window` from one address, or for one account, the
-// next tries are refused without checking the password until the window has passed.
-class LoginLimiter {
-  public:
-    LoginLimiter(unsigned max = 5, Seconds window = Seconds(300)) : max_(max), window_(window) {}
-    bool blocked(const std::string& ip, const std::string& user, TimePoint t);
-    void failed(const std::string& ip, const std::string& user, TimePoint t);
-    void succeeded(const std::string& user);
-
-  private:
-    bool over(const std::string& key, TimePoint t);
-    unsigned max_;
-    Seconds window_;
-    std::map<std::string, std::vector<TimePoint>> failures_;  // "ip:..." / "user:..."
+// Failed logins: after kLoginMaxFailures within kLoginWindow from one address, or for one
+// account, the next tries are refused without checking the password until the window has passed.
+// The store counts them under these keys, so the limit holds for a whole fleet.
+inline constexpr std::size_t kLoginMaxFailures = 5;
+inline constexpr Seconds kLoginWindow{300};
+struct LoginKeys {
+    std::string ip, user;  // "ip:ADDRESS", "user:NAME"
 };
+LoginKeys login_keys(const std::string& ip, const std::string& user);
 
 }  // namespace bmx::accounts

@@ -355,7 +355,14 @@ asio::awaitable<Response> Admin::login(Ctx& c) {
         co_return login_page(c.req, 403, "Your session expired; please try again.");
     const auto t = now();
     c.caller.user = user;
-    if (limiter_.blocked(c.peer.ip, user, t)) {
+    const auto keys = accounts::login_keys(c.peer.ip, user);
+    const std::function<bool(Store&)> blocked = [&keys, t](Store& s) {
+        const auto since = t - accounts::kLoginWindow;
+        return s.login_failures(keys.ip, since) >= accounts::kLoginMaxFailures ||
+               s.login_failures(keys.user, since) >= accounts::kLoginMaxFailures;
+    };
+    const bool refused = co_await p_.queue.call(blocked);
+    if (refused) {
         co_await audit(c, "login-refused", user, "too many failed logins");
         co_return login_page(c.req, 429, "Too many failed logins; wait a few minutes.");
     }
@@ -366,11 +373,19 @@ asio::awaitable<Response> Admin::login(Ctx& c) {
     const std::string hash = account ? account->pwhash : "";
     const bool ok = co_await check_password(hash, password);
     if (!ok) {
-        limiter_.failed(c.peer.ip, user, t);
+        const std::function<bool(Store&)> failed = [&keys, t](Store& s) {
+            s.add_login_failure({keys.ip, keys.user}, t, t - accounts::kLoginWindow);
+            return true;
+        };
+        co_await p_.queue.call(failed);
         co_await audit(c, "login-failed", user, "");
         co_return login_page(c.req, 401, "Wrong user name or password.");
     }
-    limiter_.succeeded(user);
+    const std::function<bool(Store&)> succeeded = [&keys](Store& s) {
+        s.clear_login_failures(keys.user);
+        return true;
+    };
+    co_await p_.queue.call(succeeded);
     const std::string id = accounts::random_token();
     const std::string key = accounts::session_key(id);
     const std::function<bool(Store&)> put = [&key, &user, t](Store& s) {

@@ -75,7 +75,6 @@ class Admin {
 
     boost::asio::io_context& io_;
     Parts p_;
-    accounts::LoginLimiter limiter_;
     boost::asio::thread_pool hasher_{1};  // Argon2id off the event loop
     std::unique_ptr<Listener> listener_;
 };

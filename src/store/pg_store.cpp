@@ -170,6 +170,14 @@ CREATE TABLE admin_sessions (
     last_used BIGINT NOT NULL
 );
 )sql",
+    // 6: failed admin logins, counted for the fleet
+    R"sql(
+CREATE TABLE login_failures (
+    key TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX login_failures_key ON login_failures(key, at);
+)sql",
 };
 
 // libpq's messages end in a newline and put their hints on lines of their own: one log line.
@@ -565,6 +573,23 @@ class PgStore final : public Store {
 
     void end_session(const std::string& key) override {
         exec("DELETE FROM admin_sessions WHERE key = $1", {key});
+    }
+
+    void add_login_failure(const std::vector<std::string>& keys, TimePoint t,
+                           TimePoint forget_before) override {
+        exec("DELETE FROM login_failures WHERE at < $1", {to_unix(forget_before)});
+        for (const auto& k : keys)
+            exec("INSERT INTO login_failures(key, at) VALUES($1,$2)", {k, to_unix(t)});
+    }
+
+    std::size_t login_failures(const std::string& key, TimePoint since) override {
+        auto r = exec("SELECT count(*) FROM login_failures WHERE key = $1 AND at >= $2",
+                      {key, to_unix(since)});
+        return static_cast<std::size_t>(r.integer(0, 0));
+    }
+
+    void clear_login_failures(const std::string& key) override {
+        exec("DELETE FROM login_failures WHERE key = $1", {key});
     }
 
     std::optional<std::string> token_user(const std::string& token_hash) override {

@@ -88,6 +88,11 @@ CREATE TABLE IF NOT EXISTS admin_sessions (
     name TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
     last_used INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS login_failures (
+    key TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(key, at);
 CREATE TABLE IF NOT EXISTS audit (
     at INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -550,6 +555,31 @@ class SqliteStore final : public Store {
 
     void end_session(const std::string& key) override {
         Stmt s(db_, "DELETE FROM admin_sessions WHERE key = ?");
+        s.bind(1, key);
+        s.run();
+    }
+
+    void add_login_failure(const std::vector<std::string>& keys, TimePoint t,
+                           TimePoint forget_before) override {
+        Stmt gone(db_, "DELETE FROM login_failures WHERE at < ?");
+        gone.bind(1, to_unix(forget_before));
+        gone.run();
+        Stmt s(db_, "INSERT INTO login_failures(key, at) VALUES(?,?)");
+        for (const auto& k : keys) {
+            s.bind(1, k).bind(2, to_unix(t));
+            s.run();
+        }
+    }
+
+    std::size_t login_failures(const std::string& key, TimePoint since) override {
+        Stmt s(db_, "SELECT count(*) FROM login_failures WHERE key = ? AND at >= ?");
+        s.bind(1, key).bind(2, to_unix(since));
+        s.step();
+        return static_cast<std::size_t>(s.integer(0));
+    }
+
+    void clear_login_failures(const std::string& key) override {
+        Stmt s(db_, "DELETE FROM login_failures WHERE key = ?");
         s.bind(1, key);
         s.run();
     }

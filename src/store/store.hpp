@@ -271,6 +271,13 @@ class Store {
     virtual std::optional<std::string> use_session(const std::string& key, TimePoint t,
                                                    TimePoint idle_before) = 0;
     virtual void end_session(const std::string& key) = 0;
+    // Failed admin logins, counted by key ("ip:..." or "user:...", see accounts::login_keys) for
+    // every node: add one under each key (forgetting those before `forget_before`); how many a
+    // key has had since `since`; clear a key (a good login clears its account's).
+    virtual void add_login_failure(const std::vector<std::string>& keys, TimePoint t,
+                                   TimePoint forget_before) = 0;
+    virtual std::size_t login_failures(const std::string& key, TimePoint since) = 0;
+    virtual void clear_login_failures(const std::string& key) = 0;
     virtual void audit(const AuditEntry& e) = 0;
     virtual std::vector<AuditEntry> audit_log(std::size_t limit) = 0;
 

@@ -249,6 +249,10 @@ class Fleet(FleetBase):
         time.sleep(8)  # (the others read the shared state every lease/3, and at each probe turn)
         later = last_probes()
         self.assertTrue(all(b > a for a, b in zip(first, later)), (first, later))
+        # failed logins count for the fleet: 5 on b, and a refuses too (429, not even checked)
+        for _ in range(5):
+            self.assertEqual(AdminClient(ports["b"], host="127.0.0.3").login("ann", "guess"), 401)
+        self.assertEqual(AdminClient(ports["a"], host="127.0.0.2").login("ann", pw), 429)
         # logging out on b ends the session on a too
         self.assertEqual(on_b.request("POST", "/logout", "", {"X-CSRF-Token": on_b.csrf})[0], 303)
         self.assertEqual(on_a.api("GET", "/api/v1/me")[0], 401)

@@ -77,6 +77,11 @@ struct FullStore : Store {
         return {};
     }
     void end_session(const std::string&) override {}
+    void add_login_failure(const std::vector<std::string>&, TimePoint, TimePoint) override {
+        full();
+    }
+    std::size_t login_failures(const std::string&, TimePoint) override { return 0; }
+    void clear_login_failures(const std::string&) override {}
     void audit(const AuditEntry&) override { full(); }
     std::vector<AuditEntry> audit_log(std::size_t) override { return {}; }
     bool add_domain(const StoredDomain&) override { full(); }

@@ -778,6 +778,24 @@ TEST_P(StoreTest, SessionsEndWhenIdleOrEndedAndGoWithTheirAccount) {
     EXPECT_EQ(count("SELECT count(*) FROM admin_sessions"), "1");
 }
 
+TEST_P(StoreTest, LoginFailuresAreCountedPerKeyWithinTheWindow) {
+    const auto t = from_unix(100000);
+    const auto window = Seconds(300);
+    for (int i = 0; i < 3; ++i)
+        store_->add_login_failure({"ip:192.0.2.1", "user:ann"}, t + Seconds(i), t - window);
+    EXPECT_EQ(store_->login_failures("ip:192.0.2.1", t - window), 3u);
+    EXPECT_EQ(store_->login_failures("user:ann", t - window), 3u);
+    EXPECT_EQ(store_->login_failures("user:bob", t - window), 0u);
+    EXPECT_EQ(store_->login_failures("user:ann", t + Seconds(1)), 2u);  // since then
+    store_->clear_login_failures("user:ann");                           // a good login
+    EXPECT_EQ(store_->login_failures("user:ann", t - window), 0u);
+    EXPECT_EQ(store_->login_failures("ip:192.0.2.1", t - window), 3u);
+    // a failure later forgets those before its window: the table stays small
+    const auto later = t + Seconds(1000);
+    store_->add_login_failure({"ip:192.0.2.9"}, later, later - window);
+    EXPECT_EQ(count("SELECT count(*) FROM login_failures"), "1");
+}
+
 TEST_P(StoreTest, AuditIsNewestFirstAndBounded) {
     for (int i = 0; i < 5; ++i)
         store_->audit({from_unix(i), "ann", "act" + std::to_string(i), "t", "", "127.0.0.1"});
