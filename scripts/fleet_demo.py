@@ -4,7 +4,8 @@
 Two PostgreSQL 15 clusters (a primary on 127.0.0.1:5433 and its synchronous standby on :5434,
 made with initdb and pg_basebackup) and three backupmx nodes, a, b and c, on 127.0.0.2:2525,
 127.0.0.3:2525 and 127.0.0.4:2525, sharing one queue for the domain example.test (its primary:
-127.0.0.1:2526, down until you start one). Node a's admin panel is on http://127.0.0.1:8026/.
+127.0.0.1:2526, down until you start one). Their admin panels are on http://127.0.0.1:8026/,
+:8027/ and :8028/ (one login serves all three: sessions live in the store).
 Everything lives under var/fleet/ and stops with Ctrl-C. Nothing listens beyond loopback.
 """
 import os
@@ -20,7 +21,7 @@ from pg import PgCluster  # noqa: E402
 
 BIN = os.path.join(ROOT, "build", "backupmx")
 DIR = os.path.join(ROOT, "var", "fleet")
-NODES = [("a", "127.0.0.2", 8026), ("b", "127.0.0.3", None), ("c", "127.0.0.4", None)]
+NODES = [("a", "127.0.0.2", 8026), ("b", "127.0.0.3", 8027), ("c", "127.0.0.4", 8028)]
 
 
 def config(name, host, admin, url):
@@ -70,7 +71,7 @@ def main():
         print(f"""
 fleet up: PostgreSQL primary 127.0.0.1:5433, synchronous standby 127.0.0.1:5434
 nodes: a 127.0.0.2:2525, b 127.0.0.3:2525, c 127.0.0.4:2525 (logs in {DIR}/*.log)
-panel: http://127.0.0.1:8026/  user admin, {pw.stdout.strip().splitlines()[-1]}
+panels: http://127.0.0.1:8026/ (a), :8027/ (b), :8028/ (c)  user admin, {pw.stdout.strip().splitlines()[-1]}
 
 try:  swaks --server 127.0.0.3:2525 --to bob@example.test --from alice@sender.test
       ./build/backupmx queue list --config {DIR}/a.toml        # the one queue, from any node
