@@ -24,6 +24,9 @@ def subjects(sink):
     return out
 
 
+THREE = (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))
+
+
 class FleetBase(E2ETest):
     def node(self, name, host, primary_port, store=None, domains=None, extra="", toml="",
              wait=True, timing=FAST):
@@ -34,6 +37,14 @@ class FleetBase(E2ETest):
                           f'control_socket = "{self.dir}/{name}.sock"\n{extra}')
         b.start(wait=wait)
         return b
+
+    def three_holding(self, primary_port, prefix, count, extra=""):
+        """Nodes a, b and c (127.0.0.2-4), holding `count` messages between them."""
+        nodes = [self.node(n, h, primary_port, extra=extra) for n, h in THREE]
+        accepted = []
+        self.send_many(nodes, prefix, count, accepted)
+        self.assertEqual(len(accepted), count)
+        return nodes, accepted
 
     def send_many(self, nodes, prefix, count, accepted, stop=None):
         """Sends `count` messages round-robin; records the subjects that got 250."""
@@ -88,7 +99,7 @@ class Fleet(FleetBase):
         primary_port = free_port()
         sink = self.sink(port=primary_port).start()
         nodes = [self.node(n, h, primary_port)
-                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+                 for n, h in THREE]
         accepted = []
         self.send_many(nodes, "once", 60, accepted)
         self.assertEqual(len(accepted), 60)
@@ -161,12 +172,8 @@ class Fleet(FleetBase):
 
     def test_the_fleet_as_a_whole_keeps_to_max_concurrency(self):
         primary = self.scripted(data_delay=0.3)  # bound, not listening yet: down
-        cap = 'max_concurrency = 2\ninitial_concurrency = 2'
-        nodes = [self.node(n, h, primary.port, extra=cap)
-                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
-        accepted = []
-        self.send_many(nodes, "cap", 30, accepted)
-        self.assertEqual(len(accepted), 30)
+        self.three_holding(primary.port, "cap", 30,
+                           extra='max_concurrency = 2\ninitial_concurrency = 2')
         primary.start()  # back: three nodes, each would open 2 on its own
         wait_until(lambda: len(primary.transactions) >= 30, timeout=90, what="all delivered")
         self.assertLessEqual(primary.max_active, 2, "the fleet opened more than max_concurrency")
@@ -176,12 +183,8 @@ class Fleet(FleetBase):
         # connection (initial_concurrency), although three nodes hold mail and learn at once
         # that the primary is back. Then the window grows, up to max_concurrency in all.
         primary = self.scripted(data_delay=1.5)  # bound, not listening yet: down
-        window = 'max_concurrency = 3\ninitial_concurrency = 1'
-        nodes = [self.node(n, h, primary.port, extra=window)
-                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
-        accepted = []
-        self.send_many(nodes, "slow", 12, accepted)
-        self.assertEqual(len(accepted), 12)
+        self.three_holding(primary.port, "slow", 12,
+                           extra='max_concurrency = 3\ninitial_concurrency = 1')
         primary.start()
         wait_until(lambda: len(primary.transactions) >= 12, timeout=90, what="all delivered")
         first = [n for n, done in primary.mails if done == 0]
@@ -198,7 +201,7 @@ class Fleet(FleetBase):
         slow_probe = 'probe_interval = "15s"\nretry_min = "1s"\nretry_max = "2s"\nlease = "30s"'
         primary_port = free_port()
         nodes = [self.node(n, h, primary_port, timing=slow_probe)
-                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+                 for n, h in THREE]
         accepted = []
         self.send_many(nodes[:1], "back-a", 3, accepted)
         nodes[0].wait_log(r"primary for fleet.test is down")
@@ -260,7 +263,7 @@ class Fleet(FleetBase):
     def test_a_client_cannot_multiply_its_rate_by_the_number_of_nodes(self):
         limits = "[policy]\nlimit_exceptions = []\nmessage_rate = 12\nspf = false"
         nodes = [self.node(n, h, free_port(), toml=limits)
-                 for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+                 for n, h in THREE]
         sessions = [n.smtp() for n in nodes]
         accepted = refused = 0
         for i in range(36):  # 36 MAIL FROMs in about 5 s, spread over the three nodes
@@ -302,7 +305,7 @@ class Fleet(FleetBase):
         t.start()
         try:
             nodes = [self.node(n, h, port)
-                     for n, h in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+                     for n, h in THREE]
             accepted = []
             self.send_many(nodes, "probe", 3, accepted)  # each node holds one
             self.assertEqual(len(accepted), 3)

@@ -126,6 +126,27 @@ class SqliteStoreTest : public StoreFixture, public ::testing::Test {
     void TearDown() override { close(); }
 };
 
+// What only PostgreSQL does: a fleet (store_ is node-a, other_ node-b on the same database),
+// its connections.
+class FleetStoreTest : public StoreFixture, public ::testing::Test {
+  protected:
+    void SetUp() override {
+        open("pg");
+        other_ = open_pg_store(url_, "node-b", Seconds(60));
+    }
+    void TearDown() override {
+        other_.reset();
+        close();
+    }
+    // The server ends every other connection to this database (a restart, a failover).
+    void cut_connections() {
+        test::pg_query(url_,
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                       "datname = current_database() AND pid <> pg_backend_pid()");
+    }
+    std::unique_ptr<Store> other_;  // node-b; store_ is node-a
+};
+
 std::vector<RcptStatus> statuses(const StoredMessage& m) {
     std::vector<RcptStatus> out;
     for (const auto& r : m.recipients) out.push_back(r.status);
@@ -499,58 +520,32 @@ TEST_P(StoreTest, LoadOwnedIsTheHeadOfAMessageOfThisNode) {
     EXPECT_FALSE(store_->load_owned("NOTTHERE00000000"));
 }
 
-TEST(PgStoreTest, LoadOwnedSkipsAnotherNodesMessage) {
-    const auto db = test::pg_new_database();
-    ASSERT_FALSE(db.empty());
-    {
-        auto a = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
-        auto b = open_pg_store(test::pg_url(db), "node-b", Seconds(60));
-        auto m = msg("A000000000000001", {"a@example.test"});
-        a->insert({&m});
-        EXPECT_TRUE(a->load_owned("A000000000000001"));
-        EXPECT_FALSE(b->load_owned("A000000000000001"));
-        EXPECT_TRUE(b->load_head("A000000000000001"));
-    }
-    test::pg_drop_database(db);
+TEST_F(FleetStoreTest, LoadOwnedSkipsAnotherNodesMessage) {
+    insert({msg("A000000000000001", {"a@example.test"})});
+    EXPECT_TRUE(store_->load_owned("A000000000000001"));
+    EXPECT_FALSE(other_->load_owned("A000000000000001"));
+    EXPECT_TRUE(other_->load_head("A000000000000001"));
 }
 
-TEST(PgStoreTest, StatementsArePreparedAgainAfterAReconnect) {
-    const auto db = test::pg_new_database();
-    ASSERT_FALSE(db.empty());
-    {
-        auto store = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
-        auto m = msg("A000000000000001", {"a@example.test"});
-        store->insert({&m});
-        ASSERT_TRUE(store->load_owned("A000000000000001"));  // prepared on this connection
-        test::pg_query(test::pg_url(db),
-                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-                       "datname = current_database() AND pid <> pg_backend_pid()");
-        try {
-            store->load_owned("A000000000000001");  // may be the call that finds it cut
-        } catch (const StoreError&) {
-        }
-        EXPECT_TRUE(store->load_owned("A000000000000001"));
+TEST_F(FleetStoreTest, StatementsArePreparedAgainAfterAReconnect) {
+    insert({msg("A000000000000001", {"a@example.test"})});
+    ASSERT_TRUE(store_->load_owned("A000000000000001"));  // prepared on this connection
+    cut_connections();
+    try {
+        store_->load_owned("A000000000000001");  // may be the call that finds it cut
+    } catch (const StoreError&) {
     }
-    test::pg_drop_database(db);
+    EXPECT_TRUE(store_->load_owned("A000000000000001"));
 }
 
-TEST(PgStoreTest, TheReadingConnectionReadsOnANewOneWhenItsOwnWasLost) {
-    const auto db = test::pg_new_database();
-    ASSERT_FALSE(db.empty());
-    {
-        auto store = open_pg_store(test::pg_url(db), "node-a", Seconds(60));
-        auto reader = store->reader();
-        ASSERT_TRUE(reader);
-        auto m = msg("A000000000000001", {"a@example.test"});
-        store->insert({&m});
-        ASSERT_TRUE(reader->load_owned("A000000000000001"));
-        test::pg_query(test::pg_url(db),
-                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-                       "datname = current_database() AND pid <> pg_backend_pid()");
-        EXPECT_TRUE(reader->load_owned("A000000000000001"));  // no StoreError: read again
-        EXPECT_TRUE(reader->read_body("A000000000000001", 0));
-    }
-    test::pg_drop_database(db);
+TEST_F(FleetStoreTest, TheReadingConnectionReadsOnANewOneWhenItsOwnWasLost) {
+    auto reader = store_->reader();
+    ASSERT_TRUE(reader);
+    insert({msg("A000000000000001", {"a@example.test"})});
+    ASSERT_TRUE(reader->load_owned("A000000000000001"));
+    cut_connections();
+    EXPECT_TRUE(reader->load_owned("A000000000000001"));  // no StoreError: read again
+    EXPECT_TRUE(reader->read_body("A000000000000001", 0));
 }
 
 // =============================================================================================
@@ -903,19 +898,6 @@ TEST_P(StoreTest, QueuePagesFiltersSummariesHoldAndHistory) {
 
 // =============================================================================================
 // A fleet: two nodes on one PostgreSQL store (what only that engine does).
-
-class FleetStoreTest : public StoreFixture, public ::testing::Test {
-  protected:
-    void SetUp() override {
-        open("pg");
-        other_ = open_pg_store(url_, "node-b", Seconds(60));
-    }
-    void TearDown() override {
-        other_.reset();
-        close();
-    }
-    std::unique_ptr<Store> other_;  // node-b; store_ is node-a
-};
 
 TEST_F(FleetStoreTest, EachMessageBelongsToTheNodeThatAcceptedIt) {
     insert({msg("F000000000000001", {"a@example.test"})});
