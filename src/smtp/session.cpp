@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -668,12 +669,14 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         } else if (!eom.modifications.empty()) {
             // Header edits fall in the head; a new body replaces the spooled rest too.
             body = milter::apply_modifications(body, eom.modifications, true);
+            envelope_edits(spec, eom.modifications);
             for (const auto& mod : eom.modifications)
                 if (mod.type == milter::Modification::Type::ReplaceBody) spool.reset();
             if (auto q = eom.quarantine()) held = "milter " + spec + ": " + *q;
         }
     }
     co_await end_milter_transactions();
+    if (rcpts_.empty() && discard_.empty()) discard_ = "milters: every recipient removed";
     if (!discard_.empty()) {
         spdlog::info("discarded id={} from=<{}> size={}: by {}", id, sender_->str(), scan.size(),
                      discard_);
@@ -685,6 +688,40 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     if (result.starts_with("250")) junk_ = 0;  // RSET between messages is not junk
     reply(result);
     reset_transaction();
+}
+
+void Session::envelope_edits(const std::string& milter,
+                             const std::vector<milter::Modification>& mods) {
+    using T = milter::Modification::Type;
+    for (const auto& mod : mods) {
+        if (mod.type != T::AddRecipient && mod.type != T::DeleteRecipient &&
+            mod.type != T::ChangeSender)
+            continue;
+        std::string path = mod.value;  // milters send "<a@b>" or "a@b"
+        if (!path.starts_with("<")) path = "<" + path + ">";
+        const bool sender = mod.type == T::ChangeSender;
+        auto p = parse_path_arg((sender ? "FROM:" : "TO:") + path, sender ? "FROM" : "TO", sender);
+        if (!p.addr) {
+            spdlog::warn("milter {}: envelope edit of <{}> ignored: {}", milter, mod.value,
+                         p.error);
+            continue;
+        }
+        const auto same = [&](const Address& a) { return iequals(a.str(), p.addr->str()); };
+        if (sender) {
+            spdlog::info("milter {}: sender <{}> changed to <{}>", milter, sender_->str(),
+                         p.addr->str());
+            sender_ = *p.addr;
+        } else if (mod.type == T::DeleteRecipient) {
+            if (std::erase_if(rcpts_, same) > 0)
+                spdlog::info("milter {}: recipient <{}> removed", milter, p.addr->str());
+        } else if (!cfg_.find_domain(p.addr->domain)) {
+            spdlog::warn("milter {}: recipient <{}> not added: {} is not served here", milter,
+                         p.addr->str(), p.addr->domain);
+        } else if (std::none_of(rcpts_.begin(), rcpts_.end(), same)) {
+            spdlog::info("milter {}: recipient <{}> added", milter, p.addr->str());
+            rcpts_.push_back(*p.addr);
+        }
+    }
 }
 
 asio::awaitable<std::string> Session::commit(const std::string& id, std::string body,

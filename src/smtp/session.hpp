@@ -47,6 +47,9 @@ class Session {
                                                          const std::string& sender,
                                                          const std::string& rcpt);
     boost::asio::awaitable<void> end_milter_transactions();
+    // A milter's envelope edits: a recipient removed, one added (only for a domain served here:
+    // a milter never makes us relay elsewhere), the sender changed.
+    void envelope_edits(const std::string& milter, const std::vector<milter::Modification>& mods);
     std::string milter_reply(const std::string& text);  // first line; a 421 ends the session
     std::string received_header(const std::string& id) const;
     bool protocol_error();  // counts an error; true when the session must end

@@ -113,6 +113,28 @@ class Milters(E2ETest):
         self.assertNotIn("X-Spam-Flag: NO", data)
         self.assertIn("X-Milter-First: top\r\n", data)
 
+    def test_envelope_edits_reach_the_primary_but_never_relay_elsewhere(self):
+        edits = [["delrcpt", "<bob@example.test>"], ["addrcpt", "<carol@example.test>"],
+                 ["addrcpt", "<eve@elsewhere.test>"], ["chgfrom", "<bounces@sender.test>"]]
+        self.start(stage="eom", edits=json.dumps(edits))
+        r = self.send(rcpts=("bob@example.test", "dave@example.test"))
+        self.assertTrue(r[-1].startswith("250"), r)
+        wait_until(lambda: self.primary.transactions, what="delivery")
+        t = self.primary.transactions[0]
+        self.assertEqual(sorted(t["rcpts"]), ["carol@example.test", "dave@example.test"])
+        self.assertIn("<bounces@sender.test>", t["mail"])
+        self.b.wait_log(r"recipient <eve@elsewhere.test> not added: elsewhere.test is not "
+                        r"served here")
+        time.sleep(0.5)
+        self.assertEqual(len(self.primary.transactions), 1)  # nothing went to elsewhere.test
+
+    def test_a_milter_that_removes_every_recipient_discards_the_message(self):
+        self.start(stage="eom", edits=json.dumps([["delrcpt", "<bob@example.test>"]]))
+        self.assertTrue(self.send()[-1].startswith("250"))
+        self.b.wait_log(r"discarded id=\S+ .*every recipient removed")
+        self.assertEqual(self.b.queue(), [])
+        self.assertEqual(self.primary.transactions, [])
+
     def test_quarantine_holds_the_message(self):
         self.start(stage="eom", edits=json.dumps([["quarantine", "looks like spam"]]))
         self.assertTrue(self.send()[-1].startswith("250"))

@@ -14,7 +14,8 @@
 #   MILTER_EDITS      JSON list of edits made at eom, in order:
 #                     ["add", name, value] ["insert", index, name, value]
 #                     ["change", name, index, value] ["delete", name, index] ["quarantine", why]
-#                     ["body", text] ["addrcpt", rcpt] ["delrcpt", rcpt] ["progress"]
+#                     ["body", text] ["addrcpt", rcpt] ["delrcpt", rcpt] ["chgfrom", sender]
+#                     ["progress"]
 #                     ["sleep", seconds]
 #   MILTER_NOREPLY    comma list of callbacks that do not reply (@Milter.noreply)
 #   MILTER_NOCALLBACK comma list of callbacks the MTA must not call (@Milter.nocallback)
@@ -144,6 +145,8 @@ def make_class():
                 self.addrcpt(e[1])
             elif op == "delrcpt":
                 self.delrcpt(e[1])
+            elif op == "chgfrom":
+                self.chgfrom(e[1])
             elif op == "progress":
                 self.progress()
             elif op == "sleep":
@@ -189,7 +192,7 @@ def main():
         threading.Thread(target=exit_at_eof, daemon=True).start()
     Milter.factory = make_class()
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.ADDRCPT |
-                     Milter.DELRCPT | Milter.QUARANTINE)
+                     Milter.DELRCPT | Milter.CHGFROM | Milter.QUARANTINE)
     # Milter.runmilter(), with a ready file between opening the socket and serving it.
     milter.set_connect_callback(Milter.connect_callback)
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
