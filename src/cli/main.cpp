@@ -99,6 +99,7 @@ int serve(Config cfg) {
     asio::io_context io(1);
     auto store = open_store_waiting(cfg);
     if (!store) return 0;
+    store->release_all_slots();
     // The domains added at run time, loaded before the first SMTP session can ask for them.
     Domains domains(cfg);
     domains.load(store->domains());

@@ -292,8 +292,7 @@ class PgStore final : public Store {
             connect();
             migrate();
             renew_lease(now() + lease_);  // this node's lease exists before its first message
-            exec("DELETE FROM slots WHERE node = $1", {node_});  // left by a crash of this node
-        } catch (...) {  // (no destructor runs for a constructor that throws)
+        } catch (...) {                   // (no destructor runs for a constructor that throws)
             if (conn_) PQfinish(conn_);
             throw;
         }
@@ -826,6 +825,8 @@ class PgStore final : public Store {
                       {domain, static_cast<std::int64_t>(initial), static_cast<std::int64_t>(max)});
         return static_cast<unsigned>(r.integer(0, 0));
     }
+
+    void release_all_slots() override { exec("DELETE FROM slots WHERE node = $1", {node_}); }
 
     void release_slot(const std::string& domain) override {
         exec("UPDATE slots SET n = greatest(n - 1, 0) WHERE domain = $1 AND node = $2",

@@ -335,6 +335,9 @@ class Store {
         return {};
     }
     virtual void release_slot(const std::string& domain) { (void)domain; }
+    // The server starting: the slots this node held before (it crashed) are free. (Only the
+    // server: a command-line tool of the same node name must not free a running server's.)
+    virtual void release_all_slots() {}
     // A delivery went through (Grow: one more), the primary faltered (Halve), or it came back up
     // (Reset: `initial`). Returns the new window (0 when not kept).
     enum class Window { Grow, Halve, Reset };

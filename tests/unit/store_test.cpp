@@ -967,6 +967,15 @@ TEST_F(FleetStoreTest, ConnectionsToAPrimaryAreCountedForTheFleetWithinItsWindow
     EXPECT_TRUE(other_->acquire_slot("other.test", 2, 5).granted);
 }
 
+TEST_F(FleetStoreTest, OnlyTheServerStartingFreesItsNodesSlots) {
+    ASSERT_TRUE(store_->acquire_slot("example.test", 1, 1).granted);
+    // a command-line tool on the same node (same name) opens the store: the slot stays taken
+    auto tool = open_pg_store(url_, "node-a", Seconds(60));
+    EXPECT_FALSE(other_->acquire_slot("example.test", 1, 1).granted);
+    tool->release_all_slots();  // what `serve` does at start: the slots of a crashed run
+    EXPECT_TRUE(other_->acquire_slot("example.test", 1, 1).granted);
+}
+
 TEST_F(FleetStoreTest, RateCountsAreSharedBetweenNodes) {
     const std::int64_t minute = to_unix(now()) / 60;
     EXPECT_TRUE(store_->share_rates({{"192.0.2.1|message", minute, 5}}, minute - 1).empty());
