@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 from pg import PgCluster  # noqa: E402
-from run import BIN, Postfix, Sink, free_port, listening, wait  # noqa: E402
+from run import BIN, Postfix, Sink, backupmx_config, free_port, listening, wait  # noqa: E402
 
 
 class Nodes:
@@ -39,25 +39,9 @@ class Nodes:
             port = free_port()
             cfg = os.path.join(d, "bench.toml")
             with open(cfg, "w") as f:
-                f.write(f'''hostname = "mx2.bench.test"
-[smtp]
-listen = ["{host}:{port}"]
-max_connections = 5000
-[queue]
-store = "{store or "sqlite:" + d + "/queue.db"}"
-node = "n{i}"
-control_socket = "{d}/control.sock"
-probe_interval = "{probe_interval}s"
-retry_min = "1h"
-retry_max = "2h"
-[policy]
-spf = false
-[log]
-level = "warn"
-[[domain]]
-name = "example.test"
-primary = "127.0.0.1:{primary_port}"
-''')
+                f.write(backupmx_config(host, port, store or f"sqlite:{d}/queue.db",
+                                        primary_port, probe_interval,
+                                        f'node = "n{i}"\ncontrol_socket = "{d}/control.sock"'))
             self.configs.append(cfg)
             self.ports.append(port)
         self.dirs = [os.path.dirname(c) for c in self.configs]

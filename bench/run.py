@@ -112,6 +112,28 @@ class Sink:
             self.proc.wait(10)
 
 
+def backupmx_config(host, port, store, primary_port, probe_interval, extra_queue=""):
+    """The benchmark's backupmx config (bench/fleet.py's nodes use it too)."""
+    return f'''hostname = "mx2.bench.test"
+[smtp]
+listen = ["{host}:{port}"]
+max_connections = 5000
+[queue]
+store = "{store}"
+probe_interval = "{probe_interval}s"
+retry_min = "1h"
+retry_max = "2h"
+{extra_queue}
+[policy]
+spf = false
+[log]
+level = "warn"
+[[domain]]
+name = "example.test"
+primary = "127.0.0.1:{primary_port}"
+'''
+
+
 class Backupmx:
     name = "backupmx"
 
@@ -121,23 +143,8 @@ class Backupmx:
         self.port = free_port()
         self.config = os.path.join(self.dir, "bench.toml")
         with open(self.config, "w") as f:
-            f.write(f'''hostname = "mx2.bench.test"
-[smtp]
-listen = ["127.0.0.1:{self.port}"]
-max_connections = 5000
-[queue]
-store = "sqlite:{self.dir}/queue.db"
-probe_interval = "{probe_interval}s"
-retry_min = "1h"
-retry_max = "2h"
-[policy]
-spf = false
-[log]
-level = "warn"
-[[domain]]
-name = "example.test"
-primary = "127.0.0.1:{primary_port}"
-''')
+            f.write(backupmx_config("127.0.0.1", self.port, f"sqlite:{self.dir}/queue.db",
+                                    primary_port, probe_interval))
 
     def start(self):
         self.log = open(os.path.join(self.dir, "log"), "wb")
