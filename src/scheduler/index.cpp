@@ -60,6 +60,12 @@ void Index::link_due(Entry& e) {
     ++q.linked;
 }
 
+void Index::take(Entry& e) {
+    unlink_order(e);
+    e.in_flight = true;
+    e.flush_seen = due_[e.dest].flushes;
+}
+
 void Index::unlink_order(Entry& e) {
     if (!e.order.is_linked()) return;
     e.order.unlink();
@@ -75,8 +81,7 @@ std::optional<Index::Key> Index::take_due(Dest d, TimePoint t) {
     else if (!q.due.empty() && q.due.begin()->next <= t)
         e = &*q.due.begin();
     if (!e) return std::nullopt;
-    unlink_order(*e);
-    e->in_flight = true;
+    take(*e);
     return e->key;
 }
 
@@ -96,8 +101,7 @@ std::optional<Index::Key> Index::take_expired(TimePoint deadline) {
         Entry& e = *expiry_.begin();
         e.expiry.unlink();
         if (e.in_flight) continue;  // its attempt will see the age, or requeue re-adds it
-        unlink_order(e);
-        e.in_flight = true;
+        take(e);
         return e.key;
     }
     return std::nullopt;
@@ -115,7 +119,13 @@ void Index::requeue(Key k, TimePoint next, bool count_attempt) {
     e->next = next;
     e->in_flight = false;
     if (count_attempt) ++e->attempts;
-    link_due(*e);
+    auto& q = due_[e->dest];
+    if (e->flush_seen != q.flushes) {  // flushed while in flight
+        q.flushed.insert(*e);
+        ++q.linked;
+    } else {
+        link_due(*e);
+    }
     if (!e->expiry.is_linked()) expiry_.insert(*e);  // take_expired dropped it while in flight
 }
 
@@ -132,6 +142,7 @@ void Index::remove(Key k, bool unless_in_flight) {
 std::size_t Index::due_all(Dest d) {
     if (d >= due_.size()) return 0;
     auto& q = due_[d];
+    ++q.flushes;
     if (q.flushed.empty()) {
         q.flushed.swap(q.due);  // O(1)
     } else {
@@ -141,7 +152,7 @@ std::size_t Index::due_all(Dest d) {
             q.flushed.insert(e);
         }
     }
-    return q.linked;
+    return q.total;
 }
 
 }  // namespace bmx

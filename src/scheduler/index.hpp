@@ -35,6 +35,7 @@ class Index {
         int attempts = 0;
         TimePoint received{}, next{};
         bool in_flight = false;
+        std::uint32_t flush_seen = 0;  // its destination's flushes when it was taken
         Hook order;   // in its destination's due or flushed order (unlinked while in flight)
         Hook expiry;  // in the expiry order (take_expired unlinks in-flight ones)
     };
@@ -64,13 +65,16 @@ class Index {
     std::optional<Key> take_expired(TimePoint deadline);
     std::optional<TimePoint> oldest() const;  // received_at of the oldest in the expiry order
 
-    // After an attempt that left recipients pending: due again at `next`, no longer in flight.
+    // After an attempt that left recipients pending: due again at `next`, no longer in flight;
+    // due now instead when its destination was flushed while it was in flight (the flush asked
+    // for it too: its attempt had begun before).
     void requeue(Key k, TimePoint next, bool count_attempt);
     // Gone from the store (delivered, expired, deleted): out of every order. An in-flight entry
     // stays known when `unless_in_flight` (its attempt will remove it).
     void remove(Key k, bool unless_in_flight = false);
     // Every waiting message of `d` due now (a flush, or the primary is back): O(1), the due order
-    // is spliced whole into the flushed order, which take_due drains first. Returns how many.
+    // is spliced whole into the flushed order, which take_due drains first; those in flight come
+    // back due now (see requeue). Returns how many: waiting and in flight.
     std::size_t due_all(Dest d);
 
   private:
@@ -95,9 +99,11 @@ class Index {
         DueOrder due;            // by next attempt
         std::size_t linked = 0;  // entries in either order
         std::size_t total = 0;   // every entry of the destination, in flight too
+        std::uint32_t flushes = 0;
     };
     void unlink_order(Entry& e);  // out of its destination's orders, if in one
     void link_due(Entry& e);
+    void take(Entry& e);  // out of its orders and in flight
 
     std::unordered_map<Key, Entry> entries_;  // node-based: entries never move
     std::deque<Queue> due_;                   // by destination (a deque: never moved)

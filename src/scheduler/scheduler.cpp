@@ -848,6 +848,7 @@ asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
         } else {
             auto& d = dest(index_.domain(e->dest));
             index_.requeue(key, d.up ? next : std::max(next, d.next_probe), true);
+            if (index_.earliest(d.id) == TimePoint{}) wake();  // flushed while it was tried
         }
     }
     if (dsn && committed) add({*dsn});

@@ -143,6 +143,24 @@ TEST(Index, AFlushedMessageThatFailsAgainWaitsForItsBackoff) {
     EXPECT_EQ(ix.take_due(a, at(60)), k);
 }
 
+TEST(Index, AMessageInFlightDuringAFlushComesBackDueNow) {
+    Index ix;
+    ix.add(qid(1), "a.test", at(0), at(0), 0);
+    ix.add(qid(2), "a.test", at(0), at(0), 0);
+    auto a = ix.dest("a.test");
+    auto k1 = *ix.take_due(a, at(0));  // being tried when the flush comes
+    auto k2 = *ix.take_due(a, at(0));
+    EXPECT_EQ(ix.due_all(a), 2u);    // both held: neither is waiting, both are counted
+    ix.requeue(k1, at(3600), true);  // its attempt failed: due now all the same
+    EXPECT_EQ(ix.earliest(a), TimePoint{});
+    EXPECT_EQ(ix.take_due(a, at(1)), k1);
+    ix.requeue(k1, at(3600), true);  // tried after the flush and failed: waits its backoff
+    ix.requeue(k2, at(3600), true);  // (k2 was in flight during the flush: due now)
+    EXPECT_EQ(ix.take_due(a, at(1)), k2);
+    EXPECT_FALSE(ix.take_due(a, at(1)));
+    EXPECT_EQ(ix.take_due(a, at(3600)), k1);
+}
+
 TEST(Index, FlushedMessagesCanBeRemovedExpiredAndFlushedAgain) {
     Index ix;
     for (int i = 0; i < 4; ++i) ix.add(qid(i), "a.test", at(i), at(1000 + i), 0);
@@ -151,7 +169,7 @@ TEST(Index, FlushedMessagesCanBeRemovedExpiredAndFlushedAgain) {
     ix.remove(*Index::key(qid(1)));
     EXPECT_EQ(ix.take_expired(at(0)), Index::key(qid(0)));  // the oldest, out of the flushed order
     ix.add(qid(9), "a.test", at(9), at(5000), 0);
-    EXPECT_EQ(ix.due_all(a), 3u);  // merged: 2, 3 and 9
+    EXPECT_EQ(ix.due_all(a), 4u);  // merged: 2, 3 and 9 (and 0, in flight)
     EXPECT_EQ(ix.waiting(a), 3u);
     std::vector<Index::Key> got;
     while (auto k = ix.take_due(a, at(0))) got.push_back(*k);
