@@ -453,13 +453,22 @@ class E2ETest(unittest.TestCase):
         os.chmod(self.dir, 0o755)  # smtp-sink drops to `nobody` and writes its dumps below
         self.stoppers = []
 
+    def _failed(self):
+        """Whether this test has failed so far. (The outcome's `success` cannot tell: Python
+        3.11 sets it again for each part, tearDown included.)"""
+        outcome = getattr(self, "_outcome", None)
+        result = getattr(outcome, "result", None)
+        if result is None:
+            return not getattr(outcome, "success", True)
+        return any(test is self for test, _ in result.failures + result.errors)
+
     def tearDown(self):
         for stop in reversed(self.stoppers):
             try:
                 stop()
             except Exception as e:  # keep stopping the rest
                 print("teardown:", e, file=sys.stderr)
-        failed = not getattr(self._outcome, "success", True)
+        failed = self._failed()
         if failed or os.environ.get("KEEP_E2E"):
             print("kept", self.dir, file=sys.stderr)
             for name in os.listdir(self.dir):
