@@ -23,10 +23,7 @@ BIN = os.environ.get("BACKUPMX_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "backupmx")
 
 
-def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from ports import free_port, release_port  # noqa: E402,F401 (tests import them from here)
 
 
 def wait_until(pred, timeout=20.0, interval=0.05, what="condition"):
@@ -115,6 +112,10 @@ class Backupmx:
             f.write("\n".join(lines) + "\n")
 
     def start(self, wait=True):
+        with open(self.config) as f:  # the ports it listens on (SMTP, admin)
+            for listen in re.findall(r"^listen\s*=\s*\[(.*)\]", f.read(), re.M):
+                for port in re.findall(r":(\d+)\"", listen):
+                    release_port(port)
         ready_before = self.log().count("backupmx ready") if os.path.exists(self.log_path) else 0
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.logf,
@@ -195,6 +196,7 @@ class SmtpSink:
         self.base = self.done = 0  # messages smtp-sink has finished (its -c counter)
 
     def start(self):
+        release_port(self.port)
         exe = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         args = [exe, "-c", "-d", self.dump + "/msg.", *self.extra]
         if os.geteuid() == 0:
@@ -287,7 +289,7 @@ class ScriptedPrimary:
             import ssl
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.tls.load_cert_chain(*tls)
-        self.port = port or free_port()
+        self.port = port or 0
         self.answer = answer
         self.pipelining = pipelining
         self.data_reply = data_reply
@@ -305,8 +307,13 @@ class ScriptedPrimary:
         self.mails = []  # at each first MAIL of a connection: (connections mailing, transactions done)
         self.stopping = False
         self.sock = socket.socket(family)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if port:  # (maybe held by free_port, or left in TIME_WAIT by an earlier server)
+            release_port(port)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Bound from now on, listening once started: until then its port refuses connections
+        # (a primary that is down), and no other test's server can take it.
         self.sock.bind((host, self.port))
+        self.port = self.sock.getsockname()[1]
 
     def start(self):
         self.sock.listen(128)
@@ -317,7 +324,8 @@ class ScriptedPrimary:
 
     def stop(self):
         self.stopping = True
-        self.thread.join(5)
+        if hasattr(self, "thread"):  # (never started: a primary that stayed down)
+            self.thread.join(5)
         self.sock.close()
 
     def _accept(self):

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from ports import release_port
+
 BIN = "/usr/lib/postgresql/15/bin"
 
 
@@ -63,6 +65,7 @@ class PgCluster:
             f.write("\nhost replication all 127.0.0.1/32 trust\n")
 
     def start(self):
+        release_port(self.port)  # (held by free_port until now)
         if not os.path.exists(os.path.join(self.dir, "PG_VERSION")):
             self.init()
         if not os.path.exists(self.log):
