@@ -28,7 +28,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import BIN, HERE, Backupmx, Postfix, Sink, free_port, rss_kb, wait  # noqa: E402
+from run import (BIN, HERE, Backupmx, Postfix, Sink, free_port, release_port,  # noqa: E402
+                 rss_kb, wait)
 
 TOOL = os.environ.get("BACKLOG_TOOL", os.path.join(os.path.dirname(BIN), "backlog_tool"))
 
@@ -78,6 +79,7 @@ def restart_compare(n, size):
             subprocess.run(["sync"], check=True)
             t0 = time.monotonic()
             if kind is Backupmx:
+                release_port(server.port)
                 server.log = open(os.path.join(server.dir, "log"), "wb")
                 server.proc = subprocess.Popen([BIN, "serve", "--config", server.config],
                                                stdout=server.log, stderr=subprocess.STDOUT)
@@ -140,6 +142,7 @@ primary = "127.0.0.1:{primary}"
         log = open(log_path, "wb")
         subprocess.run(["sync"], check=True)
         t0 = time.monotonic()
+        release_port(port)
         proc = subprocess.Popen([BIN, "serve", "--config", config], stdout=log,
                                 stderr=subprocess.STDOUT)
         wait(lambda: greeting(port), 120, "the SMTP greeting")

@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 from pg import PgCluster  # noqa: E402
-from run import BIN, Postfix, Sink, backupmx_config, free_port, listening, wait  # noqa: E402
+from run import (BIN, Postfix, Sink, backupmx_config, free_port, listening,  # noqa: E402
+                 release_port, wait)
 
 
 class Nodes:
@@ -47,6 +48,8 @@ class Nodes:
         self.dirs = [os.path.dirname(c) for c in self.configs]
 
     def start(self):
+        for port in self.ports:
+            release_port(port)
         for cfg, d in zip(self.configs, self.dirs):
             log = open(os.path.join(d, "log"), "wb")
             self.procs.append(subprocess.Popen([BIN, "serve", "--config", cfg], stdout=log,

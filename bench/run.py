@@ -33,10 +33,9 @@ ROOT = os.path.dirname(HERE)
 BIN = os.environ.get("BACKUPMX_BIN", os.path.join(ROOT, "build", "backupmx"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# free_port holds the port until its server starts: the smoke benchmarks run beside the tests
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from ports import free_port, release_port  # noqa: E402
 
 
 def wait(pred, timeout, what):
@@ -82,6 +81,7 @@ class Sink:
         self.first = self.last = None
 
     def start(self):
+        release_port(self.port)
         args = ["smtp-sink", "-c"]
         if os.geteuid() == 0:
             args += ["-u", "nobody"]
@@ -147,6 +147,7 @@ class Backupmx:
                                     primary_port, probe_interval))
 
     def start(self):
+        release_port(self.port)
         self.log = open(os.path.join(self.dir, "log"), "wb")
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -213,6 +214,7 @@ smtpd_client_connection_count_limit = 0
                                "/dev/null"], capture_output=True, text=True, timeout=120)
 
     def start(self):
+        release_port(self.port)
         r = self.postfix("start")
         wait(lambda: listening(self.port), 30, "postfix: " + r.stdout)
 
