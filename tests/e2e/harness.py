@@ -23,7 +23,7 @@ BIN = os.environ.get("BACKUPMX_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "backupmx")
 
 
-from ports import free_port, release_port  # noqa: E402,F401 (tests import them from here)
+from ports import free_port, release_all, release_port  # noqa: E402,F401 (tests import them)
 
 
 def wait_until(pred, timeout=20.0, interval=0.05, what="condition"):
@@ -254,6 +254,15 @@ class SmtpSink:
             out.append(parse_sink_dump(raw))
         return out
 
+    def subjects(self):
+        """The Subject of every message received (the tests' way to tell their mail apart)."""
+        out = set()
+        for m in self.messages():
+            for line in m["content"].splitlines():
+                if line.startswith(b"Subject: "):
+                    out.add(line[9:].strip().decode())
+        return out
+
 
 def parse_sink_dump(raw):
     lines = raw.split(b"\n")
@@ -476,6 +485,7 @@ class E2ETest(unittest.TestCase):
                 stop()
             except Exception as e:  # keep stopping the rest
                 print("teardown:", e, file=sys.stderr)
+        release_all()
         failed = self._failed()
         if failed or os.environ.get("KEEP_E2E"):
             print("kept", self.dir, file=sys.stderr)

@@ -20,3 +20,9 @@ def free_port(host="127.0.0.1"):
 def release_port(port):
     for s in _held.pop(int(port), []):
         s.close()
+
+
+def release_all():
+    """At the end of a test: its servers are stopped, and its ports go back."""
+    for port in list(_held):
+        release_port(port)

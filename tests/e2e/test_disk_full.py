@@ -30,14 +30,6 @@ def fill_until_full(test, b, most, body):
     return s, accepted
 
 
-def subjects(sink):
-    got = set()
-    for m in sink.messages():
-        subject = [l for l in m["content"].split(b"\n") if l.startswith(b"Subject: ")][0]
-        got.add(subject[9:].decode())
-    return got
-
-
 class DiskFull(E2ETest):
     def on_small_disk(self, size, sink, **kw):
         """A started backupmx whose store lives on a tmpfs of `size` (needs root)."""
@@ -64,7 +56,7 @@ class DiskFull(E2ETest):
         s.quit()
         sink.start()
         wait_until(lambda: b.queue() == [], timeout=60, what="queue drained")
-        self.assertEqual(set(accepted) - subjects(sink), set(), "accepted messages lost")
+        self.assertEqual(set(accepted) - sink.subjects(), set(), "accepted messages lost")
 
     def test_large_message_on_a_full_disk_gets_451_and_leaves_no_trace(self):
         # Past the first 64 KiB a body goes to a spool file beside the queue while it arrives:
@@ -136,7 +128,7 @@ class PgDiskFull(E2ETest):
         sink.start()
         wait_until(lambda: pg.sql("SELECT count(*) FROM messages", "backupmx") == "0",
                    timeout=120, what="queue drained")
-        self.assertEqual(set(accepted) - subjects(sink), set(), "accepted messages lost")
+        self.assertEqual(set(accepted) - sink.subjects(), set(), "accepted messages lost")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,6 @@ SLOW_ONE = 'probe_interval = "1h"\nretry_min = "1h"\nretry_max = "2h"'
 FAST = 'probe_interval = "1s"\nretry_min = "1s"\nretry_max = "2s"\nlease = "5s"'
 
 
-def subjects(sink):
-    out = set()
-    for m in sink.messages():
-        for line in m["content"].splitlines():
-            if line.startswith(b"Subject: "):
-                out.add(line[9:].strip().decode())
-    return out
-
-
 THREE = (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))
 
 
@@ -90,10 +81,10 @@ class Fleet(FleetBase):
         wait_until(lambda: len(sink.messages()) >= 5, timeout=30, what="delivery started")
         b.kill9()  # node b dies while delivering
         # c takes over what a and b owned once their leases run out, and delivers it
-        wait_until(lambda: set(accepted) <= subjects(sink), timeout=90,
+        wait_until(lambda: set(accepted) <= sink.subjects(), timeout=90,
                    what="every accepted message at the primary")
         c.wait_log(r"took over id=")
-        missing = set(accepted) - subjects(sink)
+        missing = set(accepted) - sink.subjects()
         self.assertEqual(missing, set())
         wait_until(lambda: self.pg.sql("SELECT count(*) FROM messages", "backupmx") == "0",
                    timeout=30, what="an empty queue")
@@ -106,7 +97,7 @@ class Fleet(FleetBase):
         accepted = []
         self.send_many(nodes, "once", 60, accepted)
         self.assertEqual(len(accepted), 60)
-        wait_until(lambda: set(accepted) <= subjects(sink), timeout=60, what="all delivered")
+        wait_until(lambda: set(accepted) <= sink.subjects(), timeout=60, what="all delivered")
         time.sleep(1)
         self.assertEqual(len(sink.messages()), 60, "a message was delivered twice")
 
@@ -127,9 +118,9 @@ class Fleet(FleetBase):
         wait_until(lambda: self._try_send(s, "after") == 250, timeout=30,
                    what="a 250 once the database is back")
         s.quit()
-        wait_until(lambda: {"before", "after"} <= subjects(sink), timeout=30,
+        wait_until(lambda: {"before", "after"} <= sink.subjects(), timeout=30,
                    what="delivery after the database came back")
-        self.assertNotIn("during", subjects(sink))
+        self.assertNotIn("during", sink.subjects())
 
     def test_a_node_started_while_the_database_is_down_waits_for_it(self):
         import socket
@@ -152,7 +143,7 @@ class Fleet(FleetBase):
         s = a.smtp()
         s.sendmail("alice@sender.test", ["u1@fleet.test"], "Subject: late\r\n\r\nx\r\n")
         s.quit()
-        wait_until(lambda: "late" in subjects(sink), timeout=30, what="delivery")
+        wait_until(lambda: "late" in sink.subjects(), timeout=30, what="delivery")
 
     def test_a_read_only_database_gets_451_and_250_again_once_writable(self):
         primary_port = free_port()
@@ -170,8 +161,8 @@ class Fleet(FleetBase):
         wait_until(lambda: self._try_send(s, "writable") == 250, timeout=30,
                    what="250 once the database takes writes again")
         s.quit()
-        wait_until(lambda: "writable" in subjects(sink), timeout=30, what="delivery")
-        self.assertNotIn("read-only", subjects(sink))
+        wait_until(lambda: "writable" in sink.subjects(), timeout=30, what="delivery")
+        self.assertNotIn("read-only", sink.subjects())
 
     def test_the_fleet_as_a_whole_keeps_to_max_concurrency(self):
         primary = self.scripted(data_delay=0.3)  # bound, not listening yet: down
@@ -214,7 +205,7 @@ class Fleet(FleetBase):
         for n in nodes[1:]:
             n.wait_log(r"primary for fleet.test is down")
         sink = self.sink(port=primary_port).start()
-        wait_until(lambda: set(accepted) <= subjects(sink), timeout=60, what="all delivered")
+        wait_until(lambda: set(accepted) <= sink.subjects(), timeout=60, what="all delivered")
 
         def first_delivery(n):
             import datetime
@@ -377,9 +368,9 @@ class Migration(FleetBase):
 
         sink = self.sink(port=primary_port).start()
         node = self.node("n1", "127.0.0.2", primary_port, store=url, domains=domains)
-        wait_until(lambda: {"mig-1", "mig-2"} <= subjects(sink), timeout=30,
+        wait_until(lambda: {"mig-1", "mig-2"} <= sink.subjects(), timeout=30,
                    what="the copied queue delivered by the fleet node")
-        self.assertNotIn("mig-0", subjects(sink))  # still held, as it was
+        self.assertNotIn("mig-0", sink.subjects())  # still held, as it was
         self.assertEqual(pg.sql(f"SELECT held <> '' FROM messages WHERE id = '{ids[0]}'",
                                 "fleet"), "t")
         self.assertEqual(pg.sql("SELECT count(*) FROM greylist", "fleet"), "1")
@@ -426,7 +417,7 @@ class Failover(FleetBase):
         stop.set()
         sender.join(60)
         sink = self.sink(port=primary_port).start()
-        wait_until(lambda: set(accepted) <= subjects(sink), timeout=90,
+        wait_until(lambda: set(accepted) <= sink.subjects(), timeout=90,
                    what="every accepted message delivered")
 
 
