@@ -3,6 +3,7 @@
 MX hosts are reached on [delivery] port (Postfix's smtp_tcp_port) so no test listens on port 25;
 the hosts live on distinct 127.0.0.x addresses.
 """
+import re
 import time
 
 from dnsserver import DnsServer
@@ -65,19 +66,23 @@ class Routing(E2ETest):
 
     def test_every_address_of_a_host_then_the_next_host(self):
         port = free_port()
-        second = self.sink(host="127.0.0.5", port=port).start()
         self.start([
             "example.test. 300 IN MX 10 first.example.test.",
             "example.test. 300 IN MX 15 second.example.test.",
-            "first.example.test. 300 IN AAAA ::1",
             "first.example.test. 300 IN A 127.0.0.4",
+            "first.example.test. 300 IN AAAA ::1",
             "second.example.test. 300 IN A 127.0.0.5",
         ], {"example.test": None}, port=port)
         self.send("bob@example.test")
+        # Nothing listens yet: the deferral names every address tried, in the order tried.
+        self.b.wait_log(r"deferred id=")
+        tried = re.findall(r"connect to (\S+?):%d: Connection refused" % port,
+                           self.b.queue()[0]["last_error"])
+        self.assertEqual(tried, ["first.example.test[::1]", "first.example.test[127.0.0.4]",
+                                 "second.example.test[127.0.0.5]"])
+        second = self.sink(host="127.0.0.5", port=port).start()
         wait_until(lambda: second.messages(), what="delivery to the second MX")
-        # nothing listened on first's addresses; both were tried, v6 first, before second
-        log = self.b.log()
-        self.assertNotIn("deferred", log)
+        self.b.wait_log(r"delivered id=\S+ .*primary=second.example.test\[127.0.0.5\]")
 
     def test_equal_preferences_share_the_load(self):
         port = free_port()
@@ -146,6 +151,31 @@ class Routing(E2ETest):
         self.assertEqual(len(q), 1)
         self.assertIn("NXDOMAIN", q[0]["last_error"])
         self.assertNotIn("bounced", self.b.log())
+
+    def test_nxdomain_deferred_until_max_age_then_expired_with_a_dsn(self):
+        senders = self.sink().start()  # sender.test's primary: the DSN arrives here
+        self.start([], {"gone.test": None, "sender.test": f"127.0.0.1:{senders.port}"},
+                   nxdomain=["gone.test."], extra_queue='max_age = "6s"')
+        t0 = time.monotonic()
+        self.send("bob@gone.test")
+        self.b.wait_log(r"deferred id=\S+ .*NXDOMAIN")
+        self.b.wait_log(r"warning routing gone.test: domain gone.test does not exist "
+                        r"\(NXDOMAIN\)", count=3)  # and asked again: not given up
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(len(self.b.queue()), 1)
+        self.assertEqual(senders.messages(), [])
+        dsn = wait_until(lambda: senders.messages(), timeout=20, what="the expiry DSN")[0]
+        self.assertGreaterEqual(time.monotonic() - t0, 6 - 1)  # not before max_age
+        self.assertEqual((dsn["sender"], dsn["recipients"]), ("", ["alice@sender.test"]))
+        c = dsn["content"].decode()
+        self.assertIn("Final-Recipient: rfc822; bob@gone.test", c)
+        self.assertIn("Status: 4.4.7", c)
+        self.assertIn("NXDOMAIN", c)  # the last error, for the sender to see why
+        wait_until(lambda: self.b.queue() == [], what="the message gone")
+        log = self.b.log()
+        self.assertRegex(log, r"expired id=\S+ from=<alice@sender.test> to=<bob@gone.test> "
+                              r"domain=gone.test")
+        self.assertNotIn("bounced id=", log)
 
     def test_primary_forms_host_name_bracketed_host_and_ip(self):
         port = free_port()
