@@ -9,7 +9,7 @@ PACKAGES=(
   libboost1.81-dev libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev
   libsqlite3-dev libssl-dev libgtest-dev libunbound-dev
   python3 python3-yaml swaks libnet-ssleay-perl libio-socket-ssl-perl postfix procps iproute2 openssl unbound nsd ldnsutils python3-milter opendkim opendkim-tools
-  libsodium-dev prometheus chromium libpq-dev postgresql-15
+  libsodium-dev prometheus chromium libpq-dev postgresql-15 strace
 )
 
 missing=()
