@@ -1,6 +1,9 @@
 """ETRN (RFC 1985): the primary, back up, asks for its mail and gets it at once; nobody else can
 make backupmx send (or find out what it holds), and bad requests get the RFC's codes."""
-from harness import E2ETest, Raw, main, wait_until
+import time
+
+from dnsserver import DnsServer
+from harness import E2ETest, Raw, free_port, main, wait_until
 
 SLOW = 'probe_interval = "1h"\nretry_min = "1h"\nretry_max = "2h"'  # only ETRN starts delivery
 
@@ -65,6 +68,39 @@ class Etrn(E2ETest):
         self.setup_held({"etrn_networks": "127.0.0.3/32"})
         self.assertTrue(self.etrn("example.test", source="127.0.0.3").startswith("250 "))
         wait_until(lambda: self.primary.transactions, timeout=10, what="delivery after ETRN")
+
+    def test_an_mx_host_of_a_domain_routed_by_mx_may_ask(self):
+        # mx.test has no primary: its mail goes to its MX hosts (mail1 and mail2), whose
+        # addresses may ask for it; any other address may not.
+        port = free_port()
+        dns = DnsServer(self.dir, records=[
+            "mx.test. 300 IN MX 10 mail1.mx.test.",
+            "mx.test. 300 IN MX 20 mail2.mx.test.",
+            "mx.test. 300 IN MX 30 mx2.test.example.",  # ourselves: never a target
+            "mail1.mx.test. 300 IN A 127.0.0.41",
+            "mail2.mx.test. 300 IN A 127.0.0.42",
+            "mx2.test.example. 300 IN A 127.0.0.43",
+        ]).start()
+        self.stoppers.append(dns.stop)
+        self.b = self.backupmx({"mx.test": None},
+                               extra_toml=f'[dns]\nresolver = "{dns.address}"\n'
+                                          f'[delivery]\nport = {port}',
+                               extra_queue=SLOW).start()
+        s = self.b.smtp()
+        s.sendmail("alice@sender.test", ["bob@mx.test"], "Subject: held\r\n\r\nheld\r\n")
+        s.quit()
+        self.b.wait_log(r"deferred id=")  # both MX hosts down: now it waits an hour
+        self.primary = self.scripted(host="127.0.0.42", port=port).start()  # mail2 comes up
+        for other in ("127.0.0.43", "127.0.0.44"):  # our own MX address, and a stranger
+            reply = self.etrn("mx.test", source=other)
+            self.assertTrue(reply.startswith("459 4.7.1 Node mx.test not allowed"), reply)
+        time.sleep(1)
+        self.assertEqual(self.primary.transactions, [])
+        reply = self.etrn("mx.test", source="127.0.0.42")  # an MX host of mx.test
+        self.assertTrue(reply.startswith("250 2.0.0 OK, queuing for node mx.test started"), reply)
+        wait_until(lambda: self.primary.transactions, timeout=10, what="delivery after ETRN")
+        self.assertEqual(self.primary.transactions[0]["rcpts"], ["bob@mx.test"])
+        self.b.wait_log(r"ETRN mx.test from \[127.0.0.42\]: delivery started")
 
     def test_bad_requests_get_the_rfc_codes(self):
         self.setup_held()

@@ -10,6 +10,20 @@ from harness import E2ETest, Raw, free_port, main, swaks, wait_until
 from pki import TestCA, tlsa_rdata
 
 
+class GarbageAfterStartTls:
+    """Stands in for a ScriptedPrimary's TLS context: where the primary would start its side of
+    the handshake it sends bytes that are no TLS record and closes the connection."""
+
+    def __init__(self):
+        self.handshakes = 0
+
+    def wrap_socket(self, conn, server_side=True):
+        self.handshakes += 1
+        conn.sendall(b"this is not a TLS record\r\n")
+        conn.close()
+        raise OSError("TLS handshake broken on purpose")
+
+
 class InboundTls(E2ETest):
     def setUp(self):
         super().setUp()
@@ -154,6 +168,43 @@ class OutboundTls(E2ETest):
         self.assertIn(p.transactions[0]["tls"], ("TLSv1.2", "TLSv1.3"))
         self.assertRegex(b.log(), r'tls="TLSv1\.[23] cipher=\S+ peer=unverified"')
 
+    def may_after_a_failed_handshake(self):
+        """tls = may against a primary that says 220 to STARTTLS and then sends bytes that are
+        no TLS record and hangs up: the handshake fails, and backupmx connects again."""
+        p = self.scripted(host="127.0.0.21", port=self.port)
+        p.tls = GarbageAfterStartTls()  # offers STARTTLS; its "handshake" is the garbage
+        p.start()
+        dns = DnsServer(self.dir, records=["mail.example.test. 300 IN A 127.0.0.21"]).start()
+        self.stoppers.append(dns.stop)
+        b = self.backupmx({"example.test": {"primary": f"mail.example.test:{self.port}",
+                                            "tls": "may"}},
+                          extra_toml=f'[dns]\nresolver = "{dns.address}"',
+                          extra_queue='retry_min = "1h"\nretry_max = "2h"\nprobe_interval = "1h"'
+                          ).start()
+        s = b.smtp()
+        s.sendmail("a@sender.test", ["bob@example.test"], "Subject: tls\r\n\r\nbody\r\n")
+        s.quit()
+        wait_until(lambda: p.transactions, timeout=10, what="delivery in plaintext")
+        b.wait_log(r"delivered id=")
+        return p, b
+
+    def test_may_retries_in_plaintext_after_a_failed_handshake(self):
+        p, b = self.may_after_a_failed_handshake()
+        self.assertEqual(p.tls.handshakes, 1)  # the first connection tried TLS, once
+        self.assertEqual(p.connections, 2)  # ... and the message came on the second one
+        self.assertEqual(len(p.transactions), 1)
+        self.assertIsNone(p.transactions[0]["tls"])  # in plaintext
+        self.assertIn(b"body", p.transactions[0]["data"])
+        self.assertRegex(b.log(), r'delivered id=\S+ .*tls="none"')
+        self.assertNotIn("deferred id=", b.log())  # the same attempt, not a retry an hour later
+        self.assertEqual(b.queue(), [])
+
+    def test_may_logs_the_failed_handshake_it_retried_in_plaintext(self):
+        # README: "a failed handshake is retried in plaintext and logged"
+        p, b = self.may_after_a_failed_handshake()
+        self.assertRegex(b.log(), r"TLS handshake with mail.example.test\[127.0.0.21\]:\d+ "
+                                  r"failed")
+
     def test_encrypt_refuses_plaintext(self):
         p, b = self.run_policy("encrypt", {}, expect_delivery=False)
         self.assertIn("does not offer STARTTLS, required by tls = encrypt", b.queue()[0]["last_error"])
@@ -211,6 +262,59 @@ class Dane(E2ETest):
         else:
             b.wait_log(r"deferred id=", count=2)
             self.assertEqual(primary.transactions, [])
+        return primary, b
+
+    def test_dane_without_tlsa_delivers_with_opportunistic_tls(self):
+        # A signed zone with no TLSA record for the host (secure NODATA): RFC 7672 2.2, tls = may.
+        port = free_port()
+        zone = SignedZoneServer(self.dir, zone="secure.test.", records=[
+            "secure.test. 300 IN MX 10 mail.secure.test.",
+            "mail.secure.test. 300 IN A 127.0.0.22"])
+        anchor = zone.trust_anchor_file()
+        zone.start()
+        self.stoppers.append(zone.stop)
+        leaf = TestCA(self.dir).self_signed("whatever.test")  # no TLSA: any certificate will do
+        p, b = self.send_dane(zone.address, anchor, port, "secure.test", "127.0.0.22",
+                              (leaf.cert, leaf.key))
+        self.assertIn(p.transactions[0]["tls"], ("TLSv1.2", "TLSv1.3"))
+        self.assertRegex(b.log(), r'delivered id=\S+ .*tls="TLSv1\.[23] cipher=\S+ '
+                                  r'peer=unverified \(no TLSA\)"')
+
+    def test_dane_with_an_unsigned_tlsa_delivers_with_opportunistic_tls(self):
+        # plain.test is not signed (outside the trust anchor's zone): its TLSA record is not
+        # DNSSEC-secure, so it does not count (RFC 7672 2.2) and a certificate that does not
+        # match it is still used, opportunistically.
+        port = free_port()
+        signed = SignedZoneServer(self.dir, zone="secure.test.", records=[
+            "mail.secure.test. 300 IN A 127.0.0.22"])  # only for its trust anchor
+        anchor = signed.trust_anchor_file()
+        pinned = TestCA(self.dir).self_signed("mail.plain.test")
+        served = TestCA(self.dir, name="served-ca").self_signed("mail.plain.test")
+        dns = DnsServer(self.dir, records=[
+            "plain.test. 300 IN MX 10 mail.plain.test.",
+            "mail.plain.test. 300 IN A 127.0.0.23",
+            f"_{port}._tcp.mail.plain.test. 300 IN TLSA {tlsa_rdata(pinned.cert)}"]).start()
+        self.stoppers.append(dns.stop)
+        p, b = self.send_dane(dns.address, anchor, port, "plain.test", "127.0.0.23",
+                              (served.cert, served.key))
+        self.assertIn(p.transactions[0]["tls"], ("TLSv1.2", "TLSv1.3"))
+        self.assertIn((f"_{port}._tcp.mail.plain.test.", "TLSA"), dns.queries())  # it was asked
+        self.assertRegex(b.log(), r'delivered id=\S+ .*tls="TLSv1\.[23] cipher=\S+ '
+                                  r'peer=unverified \(TLSA not DNSSEC-signed\)"')
+
+    def send_dane(self, resolver, anchor, port, domain, host, served_cert):
+        primary = self.scripted(host=host, port=port, tls=served_cert).start()
+        b = self.backupmx({domain: {"tls": "dane"}},
+                          extra_toml=f'[dns]\nresolver = "{resolver}"\ntrust_anchor = "{anchor}"\n'
+                                     f'[delivery]\nport = {port}',
+                          extra_queue='retry_min = "1h"\nretry_max = "2h"\nprobe_interval = "1h"'
+                          ).start()
+        s = b.smtp()
+        s.sendmail("a@sender.test", [f"bob@{domain}"], "Subject: dane\r\n\r\nbody\r\n")
+        s.quit()
+        wait_until(lambda: primary.transactions, timeout=15, what="delivery")
+        b.wait_log(r"delivered id=")
+        self.assertNotIn("deferred id=", b.log())
         return primary, b
 
     def test_dane_ee_matching_key_delivers(self):
