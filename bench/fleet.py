@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """bench/fleet: the PostgreSQL store beside SQLite and Postfix — accept and drain rates.
 
-Four setups, each the backup MX of example.test on loopback with the primary (smtp-sink) down
-while mail is accepted, then up:
+Setups, each the backup MX of example.test on loopback with the primary (smtp-sink) down while
+mail is accepted, then up:
   sqlite      one backupmx node, embedded SQLite store (as in bench/run.py)
   pg x1       one node on a PostgreSQL 15 store (fsync on, synchronous_commit on)
+  pg x1 sync  the same with a synchronous streaming standby on the same machine (pg_basebackup,
+              synchronous_standby_names): every commit waits until the standby has flushed it
   pg x3       three nodes (127.0.0.2-4) on the same store, the load split over them
+  pg x3 sync  the same with the synchronous standby
   postfix     Postfix, for the ratio
 Measures accept msg/s (smtp-source, --sessions in all) and drain msg/s from the first to the last
-delivery (and from "primary up", which includes the wait for a probe). Medians of --runs.
---write puts a section into bench/RESULTS.md (replacing an earlier one); --smoke is tiny.
+delivery (and from "primary up", which includes the wait for a probe). Runs are interleaved (every
+setup once, then again, --runs times; at least 3 for --write); medians. Postfix is flushed once its
+active queue is empty; every node logs at info, its default, as Postfix logs every event.
+--write puts a section into bench/RESULTS.md (replacing an earlier one) and the README's figures
+from the whole of it; --smoke is tiny.
 """
 import argparse
 import os
@@ -18,14 +24,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 from pg import PgCluster  # noqa: E402
-from run import (BIN, Postfix, Sink, backupmx_config, free_port, listening,  # noqa: E402
-                 release_port, wait)
+from run import (BIN, RESULTS, Postfix, Sink, backupmx_config, free_port, fs_info,  # noqa: E402
+                 release_port, replace_section, update_readme, wait)
+
+SETUPS = ["sqlite", "pg x1", "pg x1 sync", "pg x3", "pg x3 sync", "postfix"]
 
 
 class Nodes:
@@ -61,6 +70,9 @@ class Nodes:
                 sys.stderr.write(open(os.path.join(d, "log")).read())
                 raise
 
+    def settle(self):
+        pass
+
     def queued(self):
         out = subprocess.run([BIN, "queue", "summary", "--json", "--config", self.configs[0]],
                              capture_output=True, text=True, timeout=120).stdout
@@ -84,11 +96,11 @@ def listening_on(host, port):
 
 
 def run_once(setup, args):
-    work = tempfile.mkdtemp(prefix="bmx-fleet-bench-")
+    work = tempfile.mkdtemp(prefix="bmx-fleet-bench-", dir=args.workdir)
     os.chmod(work, 0o755)
     primary_port = free_port()
     sink = Sink(primary_port)
-    pg = None
+    pg = standby = server = None
     try:
         if setup == "postfix":
             server = Postfix(work, primary_port, args.probe_interval)
@@ -99,7 +111,13 @@ def run_once(setup, args):
                 pg = PgCluster(work, free_port())
                 pg.start()
                 store = pg.url("backupmx")
-            hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"] if setup == "pg x3" else ["127.0.0.1"]
+                if setup.endswith(" sync"):  # commits wait for the standby's flush
+                    standby = pg.standby(work, free_port())
+                    standby.start()
+                    wait(lambda: pg.sql("SELECT sync_state FROM pg_stat_replication") == "sync",
+                         60, "a synchronous standby")
+            hosts = (["127.0.0.2", "127.0.0.3", "127.0.0.4"] if setup.startswith("pg x3")
+                     else ["127.0.0.1"])
             server = Nodes(work, primary_port, args.probe_interval, store, hosts)
         server.start()
         if setup == "postfix":
@@ -119,12 +137,7 @@ def run_once(setup, args):
         accept_s = time.monotonic() - t0
         total = share * len(targets)
         wait(lambda: server.queued() >= total, 300, "all queued")
-        if setup == "postfix":
-            # what Postfix tried while the primary was down must be in its deferred queue first:
-            # a flush then sends all of it (one still active would wait for the next queue run)
-            wait(lambda: all(not files for q in ("maildrop", "incoming", "active")
-                             for _, _, files in os.walk(os.path.join(server.dir, "queue", q))),
-                 300, "postfix active queue empty")
+        server.settle()  # Postfix: its active queue empty, all of it deferred
         sink.start()
         t1 = time.monotonic()
         if setup == "postfix":
@@ -134,9 +147,12 @@ def run_once(setup, args):
                 "drain_from_first": total / (sink.last - sink.first)}
     finally:
         try:
-            server.stop()
+            if server:
+                server.stop()
         finally:
             sink.stop()
+            if standby:
+                standby.stop()
             if pg:
                 pg.stop()
             shutil.rmtree(work, ignore_errors=True)
@@ -147,19 +163,32 @@ def main():
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--size", type=int, default=10240)
     ap.add_argument("--sessions", type=int, default=21)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="runs of each setup, interleaved")
     ap.add_argument("--probe-interval", type=int, default=5)
+    ap.add_argument("--workdir", default=tempfile.gettempdir(),
+                    help="where the stores and queues go (its filesystem is recorded)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--write", action="store_true")
-    ap.add_argument("--only", help="comma-separated setups to run (no table, no --write)")
+    ap.add_argument("--only", help="comma-separated setups to run (no table, no --write): "
+                    + ", ".join(SETUPS))
     args = ap.parse_args()
     if args.smoke:
         args.messages, args.runs, args.probe_interval = 300, 1, 1
-    setups = ["sqlite", "pg x1", "pg x3", "postfix"]
-    results = {}
-    for s in args.only.split(",") if args.only else setups:
-        runs = [run_once(s, args) for _ in range(args.runs)]
-        results[s] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    if args.write and (args.runs < 3 or args.only or args.smoke):
+        ap.error("--write needs every setup (no --only, --smoke) and --runs 3 or more")
+    setups = args.only.split(",") if args.only else SETUPS
+    if args.smoke and not args.only:  # short: the standby's code path once, with one node
+        setups = [s for s in SETUPS if s != "pg x3 sync"]
+    for s in setups:
+        if s not in SETUPS:
+            ap.error(f"no setup {s!r}: {', '.join(SETUPS)}")
+    runs = {s: [] for s in setups}
+    for i in range(args.runs):  # interleaved: every setup once, then again
+        for s in setups:
+            runs[s].append(run_once(s, args))
+            print(f"run {i + 1} {s}:", {k: round(v) for k, v in runs[s][-1].items()}, flush=True)
+    results = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+    for s in setups:
         print(s, {k: round(v) for k, v in results[s].items()}, flush=True)
     if args.only:
         return 0
@@ -174,29 +203,36 @@ def main():
                      f"{r['drain_from_first'] / pf['drain_from_first']:.2f} | {r['drain']:.0f} |")
     table = "\n".join(lines)
     print(table)
-    if args.write:
-        section = f"""<!-- fleet -->
-## The PostgreSQL store: one node and a fleet of three (bench/fleet.py)
-
-`python3 bench/fleet.py --messages {args.messages} --size {args.size} --sessions {args.sessions} --runs {args.runs} --write`, {time.strftime('%Y-%m-%d')}.
+    spread = "; ".join(f"{s} " + ", ".join(f"{r['accept']:.0f}" for r in rs)
+                       for s, rs in runs.items())
+    about = textwrap.fill(" ".join(f"""
 The same load (smtp-source, {args.sessions} sessions in all, split evenly over the nodes) with the
-primary down, then the primary up (Postfix flushed at once, backupmx by its probe every
-{args.probe_interval}s). PostgreSQL 15 on the same machine with fsync and synchronous_commit on;
-the three nodes share the one database and this machine's two cores. Medians of {args.runs} runs.
+primary down, then the primary up (backupmx by its probe every {args.probe_interval}s; Postfix,
+once its active queue is empty, flushed at once). PostgreSQL 15 on the same machine with fsync
+and synchronous_commit on; the three nodes share the one database and this machine's cores.
+"sync": the same database with a synchronous streaming standby on this machine (pg_basebackup,
+synchronous_standby_names), so every commit waits until the standby has flushed it too. Every
+backupmx node logs at `info` (its default), Postfix every event (its default). Runs interleaved
+(every setup once, then again, {args.runs} times); medians. Accept msg/s of each run: {spread}.
+""".split()), 100, break_on_hyphens=False)
+    section = f"""<!-- fleet -->
+## The PostgreSQL store: one node and a fleet of three, with and without a synchronous standby (bench/fleet.py)
+
+`python3 bench/fleet.py --messages {args.messages} --size {args.size} --sessions {args.sessions} --runs {args.runs} --probe-interval {args.probe_interval} --write` (`make bench`), {time.strftime('%Y-%m-%d')}.
+Work directory (stores, queues, logs): {args.workdir}, {fs_info(args.workdir)}.
+{about}
 
 {table}
 <!-- /fleet -->
 """
-        path = os.path.join(HERE, "RESULTS.md")
-        text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-        if "<!-- fleet -->" in text:
-            a = text.index("<!-- fleet -->")
-            b = text.index("<!-- /fleet -->") + len("<!-- /fleet -->\n")
-            text = text[:a] + section + text[b:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        with open(path, "w") as f:
+    if args.write:
+        text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Benchmark results\n"
+        text = replace_section(text, "<!-- fleet -->", "<!-- /fleet -->", section,
+                               before=("## Backlog", "BACKLOG"))
+        with open(RESULTS, "w") as f:
             f.write(text)
+        update_readme()
+    return 0
 
 
 if __name__ == "__main__":
