@@ -14,10 +14,10 @@ started the store was made durable after the message had arrived:
   `openat` and followed through dup/dup2/dup3/fcntl(F_DUPFD*), forgotten at `close`) that
   returned 0, that STARTED after the read that brought the message's final dot (CRLF.CRLF) from
   that same socket had returned, and that RETURNED before the 250 was written.
-- PostgreSQL (check(..., pg_port=PORT)): the fsync is the database server's, so instead a
-  round trip on a database socket (a `connect` to PORT or to a .s.PGSQL.PORT unix socket): a write
-  that started after the dot read, then a read of a CommandComplete "COMMIT" reply that returned
-  before the 250 was written.
+- PostgreSQL (check(..., pg_port=PORT)): the fsync is the database server's, so instead, on a
+  database socket (a `connect` to PORT or to a .s.PGSQL.PORT unix socket), a write holding the
+  queue id that started after the dot read, in a transaction whose CommandComplete "COMMIT" reply
+  was read before the 250 was written (a COMMIT of some other transaction does not count).
 
 Interface: `check(text, store_path=None, pg_port=None) -> [violation, ...]` (pure, no I/O), and
 `analyse(...)` returning a Report with the count of 250s checked. `load(path)` reads a trace
@@ -271,8 +271,8 @@ def analyse(text, store_path=None, pg_port=None):
     db_fds = set()         # fds of sockets to PostgreSQL, now
     clients = {}           # client socket fd -> {"tail", "dot"(time, line, seen), "since"}
     syncs = []             # (start, end, line, what) of store syncs that returned 0
-    db_writes = {}         # db fd -> start of its latest write
-    commits = []           # (write start, reply read end, line) of COMMIT round trips
+    db_writes = {}         # db fd -> [(start, bytes)] of its writes since its last COMMIT reply
+    commits = []           # ([(start, bytes)] of the transaction's writes, reply end, line)
 
     def forget(fd):
         store_fds.discard(fd)
@@ -330,10 +330,10 @@ def analyse(text, store_path=None, pg_port=None):
                 cl["tail"] = ((cl["tail"] or b"") + data)[-(len(DOT) - 1):]
         elif c.name in READS and fd in db_fds and ret:
             data, _ = payload(c)
-            if PG_COMMIT_REPLY in data and fd in db_writes:
-                commits.append((db_writes[fd], c.end, c.line))
+            if PG_COMMIT_REPLY in data:
+                commits.append((db_writes.pop(fd, []), c.end, c.line))
         elif c.name in WRITES and fd in db_fds:
-            db_writes[fd] = c.start
+            db_writes.setdefault(fd, []).append((c.start, payload(c)[0]))
         elif c.name in WRITES and fd in clients:
             data, _ = payload(c)
             for m in QUEUED.finditer(data):
@@ -351,13 +351,18 @@ def analyse(text, store_path=None, pg_port=None):
             rep.violations.append(f"{where}: no final dot was read on this socket before it")
             continue
         if pg_port is not None:
-            ok = [(w, e, ln) for w, e, ln in commits if w >= r.dot_at and e <= r.at]
-            if ok:
-                r.proof = f"COMMIT reply read at line {ok[0][2]}"
+            # Each id the reply names was sent to the database after the dot, in a transaction
+            # whose COMMIT reply was read before the 250.
+            missing = [qid for qid in r.ids.split() if not any(
+                e <= r.at and any(w >= r.dot_at and qid.encode() in data for w, data in writes)
+                for writes, e, _ in commits)]
+            if not missing:
+                r.proof = "COMMIT reply read before it"
             else:
                 rep.violations.append(
-                    f"{where}: no COMMIT round trip on a database socket began after its final "
-                    f"dot was read (line {r.dot_line}) and ended before this reply")
+                    f"{where}: {' '.join(missing)} not sent to the database after its final dot "
+                    f"was read (line {r.dot_line}) in a transaction whose COMMIT reply was read "
+                    f"before this reply")
             continue
         ok = [(s, e, ln, w) for s, e, ln, w in syncs if s >= r.dot_at and e <= r.at]
         if ok:

@@ -173,7 +173,7 @@ class Checker(unittest.TestCase):
         self.assertIn('write(1, "x"', stripped)
         self.assertEqual(len(fsync_trace.check(stripped, store_path="/q/queue.db")), 1)
 
-    def test_postgresql_commit_round_trip_after_the_dot_passes(self):
+    def test_postgresql_commit_of_the_row_sent_after_the_dot_passes(self):
         pg = ("104 10:00:00.500000 connect(12, {sa_family=AF_INET, sin_port=htons(5433), "
               "sin_addr=inet_addr(\"127.0.0.1\")}, 16) = -1 EINPROGRESS (Operation now in "
               "progress) <0.000020>\n")
@@ -182,16 +182,26 @@ class Checker(unittest.TestCase):
                       " <0.000010>\n")
         commit_rep = ("104 10:00:01.001500 recvfrom(12, \"2\\0\\0\\0\\4C\\0\\0\\0\\vCOMMIT\\0Z\\0"
                       "\\0\\0\\5I\", 16384, 0, NULL, NULL) = 23 <0.000010>\n")
+        insert = ("104 10:00:01.000400 sendto(12, \"B\\0\\0\\0\\37\\0s7\\0\\0\\0\\0\\1\\0\\0"
+                  "\\0\\6ABC123\\0\\0\", 31, MSG_NOSIGNAL, NULL, 0) = 31 <0.000010>\n")
         end = reply250(101, "10:00:01.002000")
-        rep = fsync_trace.analyse(pg + OPEN + BODY + commit_req + commit_rep + end, pg_port=5433)
+        rep = fsync_trace.analyse(pg + OPEN + BODY + insert + commit_req + commit_rep + end,
+                                  pg_port=5433)
         self.assertEqual((rep.violations, rep.checked, rep.syncs), ([], 1, 1))
-        # The request sent before the dot was read: not this message's commit.
-        early = commit_req.replace("01.000500", "01.000250")
+        # The row sent before the dot was read: not this message.
+        early = insert.replace("01.000400", "01.000250")
         self.assertEqual(len(fsync_trace.check(
-            pg + OPEN + early + BODY + commit_rep + end, pg_port=5433)), 1)
-        # A COMMIT reply on a socket that is not the database's does not count.
+            pg + OPEN + early + BODY + commit_req + commit_rep + end, pg_port=5433)), 1)
+        # A COMMIT after the dot of a transaction without the message's row does not count.
         self.assertEqual(len(fsync_trace.check(
-            pg.replace("5433", "5999") + OPEN + BODY + commit_req + commit_rep + end,
+            pg + OPEN + BODY + commit_req + commit_rep + end, pg_port=5433)), 1)
+        # Nor the row's COMMIT reply read after the 250.
+        late = commit_rep.replace("01.001500", "01.002500")
+        self.assertEqual(len(fsync_trace.check(
+            pg + OPEN + BODY + insert + commit_req + end + late, pg_port=5433)), 1)
+        # Nor a COMMIT reply on a socket that is not the database's.
+        self.assertEqual(len(fsync_trace.check(
+            pg.replace("5433", "5999") + OPEN + BODY + insert + commit_req + commit_rep + end,
             pg_port=5433)), 1)
 
     def test_ff_files_are_merged_by_time(self):
