@@ -5,7 +5,7 @@ This module reads what backupmx actually asked the kernel, recorded by
 
     strace -f -tt -T -s 65536 -o FILE \
         -e trace=read,recvfrom,recvmsg,write,sendto,sendmsg,writev,fsync,fdatasync,openat,close,\
-accept,accept4,dup,dup2,dup3,fcntl,connect
+accept,accept4,dup,dup2,dup3,fcntl,connect,pwrite64
 
 and checks, for every "250 ... queued as ID" written to a client socket, that before that write
 started the store was made durable after the message had arrived:
@@ -13,7 +13,9 @@ started the store was made durable after the message had arrived:
 - SQLite: an fsync/fdatasync of the store's database file or its -wal file (their fds found from
   `openat` and followed through dup/dup2/dup3/fcntl(F_DUPFD*), forgotten at `close`) that
   returned 0, that STARTED after the read that brought the message's final dot (CRLF.CRLF) from
-  that same socket had returned, and that RETURNED before the 250 was written.
+  that same socket had returned, and that RETURNED before the 250 was written. When pwrite64 is
+  traced too, that sync must also follow a write to the store, begun after the dot, that holds
+  the queue id (the message's row in a WAL frame): a sync of another commit then does not count.
 - PostgreSQL (check(..., pg_port=PORT)): the fsync is the database server's, so instead, on a
   database socket (a `connect` to PORT or to a .s.PGSQL.PORT unix socket), a write holding the
   queue id that started after the dot read, in a transaction whose CommandComplete "COMMIT" reply
@@ -271,6 +273,7 @@ def analyse(text, store_path=None, pg_port=None):
     db_fds = set()         # fds of sockets to PostgreSQL, now
     clients = {}           # client socket fd -> {"tail", "dot"(time, line, seen), "since"}
     syncs = []             # (start, end, line, what) of store syncs that returned 0
+    store_writes = []      # (start, bytes) of writes to the store's files, if traced
     db_writes = {}         # db fd -> [(start, bytes)] of its writes since its last COMMIT reply
     commits = []           # ([(start, bytes)] of the transaction's writes, reply end, line)
 
@@ -314,6 +317,8 @@ def analyse(text, store_path=None, pg_port=None):
                     clients[ret] = was_client  # the same socket: the same byte stream
         elif c.name in SYNCS and fd in store_fds:
             syncs.append((c.start, c.end, c.line, f"{c.name}({fd})"))
+        elif c.name in ("pwrite64", "write", "pwritev", "pwritev2") and fd in store_fds:
+            store_writes.append((c.start, payload(c)[0]))
         elif c.name in READS and fd in clients and ret:
             cl = clients[fd]
             data, cut = payload(c)
@@ -365,6 +370,15 @@ def analyse(text, store_path=None, pg_port=None):
                     f"before this reply")
             continue
         ok = [(s, e, ln, w) for s, e, ln, w in syncs if s >= r.dot_at and e <= r.at]
+        if store_writes:  # writes traced too: the sync must follow a write of the message's row
+            ok = [(s, e, ln, w) for s, e, ln, w in ok if all(
+                any(r.dot_at <= t <= s and qid.encode() in data for t, data in store_writes)
+                for qid in r.ids.split())]
+            if not ok:
+                rep.violations.append(
+                    f"{where}: no store sync after a write of its queue id to the store begun "
+                    f"after its final dot (line {r.dot_line}) ended before this reply")
+                continue
         if ok:
             r.proof = f"{ok[0][3]} at line {ok[0][2]}"
             continue

@@ -117,6 +117,18 @@ class Checker(unittest.TestCase):
         self.assertEqual(len(fsync_trace.check(OPEN + cut + SYNC.replace("000500", "000400")
                                                + tail + end, store_path="/q/queue.db")), 1)
 
+    def test_with_wal_writes_traced_the_sync_must_follow_the_row_write(self):
+        row = ('102 10:00:01.000400 pwrite64(6, "\\r\\0\\0\\0\\1ABC123example.test", 21, 4152)'
+               ' = 21 <0.000010>\n')
+        end = reply250(101, "10:00:01.002000")
+        self.assertEqual(fsync_trace.check(OPEN + BODY + row + SYNC + end,
+                                           store_path="/q/queue.db"), [])
+        # The sync of another commit, before the message's row reached the WAL.
+        late_row = row.replace("01.000400", "01.000600")
+        v = fsync_trace.check(OPEN + BODY + SYNC + late_row + end, store_path="/q/queue.db")
+        self.assertEqual(len(v), 1, v)
+        self.assertIn("write of its queue id", v[0])
+
     def test_sync_of_a_dup_of_the_wal_counts(self):
         trace = (OPEN + "100 10:00:01.000050 fcntl(6, F_DUPFD_CLOEXEC, 10) = 11 <0.000005>\n"
                  + BODY + SYNC.replace("fdatasync(6)", "fsync(11)")

@@ -5,7 +5,8 @@ A kill -9 keeps the page cache, so test_crash passes even with no fsync at all. 
 under `strace -f`, several SMTP sessions send at once (bodies above the 64 KiB piece size too, so
 the spool path is used), and fsync_trace.py checks that every 250 the clients got follows an
 fsync/fdatasync of the SQLite database or its WAL that began after that message's final dot was
-read from its socket and returned before the 250 was written. On the PostgreSQL store the fsync is
+read from its socket and after its row was written to the WAL, and returned before the 250 was
+written. On the PostgreSQL store the fsync is
 the database server's: there every 250 must follow a COMMIT round trip on a database socket begun
 after the dot. The checker's own tests are in test_fsync_checker.py.
 """
@@ -30,8 +31,9 @@ SENT = SESSIONS * PER_SESSION
 # Sizes around the body piece (64 KiB): a body goes to the spool once it is two pieces long.
 SIZES = [2_000, 200_000, 8_000, 600_000, 70_000]
 SPOOLED = 2 * 64 * 1024
+# pwrite64: SQLite's WAL frames (a sync counts only after the message's row was written).
 TRACED = ("read,recvfrom,recvmsg,write,sendto,sendmsg,writev,fsync,fdatasync,openat,close,"
-          "accept,accept4,dup,dup2,dup3,fcntl,connect")
+          "accept,accept4,dup,dup2,dup3,fcntl,connect,pwrite64")
 
 
 class TracedBackupmx(Backupmx):
