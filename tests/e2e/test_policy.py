@@ -1,11 +1,15 @@
 """Abuse defences: recipient validation (list, verify + cache), greylisting, rate and concurrency
 limits, DNS block/allow lists from a real DNS server, SPF, HELO syntax, pre-greeting talkers.
 Clients come from different 127.0.0.x source addresses to be different clients."""
+import os
+import signal
 import smtplib
+import subprocess
+import sys
 import time
 
 from dnsserver import DnsServer
-from harness import E2ETest, Raw, main, wait_until
+from harness import BIN, Backupmx, E2ETest, Raw, main, wait_until
 
 
 def edit_config(b, old, new):
@@ -45,6 +49,40 @@ class RecipientValidation(E2ETest):
         self.assertIn('recipients = "list"', reply)
         self.assertTrue(rcpt_reply(r, "anyone@catchall.test").startswith("250"))
         self.assertEqual(b.queue(), [])
+
+    def test_recipient_file_is_read_at_start_and_decides_at_rcpt(self):
+        path = os.path.join(self.dir, "example.test.recipients")
+        with open(path, "w") as f:
+            f.write("# valid addresses of example.test\n"
+                    "bob@example.test\n"
+                    "\n"
+                    "  carol@example.test   # the new hire\n"
+                    "*@sales.example.test\n")
+        p = self.scripted().start()
+        b = self.backupmx({"example.test": {"primary": f"127.0.0.1:{p.port}", "recipients": "list",
+                                            "recipient_file": path},
+                           "sales.example.test": {"primary": f"127.0.0.1:{p.port}",
+                                                  "recipients": "list", "recipient_file": path}})
+        self.assertIn("ok (2 domains", b.cli("check-config").stdout)
+        b.start()
+        r = Raw(b.port)
+        r.reply()
+        r.cmd("EHLO client.test")
+        self.assertTrue(rcpt_reply(r, "bob@example.test").startswith("250"))
+        self.assertTrue(rcpt_reply(r, "Carol@Example.TEST").startswith("250"))
+        self.assertTrue(rcpt_reply(r, "anyone@sales.example.test").startswith("250"))  # *@
+        for stranger in ("mallory@example.test", "new-hire@example.test"):
+            reply = rcpt_reply(r, stranger)
+            self.assertTrue(reply.startswith("550 5.1.1"), (stranger, reply))
+            self.assertIn('recipients = "list"', reply)
+        r.cmd("QUIT")
+        b.stop()
+        # A file that cannot be read stops check-config (and serve), naming the key.
+        os.rename(path, path + ".gone")
+        for cmd in ("check-config", "serve"):
+            out = b.cli(cmd, check=False)
+            self.assertEqual(out.returncode, 2, (cmd, out.stdout, out.stderr))
+            self.assertIn(f"domain[0].recipient_file: cannot read {path}", out.stderr)
 
     def test_verify_asks_the_primary_caches_and_trusts_the_cache_while_down(self):
         known = {"bob@example.test"}
@@ -111,6 +149,100 @@ class Greylisting(E2ETest):
         other_net.reply()
         other_net.cmd("EHLO client.test")
         self.assertTrue(rcpt_reply(other_net, "bob@example.test").startswith("451 4.7.1"))
+
+
+# A client in a network namespace of its own: it connects from SOURCE to DEST:PORT, says
+# EHLO and MAIL, and prints the reply to RCPT.
+RCPT_CLIENT = r"""
+import socket, sys
+source, dest, port, rcpt = sys.argv[1:5]
+s = socket.create_connection((dest, int(port)), timeout=10, source_address=(source, 0))
+f = s.makefile("rb")
+def reply():
+    lines = []
+    while True:
+        line = f.readline().decode().rstrip("\r\n")
+        lines.append(line)
+        if len(line) < 4 or line[3] != "-":
+            return "\n".join(lines)
+def cmd(c):
+    s.sendall(c.encode() + b"\r\n")
+    return reply()
+reply()
+cmd("EHLO client.test")
+cmd("MAIL FROM:<a@sender.test>")
+print(cmd("RCPT TO:<%s>" % rcpt))
+cmd("QUIT")
+"""
+
+
+class NetNs:
+    """A network namespace of the test's own, with IPv6 addresses on its loopback: clients
+    from several /64s without any address outside this machine (nor on its shared lo)."""
+
+    def __init__(self, name, addresses):
+        self.name = name
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+        self.run("ip", "link", "set", "lo", "up")
+        for a in addresses:
+            self.run("ip", "-6", "addr", "add", a + "/64", "dev", "lo", "nodad")
+
+    def run(self, *cmd):
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], check=True,
+                              capture_output=True, text=True, timeout=60)
+
+    def rcpt(self, source, dest, port, rcpt):
+        return self.run(sys.executable, "-c", RCPT_CLIENT, source, dest, str(port),
+                        rcpt).stdout.strip()
+
+    def remove(self):
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+
+
+class NsBackupmx(Backupmx):
+    """backupmx started inside a NetNs (its store: SQLite, a file this machine's tests see)."""
+
+    def __init__(self, ns, *args, **kw):
+        super().__init__(*args, **kw)
+        self.ns = ns
+
+    def start(self, wait=True):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, BIN, "serve",
+                                      "--config", self.config], stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=self.env)
+        wait_until(lambda: self.proc.poll() is not None or "backupmx ready" in self.log(),
+                   what="backupmx to start")
+        assert self.proc.poll() is None, "backupmx exited at start:\n" + self.log()
+        return self
+
+
+class GreylistingIpv6(E2ETest):
+    def test_ipv6_clients_are_greylisted_by_their_64(self):
+        if os.geteuid() != 0:
+            self.skipTest("ip netns needs root")
+        server, a1, a2 = "2001:db8:1:1::1", "2001:db8:1:1::a1", "2001:db8:1:1::a2"
+        other = "2001:db8:1:2::b1"  # the same /48, another /64
+        ns = NetNs(f"bmx-grey-{os.getpid()}", [server, a1, a2, other])
+        self.stoppers.append(ns.remove)
+        b = NsBackupmx(ns, self.dir, {"example.test": {"primary": "127.0.0.1:9",
+                                                       "greylisting": "X"}},
+                       smtp_port=2525, host=f"[{server}]", store=f"sqlite:{self.dir}/queue.db",
+                       extra_toml='[policy]\ngreylist_delay = "2s"\ngreylist_expiry = "1h"')
+        self.stoppers.append(lambda: b.stop(signal.SIGKILL) if b.proc and b.proc.poll() is None
+                             else None)
+        edit_config(b, 'greylisting = "X"', "greylisting = true")
+        b.start()
+        first = ns.rcpt(a1, server, 2525, "bob@example.test")
+        self.assertTrue(first.startswith("451 4.7.1"), first)
+        time.sleep(2.5)  # past greylist_delay
+        # a2 is another address of a1's /64: the retry of the same triplet, so it passes
+        again = ns.rcpt(a2, server, 2525, "bob@example.test")
+        self.assertTrue(again.startswith("250"), again)
+        # another /64 (of the same /48) is another client: first seen, greylisted
+        elsewhere = ns.rcpt(other, server, 2525, "bob@example.test")
+        self.assertTrue(elsewhere.startswith("451 4.7.1"), elsewhere)
+        b.stop()
 
 
 class Limits(E2ETest):

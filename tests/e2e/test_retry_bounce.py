@@ -1,13 +1,26 @@
 """What happens after an attempt: per-recipient results, backoff, probes, expiry and DSNs."""
 import time
 
-from harness import E2ETest, main, wait_until
+from dnsserver import DnsServer
+from harness import E2ETest, ScriptedPrimary, free_port, main, wait_until
 
 FAST = 'retry_min = "1s"\nretry_max = "4s"\nprobe_interval = "1s"'
 
 
 def dsns(sink):
     return [m for m in sink.messages() if m["sender"] == ""]
+
+
+class TimedPrimary(ScriptedPrimary):
+    """A ScriptedPrimary that notes when each connection came (time.monotonic())."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.connected_at = []
+
+    def _serve(self, conn):
+        self.connected_at.append(time.monotonic())
+        super()._serve(conn)
 
 
 class RetryBounce(E2ETest):
@@ -78,10 +91,13 @@ class RetryBounce(E2ETest):
         time.sleep(0.5)
         self.assertEqual(senders.messages(), [])
 
-    def test_backoff_doubles_up_to_retry_max(self):
-        p, senders, b = self.setup_pair(
-            extra_queue='retry_min = "2s"\nretry_max = "8s"\nprobe_interval = "1s"',
-            answer=lambda r: "451 4.3.0 try again later")
+    def test_backoff_starts_at_retry_min_and_doubles_up_to_retry_max(self):
+        self.senders = self.sink().start()
+        p = TimedPrimary(answer=lambda r: "451 4.3.0 try again later")
+        self.stoppers.append(p.stop)
+        b = self.backupmx({"example.test": f"127.0.0.1:{p.port}",
+                           "sender.test": f"127.0.0.1:{self.senders.port}"},
+                          extra_queue='retry_min = "2s"\nretry_max = "8s"\nprobe_interval = "1s"')
         p.start()
         b.start()
         s = b.smtp()
@@ -94,12 +110,18 @@ class RetryBounce(E2ETest):
             if q:
                 seen.setdefault(q[0]["attempts"], q[0]["next_attempt_at"])
             time.sleep(0.1)
+        # Each attempt is one connection (the primary answers: no probes in between). Attempt
+        # k+1 comes backoff(k) after attempt k: retry_min (2s) after the first, then 4s, 8s.
+        wait_until(lambda: len(p.connected_at) >= 4, timeout=5, what="4 attempts")
+        at = p.connected_at[:4]
+        conn_gaps = [round(y - x, 2) for x, y in zip(at, at[1:])]
+        for got, want in zip(conn_gaps, [2, 4, 8]):
+            self.assertLessEqual(abs(got - want), 0.5, conn_gaps)
+        # The queue shows the same, and the cap: next_attempt_at after attempt k is backoff(k)
+        # after it, then retry_max (8s).
         gaps = [seen[k] - seen[k - 1] for k in range(2, 5)]
-        # attempt k is made at next_attempt_at[k-1] and schedules the next one backoff(k) later:
-        # 2s, 4s, 8s, then capped at 8s (whole seconds in the store: allow one second either way)
-        for got, want in zip(gaps, [4, 8, 8]):
+        for got, want in zip(gaps, [4, 8, 8]):  # whole seconds in the store: one either way
             self.assertLessEqual(abs(got - want), 1, (seen, gaps))
-        self.assertTrue(p.connections >= 4)
 
     def test_down_primary_probed_then_drained_with_bounded_concurrency(self):
         p, senders, b = self.setup_pair(
@@ -167,6 +189,34 @@ class RetryBounce(E2ETest):
         self.assertEqual(len({t["rcpts"][0] for t in p.transactions}), 20)
         self.assertEqual(dsns(senders), [])
         self.assertIn("too many messages on one connection", b.log())  # deferred, then retried
+
+    def test_dsn_to_a_sender_domain_not_ours_goes_to_the_relayhost(self):
+        # elsewhere.test is not served here and has an MX of its own; with [queue] relayhost
+        # set, its DSN goes to the relayhost all the same.
+        port = free_port()
+        relay = self.sink().start()
+        mx = self.sink(host="127.0.0.51", port=port).start()
+        dns = DnsServer(self.dir, records=["elsewhere.test. 300 IN MX 10 mx.elsewhere.test.",
+                                           "mx.elsewhere.test. 300 IN A 127.0.0.51"]).start()
+        self.stoppers.append(dns.stop)
+        p = self.scripted(answer=lambda r: "550 5.1.1 <%s>: no such user" % r).start()
+        b = self.backupmx({"example.test": f"127.0.0.1:{p.port}"},
+                          extra_toml=f'[dns]\nresolver = "{dns.address}"\n'
+                                     f'[delivery]\nport = {port}',
+                          extra_queue=FAST + f'\nrelayhost = "127.0.0.1:{relay.port}"').start()
+        s = b.smtp()
+        s.sendmail("alice@elsewhere.test", ["gone@example.test"],
+                   b"Subject: to be bounced\r\n\r\nx\r\n")
+        s.quit()
+        dsn = wait_until(lambda: dsns(relay), what="the DSN at the relayhost")[0]
+        self.assertEqual(dsn["recipients"], ["alice@elsewhere.test"])
+        c = dsn["content"].decode()
+        self.assertIn("Final-Recipient: rfc822; gone@example.test", c)
+        self.assertIn("Status: 5.1.1", c)
+        wait_until(lambda: b.queue() == [], what="the DSN gone from the queue")
+        self.assertEqual(mx.messages(), [])  # not by elsewhere.test's MX
+        self.assertRegex(b.log(), r"delivered id=\S+ from=<> to=<alice@elsewhere.test> "
+                                  r".*primary=127.0.0.1\[127.0.0.1\]:%d" % relay.port)
 
     def test_expiry_sends_dsn_after_max_age(self):
         p, senders, b = self.setup_pair(extra_queue=FAST + '\nmax_age = "3s"')
