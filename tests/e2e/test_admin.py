@@ -3,11 +3,13 @@ accounts and every refusal, customers kept apart, the audit trail, domains set u
 (live at once, no restart), the queue's views and actions, primaries' state and outage history,
 and /metrics checked by Prometheus's own promtool."""
 import json
+import os
 import re
+import stat
 import subprocess
 import time
 
-from harness import (AdminClient, E2ETest, add_user, free_port, main, store_dump, wait_until)
+from harness import (AdminClient, E2ETest, Raw, add_user, free_port, main, store_dump, wait_until)
 import pki
 
 SLOW = 'probe_interval = "1h"\nretry_min = "1h"\nretry_max = "2h"'  # nothing moves by itself
@@ -545,9 +547,81 @@ class Metrics(Console):
         self.assertEqual(value('backupmx_queue_bytes{domain="m.test"}'), 0)
         self.assertEqual(value("backupmx_store_commit_seconds_count"), 2)
         self.assertEqual(value('backupmx_store_commit_messages_bucket{le="+Inf"}'), 2)
-        self.assertGreaterEqual(value("backupmx_smtp_sessions"), 0)
+        self.assertEqual(value("backupmx_smtp_sessions"), 0)  # every session has ended
         for family in ("backupmx_queue_oldest_age_seconds", "backupmx_delivery_results_total"):
             self.assertIn(f"# TYPE {family} ", text)
+
+
+    def scraper(self):
+        status, t = self.ann.api("POST", "/api/v1/tokens", {"label": "prometheus"})
+        self.assertEqual(status, 201, t)
+        c = AdminClient(self.aport)
+        c.token = t["token"]
+        return c
+
+    def values(self, scraper):
+        """Every sample of /metrics: {series: value}."""
+        status, _, text, _ = scraper.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        return {m.group(1): float(m.group(2))
+                for m in re.finditer(r"^(\S+) (\S+)$", text, re.M)}
+
+    def test_counters_read_exactly_what_happened(self):
+        # 3 accepted (one message each): 2 delivered, 1 deferred; 1 RCPT refused as relaying.
+        answers = {"a@m.test": "250 2.1.5 Ok", "b@m.test": "250 2.1.5 Ok",
+                   "c@m.test": "451 4.3.0 busy, try later"}
+        primary = self.scripted(answer=lambda r: answers[r]).start()
+        self.start(domains={"m.test": f"127.0.0.1:{primary.port}"})  # retries an hour later
+        scraper = self.scraper()
+        before = self.values(scraper)
+        self.assertEqual(before.get("backupmx_messages_accepted_total", 0), 0)
+        for rcpt in answers:
+            self.send(rcpt)
+        self.assertEqual(self.rcpt_reply("x@elsewhere.test"), 550)
+        self.b.wait_log(r"deferred id=\S+ .*to=<c@m.test>")
+        wait_until(lambda: len(re.findall(r"delivered id=", self.b.log())) == 2, what="2 delivered")
+        v = self.values(scraper)
+        self.assertEqual(v["backupmx_messages_accepted_total"], 3)
+        self.assertEqual(v['backupmx_smtp_rejects_total{reason="relay"}'], 1)
+        self.assertEqual(sum(x for k, x in v.items()
+                             if k.startswith("backupmx_smtp_rejects_total")), 1)  # no other
+        self.assertEqual(v['backupmx_delivery_results_total{result="delivered"}'], 2)
+        self.assertEqual(v['backupmx_delivery_results_total{result="deferred"}'], 1)
+        self.assertEqual(v.get('backupmx_delivery_results_total{result="bounced"}', 0), 0)
+        self.assertEqual(v.get('backupmx_delivery_results_total{result="expired"}', 0), 0)
+        self.assertEqual(v['backupmx_queue_messages{domain="m.test"}'], 1)  # c@ waits
+        self.assertEqual(v["backupmx_store_commit_messages_sum"], 3)  # each message committed
+
+    def test_smtp_sessions_counts_the_open_sessions(self):
+        self.start()
+        scraper = self.scraper()
+        sessions = lambda: self.values(scraper)["backupmx_smtp_sessions"]  # noqa: E731
+        self.assertEqual(sessions(), 0)
+        one = Raw(self.b.port)
+        self.assertTrue(one.reply().startswith("220"))
+        self.assertEqual(sessions(), 1)
+        two = Raw(self.b.port)
+        self.assertTrue(two.reply().startswith("220"))
+        self.assertEqual(sessions(), 2)
+        one.cmd("QUIT")
+        one.close()
+        wait_until(lambda: sessions() == 1, timeout=5, what="one session left")
+        two.close()  # a client that just hangs up ends its session too
+        wait_until(lambda: sessions() == 0, timeout=5, what="no session left")
+
+
+class ControlSocket(Console):
+    def test_control_socket_is_mode_0600(self):
+        self.start()
+        path = os.path.join(self.dir, "control.sock")
+        with open(self.b.config) as f:
+            m = re.search(r'^control_socket = "(.*)"$', f.read(), re.M)
+        path = m.group(1) if m else path  # default: beside the (SQLite) store
+        st = os.stat(path)
+        self.assertTrue(stat.S_ISSOCK(st.st_mode), oct(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600, oct(st.st_mode))
+        self.assertEqual(st.st_uid, os.geteuid())
+        self.b.cli("queue", "flush")  # and it is the door the CLI uses
 
 
 if __name__ == "__main__":
