@@ -2,6 +2,7 @@
 return, and of a queue past its threshold — by webhook (a real HTTP server here) and by email (to
 smtp-sink, through a domain whose primary is up; never through the failed one)."""
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,7 +45,8 @@ class Alerts(E2ETest):
         self.stoppers.append(self.hook.stop)
         self.primary = self.scripted()  # example.test's primary: down until started
         self.ops = self.sink().start()  # ops.test's primary: where alert mail goes
-        lines = ["[alerts]", f'webhook = "http://127.0.0.1:{self.hook.port}/hooks/backupmx"',
+        lines = ["[log]", 'level = "debug"',  # failed probes are logged at debug
+                 "[alerts]", f'webhook = "http://127.0.0.1:{self.hook.port}/hooks/backupmx"',
                  f'email = "oncall@{email_domain}"']
         lines += [f"{k} = {v}" for k, v in alerts.items()]
         self.b = self.backupmx({"example.test": f"127.0.0.1:{self.primary.port}",
@@ -55,6 +57,16 @@ class Alerts(E2ETest):
 
     def alert_mails(self):
         return [m for m in self.ops.messages() if b"X-Backupmx-Alert:" in m["content"]]
+
+    PROBE_FAILED = r"probe of primary for example.test failed"
+
+    def probes_failed(self):
+        return len(re.findall(self.PROBE_FAILED, self.b.log()))
+
+    def wait_more_failed_probes(self, n):
+        """Waits until n more probes of example.test's primary have failed: time for a wrong
+        alert to have been raised (and posted: a POST on loopback takes milliseconds)."""
+        self.b.wait_log(self.PROBE_FAILED, count=self.probes_failed() + n, timeout=10 + 2 * n)
 
     def send(self, n=1):
         s = self.b.smtp()
@@ -77,7 +89,9 @@ class Alerts(E2ETest):
         self.assertEqual(mail["sender"], "")
         self.assertEqual(mail["recipients"], ["oncall@ops.test"])
         self.assertIn(b"Subject: backupmx: primary for example.test is down", mail["content"])
-        self.assertEqual(self.hook.events().count("primary_down"), 1, "one alert per outage")
+        self.wait_more_failed_probes(3)  # the outage goes on: tries 4, 5 and 6 fail too
+        self.assertEqual(self.hook.events(), ["primary_down"], "one alert per outage")
+        self.assertEqual(self.b.log().count("alert primary_down:"), 1)
         self.primary.start()
         wait_until(lambda: "primary_up" in self.hook.events(), timeout=20, what="up alert")
         up = [p[2] for p in self.hook.posts if p[2]["event"] == "primary_up"][0]
@@ -85,19 +99,25 @@ class Alerts(E2ETest):
         self.assertGreaterEqual(up["down_seconds"], 1)
         wait_until(lambda: len(self.alert_mails()) == 2, timeout=20, what="up alert mail")
         wait_until(lambda: self.primary.transactions, what="the held message delivered")
+        wait_until(lambda: self.b.queue() == [], what="the queue drained")
+        time.sleep(1.5)  # past a probe interval with the primary up: no second up (or down)
+        self.assertEqual(self.hook.events(), ["primary_down", "primary_up"])
+        self.assertEqual(len(self.alert_mails()), 2)
 
     def test_no_alert_before_down_after_tries(self):
         self.setup_alerts(down_after=1000)
         self.send()
         self.b.wait_log(r"primary for example.test is down")
         self.b.wait_log(r"deferred id=")
-        time.sleep(3)  # several probes fail meanwhile
+        self.wait_more_failed_probes(5)  # past the default down_after (3) and then some
         self.assertEqual(self.hook.posts, [])
+        self.assertNotIn("alert primary_down", self.b.log())
 
     def test_queue_threshold(self):
         self.setup_alerts(down_after=1000, queue_threshold=3)
         self.send(2)
         self.b.wait_log(r"accepted id=", count=2)
+        self.wait_more_failed_probes(2)  # the scheduler has had the two for a while
         self.assertNotIn("queue_threshold", self.hook.events())
         self.send(2)
         wait_until(lambda: "queue_threshold" in self.hook.events(), what="queue alert")
@@ -105,13 +125,17 @@ class Alerts(E2ETest):
         self.assertEqual((q["domain"], q["threshold"]), ("example.test", 3))
         self.assertIn(q["queued"], (3, 4))  # 4 when the last two were committed together
         self.send(1)
+        self.b.wait_log(r"accepted id=", count=5)
+        self.wait_more_failed_probes(2)  # a second alert (for 5) would have come by now
         self.assertEqual(self.hook.events().count("queue_threshold"), 1)
+        self.assertEqual(self.b.log().count("alert queue_threshold:"), 1)
 
     def test_alert_mail_never_goes_through_the_failed_primary(self):
         self.setup_alerts(email_domain="example.test", down_after=2)
         self.send()
         wait_until(lambda: "primary_down" in self.hook.events(), timeout=20, what="down alert")
         self.b.wait_log(r"not mailed to oncall@example.test")
+        self.wait_more_failed_probes(1)  # (a mail queued anyway would be in the queue by now)
         self.assertEqual(len(self.b.queue()), 1)  # only the message itself, no alert behind it
 
 
