@@ -1,6 +1,7 @@
 """Milters through the whole server: backupmx in front of a real milter (pymilter, the real
 libmilter, scripted per test; opendkim is exercised in tests/net/milter_real_test.cpp). The
 primary's content rules run here: reject, tempfail, discard, header edits, quarantine."""
+import hashlib
 import json
 import os
 import subprocess
@@ -68,7 +69,11 @@ class Milters(E2ETest):
         steps = [e["cb"] for e in events]
         for step in ("connect", "helo", "mail", "rcpt", "data", "header", "eoh", "eom"):
             self.assertIn(step, steps, steps)
+        # The body step: the milter logs no line per body chunk, but at eom it tells what its
+        # body callbacks got (length, chunks, SHA-256): every byte of the body, as sent.
+        body = b"body text\r\n"
         by = {e["cb"]: e for e in events}
+        self.assertEqual(by["eom"]["args"], [len(body), 1, hashlib.sha256(body).hexdigest()])
         self.assertEqual(by["helo"]["args"][0], "client.test")
         self.assertIn("alice@sender.test", by["mail"]["args"][0])
         self.assertIn("bob@example.test", by["rcpt"]["args"][0])

@@ -1,9 +1,10 @@
 """Clean stop on SIGTERM/SIGINT without losing mail, and config errors that name the key."""
+import os
 import signal
 import subprocess
 import time
 
-from harness import BIN, E2ETest, Raw, main, wait_until
+from harness import BIN, E2ETest, Raw, main, store_dump, wait_until
 
 
 class Shutdown(E2ETest):
@@ -30,13 +31,42 @@ class Shutdown(E2ETest):
         self.assertLess(time.monotonic() - t0, 25)
         self.assertIn("stopping", b.log())
         self.assertIn("backupmx stopped", b.log())
-        self.assertEqual(idle.reply(), "")  # sessions closed, no 250 for the half message
+        self.assertNotIn("250", idle.reply() + half.reply())  # no 250 for the half message
         q = b.queue()
         self.assertEqual([r["recipients"] for r in q], [["in-flight@example.test"]])
+        # The half message is nowhere: not in the store, not in a spool file beside it.
+        self.assertNotIn("never finished", store_dump(b))
+        self.assertNotIn("half@example.test", store_dump(b))
+        for root, _, files in os.walk(self.dir):
+            for name in files:
+                if not name.endswith(".log"):
+                    with open(os.path.join(root, name), "rb") as f:
+                        self.assertNotIn(b"never finished", f.read(), name)
         b.start()  # after the restart the message goes out (a duplicate is allowed: in flight)
         wait_until(lambda: b.queue() == [], timeout=30, what="delivered after restart")
         self.assertTrue(any(t["rcpts"] == ["in-flight@example.test"] for t in primary.transactions))
         self.assertFalse(any(b"never finished" in t["data"] for t in primary.transactions))
+
+    def test_sigterm_answers_421_to_every_client_in_session(self):
+        # RFC 5321 3.8: a server that must shut down answers 421 (and closes) rather than
+        # dropping the connection; the client then retries later instead of seeing an error.
+        b = self.backupmx({"example.test": "127.0.0.1:9"}).start()
+        idle = Raw(b.port)  # between commands
+        idle.reply()
+        idle.cmd("EHLO idle.test")
+        half = Raw(b.port)  # inside DATA
+        half.reply()
+        half.cmd("EHLO half.test")
+        half.cmd("MAIL FROM:<a@sender.test>")
+        half.cmd("RCPT TO:<half@example.test>")
+        self.assertTrue(half.cmd("DATA").startswith("354"))
+        half.send(b"Subject: never finished\r\n\r\npartial")
+        self.assertEqual(b.stop(signal.SIGTERM), 0)
+        for who, r in (("idle", idle), ("inside DATA", half)):
+            reply = r.reply()
+            self.assertTrue(reply.startswith("421 4.3.2"), (who, reply))
+            self.assertEqual(r.reply(), "", who)  # and then closed
+        self.assertEqual(b.queue(), [])
 
     def test_sigint_stops_idle_server(self):
         b = self.backupmx({"example.test": "127.0.0.1:9"}).start()
