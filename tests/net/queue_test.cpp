@@ -145,6 +145,10 @@ class QueueOnEngine : public ::testing::TestWithParam<const char*> {
         return db_.empty() ? open_sqlite_store(dir.path + "/q.db")
                            : open_pg_store(pg_url(db_), "node-a", Seconds(60));
     }
+    std::unique_ptr<Store> open_other() {  // another connection to the same store
+        return db_.empty() ? open_sqlite_store(dir.path + "/q.db")
+                           : open_pg_store(pg_url(db_), "node-b", Seconds(60));
+    }
     TempDir dir;
     std::string db_;
 };
@@ -154,16 +158,19 @@ INSTANTIATE_TEST_SUITE_P(Engines, QueueOnEngine, ::testing::Values("sqlite", "pg
 TEST_P(QueueOnEngine, ConcurrentCommitsShareTransactions) {
     const int n = 300;
     int committed = 0;
+    int early = 0;  // completions that came before their message was in the store
     std::uint64_t batches = 0;
     {
         Queue q(open());
+        auto other = open_other();  // a connection of its own: it sees only what is committed
         asio::io_context io;
         for (int i = 0; i < n; ++i) {
             asio::co_spawn(
                 io,
-                [&q, &committed, i]() -> asio::awaitable<void> {
+                [&q, &committed, &early, &other, i]() -> asio::awaitable<void> {
                     const std::vector<NewMessage> batch{message(i)};
                     co_await q.commit(batch);
+                    if (q.batches() == 0 || !other->load_head(batch[0].id)) ++early;
                     ++committed;
                 },
                 asio::detached);
@@ -172,6 +179,7 @@ TEST_P(QueueOnEngine, ConcurrentCommitsShareTransactions) {
         batches = q.batches();
     }
     EXPECT_EQ(committed, n);
+    EXPECT_EQ(early, 0) << "a commit completed before its batch was committed";
     EXPECT_GE(batches, 1u);
     EXPECT_LT(batches, static_cast<std::uint64_t>(n)) << "no commit was shared";
     auto store = open();  // reopened: everything is on disk
