@@ -93,6 +93,7 @@ class Conn {
                 stream_.emplace(std::move(sock));
                 target_ = t;
                 partial_.remote = t.text();
+                partial_.remote_host = t.host;
                 co_return true;
             }
             errors +=
@@ -123,6 +124,11 @@ class Conn {
 
     asio::awaitable<bool> send(std::string_view data, std::string_view doing) {
         doing_ = std::string(doing);
+        if (!quitting_ && pending()) {  // a reply nobody asked for yet: out of step (smuggling)
+            if (doing.starts_with("after ")) doing.remove_prefix(6);
+            out_of_step("data waiting before " + std::string(doing) + " was sent");
+            co_return false;
+        }
         deadline_.expires_after(s_.reply_timeout);
         const bool ok = co_await stream_->write_all(data);
         if (ok) co_return true;
@@ -263,6 +269,23 @@ class Conn {
         stream_->close();
     }
 
+    // Bytes from the server that no command has asked for yet.
+    bool pending() { return !in_.empty() || (stream_ && stream_->pending()); }
+
+    // Replies no longer match commands: nothing of this transaction may be counted on them.
+    void out_of_step(const std::string& what) {
+        partial_.rcpt.clear();
+        partial_.error = "replies from " + partial_.remote + " no longer match commands (" + what +
+                         "); connection closed";
+    }
+
+    // Whether `r` answers `step`; otherwise the transaction is out of step (see fits()).
+    bool check(Step step, const Reply& r) {
+        if (fits(step, r)) return true;
+        out_of_step("'" + printable(r.text()) + "' " + doing_);
+        return false;
+    }
+
     void drop() {
         if (stream_) stream_->close();
         stream_.reset();
@@ -368,7 +391,7 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
         const bool sent = co_await c.send(batch, "after MAIL FROM");
         if (!sent) co_return After::Broken;
         mail_reply = co_await c.reply("after MAIL FROM");
-        if (!mail_reply) co_return After::Broken;
+        if (!mail_reply || !c.check(Step::Mail, *mail_reply)) co_return After::Broken;
         if (mail_reply->code == 421) {  // closing now: the other replies will not come
             c.partial_.rcpt.assign(n, *mail_reply);
             co_return After::Broken;
@@ -376,7 +399,7 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
         for (std::size_t i = 0; i < n; ++i) {
             const std::string doing = "after RCPT TO:<" + env.recipients[i] + ">";
             auto r = co_await c.reply(doing);
-            if (!r) co_return After::Broken;
+            if (!r || !c.check(Step::Rcpt, *r)) co_return After::Broken;
             if (r->code == 421) {
                 c.partial_.rcpt.assign(n, *r);
                 co_return After::Broken;
@@ -384,19 +407,19 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
             rcpt_replies.push_back(*r);
         }
         data_reply = co_await c.reply("after DATA");
-        if (!data_reply) co_return After::Broken;
+        if (!data_reply || !c.check(Step::Data, *data_reply)) co_return After::Broken;
     } else {
         const bool sent = co_await c.send(mail, "after MAIL FROM");
         if (!sent) co_return After::Broken;
         mail_reply = co_await c.reply("after MAIL FROM");
-        if (!mail_reply) co_return After::Broken;
+        if (!mail_reply || !c.check(Step::Mail, *mail_reply)) co_return After::Broken;
         if (mail_reply->positive()) {
             for (std::size_t i = 0; i < n; ++i) {
                 const std::string doing = "after RCPT TO:<" + env.recipients[i] + ">";
                 const bool rcpt_sent = co_await c.send(rcpt_cmds[i], doing);
                 if (!rcpt_sent) co_return After::Broken;
                 auto r = co_await c.reply(doing);
-                if (!r) co_return After::Broken;
+                if (!r || !c.check(Step::Rcpt, *r)) co_return After::Broken;
                 rcpt_replies.push_back(*r);
             }
         }
@@ -414,7 +437,7 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
         const bool sent = co_await c.send("DATA\r\n", "after DATA");
         if (!sent) co_return After::Broken;
         data_reply = co_await c.reply("after DATA");
-        if (!data_reply) co_return After::Broken;
+        if (!data_reply || !c.check(Step::Data, *data_reply)) co_return After::Broken;
         closing = closing || data_reply->code == 421;
     }
     std::optional<Reply> final_reply;
@@ -429,11 +452,15 @@ asio::awaitable<After> transact(Conn& c, const Extensions& ext, const Envelope& 
         const bool sent = co_await c.send(end, "after end of data");
         if (!sent) co_return After::Broken;
         final_reply = co_await c.reply("after end of data");
-        if (!final_reply) co_return After::Broken;
+        if (!final_reply || !c.check(Step::EndOfData, *final_reply)) co_return After::Broken;
+        if (c.pending()) {  // more than one reply to the dot: which one was its own is unknown
+            c.out_of_step("more data after the reply to the final dot");
+            co_return After::Broken;
+        }
         closing = closing || final_reply->code == 421;
         finished = true;
     } else if (data_reply) {
-        final_reply = data_reply;
+        final_reply = data_reply;  // 4xx or 5xx to DATA (check() let nothing else through)
     }
     for (std::size_t i = 0; i < n; ++i) {
         const Reply& r = rcpt_replies[i];
@@ -536,7 +563,7 @@ asio::awaitable<Outcome> Session::open(const std::vector<Target>& targets) {
     };
     auto o = co_await i.c.run(work);
     if (!o.error.empty()) i.usable = false;
-    i.base = Outcome{o.reached, o.remote, o.tls, {}, {}};
+    i.base = Outcome{o.reached, o.remote, o.remote_host, o.tls, {}, {}};
     i.open_error = o.error;
     co_return o;
 }

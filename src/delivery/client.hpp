@@ -65,6 +65,7 @@ struct Body {
 struct Outcome {
     bool reached = false;      // a 2xx greeting came back: the primary is alive
     std::string remote;        // "host[ip]:port" actually used
+    std::string remote_host;   // its host name (or IP literal) alone, for a DSN's Remote-MTA
     std::string tls = "none";  // "TLSv1.3 cipher=... verify=dane|ok|none" once encrypted
     // Set when the whole transaction failed (connect, greeting, TLS policy, MAIL, DATA, lost
     // connection); rcpt is then empty and every recipient is deferred.

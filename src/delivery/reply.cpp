@@ -3,15 +3,22 @@
 #include <algorithm>
 #include <cctype>
 
+#include "util/util.hpp"
+
 namespace bmx::delivery {
 
 std::string Reply::text() const {
     std::string out = std::to_string(code);
     for (std::size_t i = 0; i < lines.size(); ++i) {
         out += i == 0 ? " " : " / ";
-        out += lines[i];
+        out += printable(lines[i]);  // a peer's text: safe for a log line or a DSN
     }
     return out;
+}
+
+bool fits(Step step, const Reply& r) {
+    if (r.transient() || r.permanent()) return true;
+    return step == Step::Data ? r.code == 354 : r.positive();
 }
 
 std::optional<Reply> ReplyParser::next(std::string& buf) {

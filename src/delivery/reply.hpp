@@ -13,10 +13,21 @@ struct Reply {
     int code = 0;                    // 0 = malformed
     std::vector<std::string> lines;  // text after "250-" / "250 "
     std::string text() const;        // "250 first line / second line" on one line, for logs/DSNs
-    bool positive() const { return code >= 200 && code < 400; }
+    bool positive() const { return code >= 200 && code < 300; }      // 2xx: done
+    bool intermediate() const { return code >= 300 && code < 400; }  // 3xx: go on
     bool transient() const { return code >= 400 && code < 500; }
     bool permanent() const { return code >= 500 && code < 600; }
 };
+
+// The command a reply answers, for matching replies to commands strictly.
+enum class Step { Mail, Rcpt, Data, EndOfData };
+
+// Whether `r` can be the reply to `step` (RFC 5321 4.3.2): 354, 4xx or 5xx for DATA; 2xx, 4xx or
+// 5xx for the others. A reply that does not fit (250 to DATA, 354 to MAIL, 3xx after the final
+// dot) means the client and the server no longer agree on which reply answers which command —
+// a broken server or proxy, or a reply that belongs to something else: nothing may be counted
+// delivered on it, and the connection must end.
+bool fits(Step step, const Reply& r);
 
 class ReplyParser {
   public:

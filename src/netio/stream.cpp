@@ -42,6 +42,12 @@ asio::awaitable<bool> Stream::write_all(std::string_view data) {
     co_return !ec;
 }
 
+bool Stream::pending() {
+    if (tls_) return SSL_pending(tls_->native_handle()) > 0;
+    boost::system::error_code ec;
+    return sock_.available(ec) > 0;
+}
+
 void Stream::make_tls(ssl::context& ctx) {
     tls_ = std::make_unique<ssl::stream<asio::ip::tcp::socket&>>(sock_, ctx);
 }

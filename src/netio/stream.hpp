@@ -22,6 +22,10 @@ class Stream {
 
     boost::asio::awaitable<bool> read_more(std::string& buf);  // false on EOF or error
     boost::asio::awaitable<bool> write_all(std::string_view data);
+    // Whether the peer has sent bytes not read yet (without reading them). Under TLS only what
+    // OpenSSL already holds decrypted counts: raw bytes may be a TLS record that carries no data
+    // (a TLS 1.3 session ticket).
+    bool pending();
 
     // STARTTLS. `prepare` may configure the SSL object (SNI, verification, DANE) before the
     // handshake. On failure returns false with OpenSSL's reason in `error`.

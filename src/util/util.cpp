@@ -58,15 +58,52 @@ std::optional<Seconds> parse_duration(std::string_view text) {
 
 std::string format_duration(Seconds s) {
     auto v = s.count();
-    if (v < 0) return "-" + format_duration(Seconds(-v));
     if (v == 0) return "0s";
     std::string out;
+    if (v < 0) {  // (no "-" + format_duration(-s): GCC 12 warns of an overlapping copy there)
+        out.push_back('-');
+        v = -v;
+    }
     const std::pair<std::int64_t, char> units[] = {{86400, 'd'}, {3600, 'h'}, {60, 'm'}, {1, 's'}};
     for (auto [len, ch] : units) {
         if (v >= len) {
             out += std::to_string(v / len);
             out += ch;
             v %= len;
+        }
+    }
+    return out;
+}
+
+std::size_t utf8_sequence(std::string_view s) {
+    const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+    const unsigned char c = b(0);
+    std::size_t n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c <= 0xdf ? 2 : 0;
+    if (n == 0 || s.size() < n) return 0;
+    for (std::size_t i = 1; i < n; ++i)
+        if ((b(i) & 0xc0) != 0x80) return 0;
+    if (n == 3 && ((c == 0xe0 && b(1) < 0xa0) || (c == 0xed && b(1) > 0x9f))) return 0;
+    if (n == 4 && ((c == 0xf0 && b(1) < 0x90) || (c == 0xf4 && b(1) > 0x8f))) return 0;
+    if (n == 2 && c == 0xc2 && b(1) < 0xa0) return 0;  // C1 controls (U+0080-U+009F)
+    return n;
+}
+
+std::string printable(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size();) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        if (c >= 0x20 && c < 0x7f && c != '\\' && c != '"') {
+            out += static_cast<char>(c);
+            ++i;
+        } else if (std::size_t n = c >= 0x80 ? utf8_sequence(s.substr(i)) : 0; n > 0) {
+            out.append(s.substr(i, n));
+            i += n;
+        } else {
+            char hex[5];
+            std::snprintf(hex, sizeof hex, "\\x%02X", c);
+            out += c == '\\' ? "\\\\" : c == '"' ? "\\\"" : hex;
+            ++i;
         }
     }
     return out;

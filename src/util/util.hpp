@@ -30,6 +30,14 @@ std::string new_queue_id();
 // An LDH domain or host name in A-label form: labels of 1-63 letters, digits and hyphens.
 bool valid_domain_name(std::string_view d);
 
+// The length of the UTF-8 sequence of a non-ASCII character at the start of `s` (RFC 3629: no
+// overlong forms, surrogates or C1 controls), 0 when there is none.
+std::size_t utf8_sequence(std::string_view s);
+// Text a peer sent, made safe to echo in a reply or a log line: control bytes (CR, LF, ESC, ...),
+// bytes that are not UTF-8, and the C1 controls become "\xNN"; '\\' and '"' are escaped too, so a
+// quoted log value cannot be ended early. Printable ASCII and valid UTF-8 stay as they are.
+std::string printable(std::string_view s);
+
 std::string to_lower(std::string_view s);
 bool iequals(std::string_view a, std::string_view b);
 // RFC 5322 date for headers, e.g. "Sun, 22 Nov 2026 20:04:51 +0000".

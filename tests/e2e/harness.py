@@ -19,8 +19,8 @@ import threading
 import time
 import unittest
 
-BIN = os.environ.get("BACKUPMX_BIN") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "build", "backupmx")
+BIN = os.path.abspath(os.environ.get("BACKUPMX_BIN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "backupmx"))
 
 
 from ports import free_port, release_all, release_port  # noqa: E402,F401 (tests import them)
@@ -85,8 +85,9 @@ class Backupmx:
 
     def __init__(self, workdir, domains, smtp_port=None, extra_smtp="", extra_queue="",
                  hostname="mx2.test.example", env=None, extra_toml="", store=None,
-                 host="127.0.0.1", name=""):
+                 host="127.0.0.1", name="", cwd=None):
         self.dir = workdir
+        self.cwd = cwd  # the server's working directory (default: the test's)
         self.host = host
         self.port = smtp_port or free_port(host)
         self.config = os.path.join(workdir, f"backupmx{name}.toml")
@@ -100,8 +101,9 @@ class Backupmx:
         lines = [f'hostname = "{hostname}"', extra_toml, "[smtp]",
                  f'listen = ["{host}:{self.port}"]', extra_smtp, "[queue]",
                  f'store = "{store}"', extra_queue]
-        if not store.startswith("sqlite:") and "control_socket" not in extra_queue:
-            lines.append(f'control_socket = "{workdir}/control{name}.sock"')  # not beside a file
+        if not store.startswith("sqlite:") and "state_dir" not in extra_queue:
+            # no file to be beside: the spool and control socket go under the test's directory
+            lines.append(f'state_dir = "{workdir}/state{name}"')
         for name, spec in domains.items():
             # spec: "host:port" (the primary), None (route by MX), or a dict of domain keys
             if not isinstance(spec, dict):
@@ -119,7 +121,7 @@ class Backupmx:
         ready_before = self.log().count("backupmx ready") if os.path.exists(self.log_path) else 0
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.logf,
-                                     stderr=subprocess.STDOUT, env=self.env)
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         if wait:
             wait_until(lambda: self.proc.poll() is not None
                        or self.log().count("backupmx ready") > ready_before,
@@ -291,8 +293,19 @@ class ScriptedPrimary:
 
     def __init__(self, answer=lambda rcpt: "250 2.1.5 Ok", pipelining=True, port=None,
                  data_reply="250 2.0.0 Ok: queued", data_delay=0.0, host="127.0.0.1", tls=None,
-                 family=socket.AF_INET, max_per_connection=None):
+                 family=socket.AF_INET, max_per_connection=None, data_cmd_reply="354 go ahead",
+                 after_dot=None, after_dot_then=None):
         self.host = host
+        # Faults a real server will not produce (SMTP smuggling through it, broken proxies):
+        # `data_cmd_reply` answers DATA (a reply other than 354 sends no body and goes on with
+        # commands); `after_dot` is the list of replies sent after the final dot (default
+        # [data_reply]; more than one desynchronises the client, none leaves it waiting);
+        # `after_dot_then` = "drop" closes the connection after them, "stall" keeps it open and
+        # silent until the client goes.
+        self.data_cmd_reply = data_cmd_reply
+        self.after_dot = after_dot
+        self.after_dot_then = after_dot_then
+        self.data_commands = 0  # DATA commands seen (with or without a body after them)
         self.tls = None  # (cert, key): offer STARTTLS with this certificate
         if tls:
             import ssl
@@ -417,10 +430,15 @@ class ScriptedPrimary:
                         accepted.append(addr)
                     send(reply)
                 elif verb == "DATA":
+                    with self.lock:
+                        self.data_commands += 1
                     if not accepted:
                         send("554 5.5.1 no valid recipients")
                         continue
-                    send("354 go ahead")
+                    send(self.data_cmd_reply)
+                    if not self.data_cmd_reply.startswith("354"):
+                        mail, accepted = None, []
+                        continue
                     data = b""
                     while not data.endswith(b"\r\n.\r\n") and data != b".\r\n":
                         chunk = readline()
@@ -434,7 +452,14 @@ class ScriptedPrimary:
                                                   "data": data, "tls": secure})
                     carried += 1
                     mail, accepted = None, []
-                    send(self.data_reply)
+                    for reply in ([self.data_reply] if self.after_dot is None else self.after_dot):
+                        send(reply)
+                    if self.after_dot_then == "drop":
+                        return
+                    if self.after_dot_then == "stall":
+                        while not self.stopping and conn.recv(65536):
+                            pass  # read and never answer, until the client hangs up
+                        return
                 elif cmd.upper() == "STARTTLS" and self.tls and not secure:
                     send("220 2.0.0 go ahead")
                     buf = b""

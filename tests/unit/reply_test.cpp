@@ -256,7 +256,8 @@ TEST(Reply, TextOfMalformed) {
 
 TEST(Reply, Classes) {
     EXPECT_TRUE((Reply{250, {}}).positive());
-    EXPECT_TRUE((Reply{354, {}}).positive());
+    EXPECT_FALSE((Reply{354, {}}).positive());  // "go on", not "done"
+    EXPECT_TRUE((Reply{354, {}}).intermediate());
     EXPECT_FALSE((Reply{250, {}}).transient());
     EXPECT_TRUE((Reply{451, {}}).transient());
     EXPECT_FALSE((Reply{451, {}}).permanent());
@@ -333,4 +334,39 @@ TEST(Stuffer, AnySplitIntoPiecesGivesTheSameBytesAsTheWhole) {
                 EXPECT_EQ(out, whole) << "split at " << a << "," << b << " of " << body;
             }
     }
+}
+
+// =============================================================================================
+// Matching replies to commands
+
+TEST(ReplyFits, OnlyTwoHundredsArePositive) {
+    EXPECT_TRUE((Reply{250, {"ok"}}.positive()));
+    EXPECT_TRUE((Reply{251, {"ok"}}.positive()));
+    EXPECT_FALSE((Reply{354, {"go"}}.positive())) << "3xx is 'go on', never 'done'";
+    EXPECT_TRUE((Reply{354, {"go"}}.intermediate()));
+    EXPECT_FALSE((Reply{421, {"bye"}}.positive()));
+}
+
+TEST(ReplyFits, DataTakesOnly354Or4xxOr5xx) {
+    EXPECT_TRUE(fits(Step::Data, Reply{354, {"go"}}));
+    EXPECT_TRUE(fits(Step::Data, Reply{451, {"later"}}));
+    EXPECT_TRUE(fits(Step::Data, Reply{554, {"no"}}));
+    EXPECT_FALSE(fits(Step::Data, Reply{250, {"ok"}})) << "250 to DATA: no body was sent";
+    EXPECT_FALSE(fits(Step::Data, Reply{334, {"?"}}));
+    EXPECT_FALSE(fits(Step::Data, Reply{221, {"bye"}}));
+}
+
+TEST(ReplyFits, MailRcptAndEndOfDataTake2xxOr4xxOr5xxButNever3xx) {
+    for (Step s : {Step::Mail, Step::Rcpt, Step::EndOfData}) {
+        EXPECT_TRUE(fits(s, Reply{250, {"ok"}}));
+        EXPECT_TRUE(fits(s, Reply{421, {"closing"}}));
+        EXPECT_TRUE(fits(s, Reply{550, {"no"}}));
+        EXPECT_FALSE(fits(s, Reply{354, {"go"}}));
+        EXPECT_FALSE(fits(s, Reply{300, {""}}));
+    }
+}
+
+TEST(ReplyText, ControlBytesFromThePrimaryAreEscaped) {
+    Reply r{550, {"no\x1b[31m such\ruser", "caf\xc3\xa9 \"quoted\""}};
+    EXPECT_EQ(r.text(), "550 no\\x1B[31m such\\x0Duser / caf\xc3\xa9 \\\"quoted\\\"");
 }

@@ -32,3 +32,26 @@ TEST(QueueId, UniqueAndHex) {
         ASSERT_TRUE(seen.insert(id).second) << id;
     }
 }
+
+TEST(Duration, FormatsNegative) {
+    EXPECT_EQ(format_duration(Seconds(-3725)), "-1h2m5s");
+    EXPECT_EQ(format_duration(Seconds(-1)), "-1s");
+}
+
+TEST(Printable, KeepsAsciiAndUtf8AndEscapesTheRest) {
+    EXPECT_EQ(printable("X-PARAM=1"), "X-PARAM=1");
+    EXPECT_EQ(printable("X\rFAKE-REPLY"), "X\\x0DFAKE-REPLY");
+    EXPECT_EQ(printable("a\nb\x1b[2Jc\x7f"), "a\\x0Ab\\x1B[2Jc\\x7F");
+    EXPECT_EQ(printable(std::string("nul\0x", 5)), "nul\\x00x");
+    EXPECT_EQ(printable("\"q\" \\"), "\\\"q\\\" \\\\");
+    EXPECT_EQ(printable("j\xc3\xb6rg@\xe4\xbe\x8b.\xf0\x9f\x98\x80"),
+              "j\xc3\xb6rg@\xe4\xbe\x8b.\xf0\x9f\x98\x80");  // UTF-8 stays
+}
+
+TEST(Printable, BadUtf8AndC1ControlsAreEscaped) {
+    EXPECT_EQ(printable("\x9b"), "\\x9B");                    // a lone 8-bit CSI
+    EXPECT_EQ(printable("\xc2\x9b"), "\\xC2\\x9B");           // U+009B: a C1 control
+    EXPECT_EQ(printable("\xc0\xaf"), "\\xC0\\xAF");           // overlong '/'
+    EXPECT_EQ(printable("\xed\xa0\x80"), "\\xED\\xA0\\x80");  // a surrogate
+    EXPECT_EQ(printable("\xe4\xbe"), "\\xE4\\xBE");           // cut short
+}
