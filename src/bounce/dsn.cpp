@@ -1,6 +1,8 @@
 #include "bounce/dsn.hpp"
 
+#include <algorithm>
 #include <cctype>
+#include <cstdio>
 
 namespace bmx::bounce {
 
@@ -38,6 +40,27 @@ std::string one_line(std::string_view text, std::size_t max) {
     std::string out(text.substr(0, max));
     for (auto& c : out)
         if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+    return out;
+}
+
+// A recipient for Final-Recipient: "rfc822; a@b" in ASCII; for a message/global-delivery-status
+// (RFC 6533 3) a UTF-8 address is "utf-8; " utf-8-addr-unitext, with '+', '=', '\', space and
+// controls written as \x{2B}.
+std::string final_recipient(const std::string& addr, bool global) {
+    const bool ascii = std::all_of(addr.begin(), addr.end(),
+                                   [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+    if (!global || ascii) return "rfc822; " + addr;
+    std::string out = "utf-8; ";
+    for (char ch : addr) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c <= 0x20 || c == '+' || c == '=' || c == '\\' || c == 0x7f) {
+            char esc[8];
+            std::snprintf(esc, sizeof esc, "\\x{%02X}", c);
+            out += esc;
+        } else {
+            out += ch;
+        }
+    }
     return out;
 }
 
@@ -79,7 +102,11 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     b += "\r\nThis is a MIME-encapsulated message.\r\n\r\n";
     b += "--" + boundary + "\r\n";
     b += "Content-Description: Notification\r\n";
-    b += "Content-Type: text/plain; charset=us-ascii\r\n\r\n";
+    // An SMTPUTF8 message gets an internationalized DSN (RFC 6533): UTF-8 text, addresses and
+    // headers, in message/global-delivery-status and message/global-headers parts.
+    const bool global = original.smtputf8;
+    b += std::string("Content-Type: text/plain; charset=") + (global ? "utf-8" : "us-ascii") +
+         "\r\n\r\n";
     b += "This is the mail system at host " + hostname + ".\r\n\r\n";
     b += "I'm sorry to have to inform you that your message could not\r\n";
     b += "be delivered to one or more recipients. It's attached below.\r\n\r\n";
@@ -89,13 +116,14 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     }
     b += "\r\n--" + boundary + "\r\n";
     b += "Content-Description: Delivery report\r\n";
-    b += "Content-Type: message/delivery-status\r\n\r\n";
+    b += std::string("Content-Type: message/") +
+         (global ? "global-delivery-status" : "delivery-status") + "\r\n\r\n";
     b += "Reporting-MTA: dns; " + hostname + "\r\n";
     b += "X-Backupmx-Queue-ID: " + original.id + "\r\n";
     b += "Arrival-Date: " + rfc5322_date(original.received_at) + "\r\n";
     for (const auto& f : failures) {
         b += "\r\n";
-        b += "Final-Recipient: rfc822; " + f.recipient + "\r\n";
+        b += "Final-Recipient: " + final_recipient(f.recipient, global) + "\r\n";
         b += "Action: failed\r\n";
         b += "Status: " + f.status + "\r\n";
         if (!remote_mta.empty()) b += "Remote-MTA: dns; " + remote_mta + "\r\n";
@@ -104,7 +132,8 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     }
     b += "\r\n--" + boundary + "\r\n";
     b += "Content-Description: Undelivered Message Headers\r\n";
-    b += "Content-Type: text/rfc822-headers\r\n\r\n";
+    b += std::string("Content-Type: ") +
+         (global ? "message/global-headers" : "text/rfc822-headers") + "\r\n\r\n";
     b += headers_part;
     b += "\r\n--" + boundary + "--\r\n";
     dsn.body = std::move(b);

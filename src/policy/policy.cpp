@@ -44,7 +44,7 @@ Decision check_recipient_listed(const DomainPolicy& p, const std::string& addres
 
 Decision check_helo(const std::string& name) {
     const Decision bad{false,
-                       "501 5.5.2 <" + name.substr(0, 64) +
+                       "501 5.5.2 <" + printable(name.substr(0, 64)) +
                            ">: Helo command rejected: invalid host name; use a host name "
                            "or an address literal like [192.0.2.1] (policy.helo_syntax)",
                        "helo_syntax"};

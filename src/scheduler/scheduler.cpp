@@ -811,7 +811,13 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     }
     std::optional<NewMessage> dsn;
     if (!failures.empty()) {
-        dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, primary, t);
+        // Remote-MTA names the host (RFC 3464 2.3.5: "dns; mail.example.it"); a null MX's
+        // bounce had none.
+        const std::string mta = r.kind != delivery::Route::Kind::Ok ? ""
+                                : !o.remote_host.empty()            ? o.remote_host
+                                : !r.targets.empty()                ? r.targets.front().host
+                                                                    : "";
+        dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, mta, t);
         if (dsn) spdlog::info("dsn id={} for id={} to=<{}>", dsn->id, id, msg->sender);
     }
     u.dsn = dsn;

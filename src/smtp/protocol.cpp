@@ -225,6 +225,7 @@ std::size_t DataScanner::feed(std::string_view in, std::string& out) {
     for (; i < in.size() && state_ != State::End; ++i) {
         char c = in[i];
         if (++line_len_ > kMaxTextLine) too_long_ = true;
+        if (c == '\0') nul_ = true;
         switch (state_) {
             case State::Bol:
                 if (c == '.') {

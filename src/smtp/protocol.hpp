@@ -89,9 +89,12 @@ class DataScanner {
     bool done() const { return state_ == State::End; }
     bool bare_lf() const { return bare_lf_; }
     bool bare_cr() const { return bare_cr_; }
+    // A NUL byte: refused like bare CR/LF, since a primary that drops NULs would read
+    // "<CR><LF>NUL.<CR><LF>" as the end of data (a second message smuggled in).
+    bool nul() const { return nul_; }
     bool line_too_long() const { return too_long_; }
     bool too_big() const { return size_ > max_size_; }
-    bool refused() const { return bare_lf_ || bare_cr_ || too_long_ || too_big(); }
+    bool refused() const { return bare_lf_ || bare_cr_ || nul_ || too_long_ || too_big(); }
     std::uint64_t size() const { return size_; }  // unstuffed body bytes seen
 
   private:
@@ -101,7 +104,7 @@ class DataScanner {
     std::uint64_t max_size_;
     std::uint64_t size_ = 0;
     std::size_t line_len_ = 0;
-    bool bare_lf_ = false, bare_cr_ = false, too_long_ = false;
+    bool bare_lf_ = false, bare_cr_ = false, nul_ = false, too_long_ = false;
 };
 
 }  // namespace bmx::smtp

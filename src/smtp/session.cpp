@@ -7,7 +7,6 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <filesystem>
 #include <map>
 
 #include "metrics/metrics.hpp"
@@ -46,7 +45,7 @@ std::string join_rcpts(const std::vector<std::string>& v) {
 }
 
 // HELO names end up in headers and logs: keep printable ASCII without spaces.
-std::string printable(std::string_view s) {
+std::string header_token(std::string_view s) {
     std::string out;
     for (unsigned char c : s.substr(0, 255))
         out.push_back(c > 32 && c < 127 ? static_cast<char>(c) : '?');
@@ -94,7 +93,7 @@ asio::awaitable<void> Session::run() {
     deadline_.expires_after(cfg_.command_timeout);
     auto r = co_await (converse() || netio::watchdog(deadline_));
     if (r.index() == 1 && stream_.socket().is_open()) {
-        spdlog::info("timeout from [{}] helo={} after {}", peer_, printable(helo_),
+        spdlog::info("timeout from [{}] helo={} after {}", peer_, header_token(helo_),
                      sender_ ? "MAIL FROM" : "connect");
         out_.clear();
         reply("421 4.4.2 " + cfg_.hostname + " Error: timeout exceeded, closing connection");
@@ -281,7 +280,7 @@ void Session::on_helo(const Command& c, bool extended) {
         }
     }
     reset_transaction();
-    helo_ = printable(c.arg.substr(0, c.arg.find(' ')));
+    helo_ = header_token(c.arg.substr(0, c.arg.find(' ')));
     esmtp_ = extended;
     if (!extended) {
         reply("250 " + cfg_.hostname);
@@ -323,7 +322,7 @@ asio::awaitable<void> Session::on_etrn(const Command& c) {
     if (sender_) co_return reply("503 5.5.1 Error: MAIL transaction in progress");
     std::string node = to_lower(c.arg);
     if (node.starts_with('#'))
-        co_return reply("458 4.7.0 Unable to queue messages for node " + printable(c.arg) +
+        co_return reply("458 4.7.0 Unable to queue messages for node " + header_token(c.arg) +
                         ": named queues are not kept here");
     if (node.starts_with('@')) node.erase(0, 1);  // "@domain": the domain and below; we hold
     if (node.ends_with('.')) node.pop_back();     // mail per configured domain, so: the domain
@@ -374,7 +373,7 @@ std::optional<std::string> Session::mail_syntax(const Command& c) {
         } else if (k == "SMTPUTF8" && v.empty()) {
             utf8 = true;
         } else {
-            return std::string("555 5.5.4 Unsupported MAIL parameter " + k);
+            return std::string("555 5.5.4 Unsupported MAIL parameter " + printable(k));
         }
     }
     if (p.addr->utf8 && !utf8)
@@ -397,7 +396,7 @@ asio::awaitable<void> Session::on_rcpt(const Command& c) {
     auto p = parse_path_arg(c.arg, "TO", false);
     if (!p.addr) co_return reply(p.error);
     if (!p.params.empty())
-        co_return reply("555 5.5.4 Unsupported RCPT parameter " + p.params[0].first);
+        co_return reply("555 5.5.4 Unsupported RCPT parameter " + printable(p.params[0].first));
     if (p.addr->utf8 && !smtputf8_)
         co_return reply("553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM");
     for (auto& r : rcpts_)
@@ -540,7 +539,9 @@ std::string Session::over_domain_limit(std::uint64_t size) const {
 std::string Session::received_header(const std::string& id) const {
     std::string with = smtputf8_ ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
     if (stream_.tls()) with += "S";  // RFC 3848 / RFC 6531: ESMTPS, UTF8SMTPS
-    std::string h = "Received: from " + helo_ + " ([" + peer_ + "])\r\n";
+    // RFC 5321 4.1.3: an IPv6 address literal is tagged "IPv6:" ([IPv6:2001:db8::1]).
+    const std::string literal = peer_.find(':') == std::string::npos ? peer_ : "IPv6:" + peer_;
+    std::string h = "Received: from " + helo_ + " ([" + literal + "])\r\n";
     if (stream_.tls())
         h += "\t(using " + stream_.tls_version() + " with cipher " + stream_.tls_cipher() + " (" +
              std::to_string(stream_.tls_bits()) + " bits))\r\n";
@@ -594,9 +595,7 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         if (body.size() <= keep) return;
         if (spool_error.empty()) {
             try {
-                if (!spool)
-                    spool = Spool::open(
-                        std::filesystem::path(cfg_.store_path()).parent_path().string());
+                if (!spool) spool = Spool::open(cfg_.spool_dir);
                 spool->append(std::string_view(body).substr(keep));
             } catch (const std::exception& e) {
                 spool_error = e.what();  // read on to the end, then 451
@@ -631,6 +630,10 @@ asio::awaitable<void> Session::on_data(const Command& c) {
         why =
             "550 5.5.2 Message refused: bare <LF> or <CR> in message data (SMTP smuggling "
             "defence; lines must end with <CR><LF>)";
+    else if (scan.nul())
+        why =
+            "550 5.6.0 Message refused: NUL byte in message data (SMTP smuggling defence; RFC "
+            "5321 4.5.2 allows none)";
     else if (scan.line_too_long())
         why = "554 5.5.2 Message refused: text line longer than 1000 octets (RFC 5321 4.5.3.1.6)";
     else if (scan.too_big())

@@ -571,11 +571,15 @@ std::optional<Record> parse_record(std::string_view text, std::string& problem) 
     return rec;
 }
 
-// Keeps what goes into explanations and logs printable.
+// Keeps what goes into explanations, headers and logs printable: control bytes and bytes that
+// are not UTF-8 become '?'; a UTF-8 sender (SMTPUTF8, RFC 6532 headers) stays intact.
 std::string printable(std::string_view s) {
-    std::string out(s);
-    for (char& c : out)
-        if (c != ' ' && !visible(c)) c = '?';
+    std::string out;
+    for (std::size_t i = 0; i < s.size();) {
+        const std::size_t n = visible(s[i]) || s[i] == ' ' ? 1 : utf8_sequence(s.substr(i));
+        out.append(n ? s.substr(i, n) : std::string_view("?"));
+        i += n ? n : 1;
+    }
     return out;
 }
 

@@ -302,3 +302,44 @@ TEST(StatusOf, MalformedEnhancedCodesFallBackToClass) {
         EXPECT_EQ(status_of(bad), "5.0.0") << bad;
     EXPECT_EQ(status_of("451 4..1 x"), "4.0.0");
 }
+
+// =============================================================================================
+// make_dsn: about an SMTPUTF8 message (RFC 6533)
+
+TEST(MakeDsn, AboutAnSmtputf8MessageUsesTheGlobalTypes) {
+    auto m = original();
+    m.smtputf8 = true;
+    m.sender = "j\xc3\xb6rg@sender.test";
+    m.recipients = {{"b\xc3\xb6"
+                     "b+x=y@example.test",
+                     RcptStatus::Pending, ""},
+                    {"carol@example.test", RcptStatus::Pending, ""}};
+    std::vector<Failure> f{{"b\xc3\xb6"
+                            "b+x=y@example.test",
+                            "5.1.1", "550 5.1.1 no such user"},
+                           {"carol@example.test", "5.1.1", "550 5.1.1 no such user"}};
+    auto dsn = make(m, f);
+    auto parts = parts_of(dsn.body);
+    EXPECT_EQ(part_with(parts, "message/delivery-status"), nullptr);
+    EXPECT_EQ(part_with(parts, "text/rfc822-headers"), nullptr);
+    auto* ds = part_with(parts, "message/global-delivery-status\r\n");
+    ASSERT_NE(ds, nullptr);
+    ASSERT_NE(part_with(parts, "message/global-headers\r\n"), nullptr);
+    ASSERT_NE(part_with(parts, "text/plain; charset=utf-8\r\n"), nullptr);
+    auto c = content_of(*ds);
+    // utf-8-addr-unitext: '+' and '=' escaped, the UTF-8 kept; an ASCII address stays rfc822
+    EXPECT_NE(c.find("Final-Recipient: utf-8; b\xc3\xb6"
+                     "b\\x{2B}x\\x{3D}y@example.test\r\n"),
+              std::string::npos)
+        << c;
+    EXPECT_NE(c.find("Final-Recipient: rfc822; carol@example.test\r\n"), std::string::npos);
+    EXPECT_NE(dsn.body.find("To: <j\xc3\xb6rg@sender.test>\r\n"), std::string::npos);
+}
+
+TEST(MakeDsn, AboutAnAsciiMessageKeepsTheRfc3464Types) {
+    auto parts = parts_of(make().body);
+    EXPECT_NE(part_with(parts, "message/delivery-status\r\n"), nullptr);
+    EXPECT_NE(part_with(parts, "text/rfc822-headers\r\n"), nullptr);
+    EXPECT_NE(part_with(parts, "text/plain; charset=us-ascii\r\n"), nullptr);
+    EXPECT_EQ(make().body.find("global"), std::string::npos);
+}

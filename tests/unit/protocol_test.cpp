@@ -601,6 +601,27 @@ TEST(DataScanner, SmugglingSequencesDoNotEndDataAndAreRecorded) {
     }
 }
 
+TEST(DataScanner, NulIsRecordedAndRefusedButDoesNotEndData) {
+    // A primary that drops NULs would read CRLF NUL "." CRLF as the end of data.
+    const std::string in = std::string("Subject: x\r\n\r\nA\r\n\0.\r\nMAIL FROM:<e@x>\r\n", 38);
+    DataScanner d(1000);
+    std::string out;
+    EXPECT_EQ(d.feed(in, out), in.size());
+    EXPECT_FALSE(d.done());
+    EXPECT_TRUE(d.nul());
+    EXPECT_TRUE(d.refused());
+    EXPECT_FALSE(d.bare_cr() || d.bare_lf());
+    std::string end = "\r\n.\r\n";
+    EXPECT_EQ(d.feed(end, out), end.size());
+    EXPECT_TRUE(d.done());
+
+    DataScanner clean(1000);
+    std::string o2;
+    clean.feed("Subject: x\r\n\r\nA\r\n.\r\n", o2);
+    EXPECT_FALSE(clean.nul());
+    EXPECT_FALSE(clean.refused());
+}
+
 TEST(DataScanner, BareLfThenRealEndMarker) {
     std::string in = "a\n.\r\nb\r\n.\r\n";
     auto s = scan(in);
@@ -705,12 +726,16 @@ TEST(DataScanner, SizeCountsUnstuffedOctets) {
     EXPECT_EQ(s.size, 4u);  // ".a\r\n"
 }
 
-TEST(DataScanner, EightBitAndNulPassThrough) {
-    std::string body("caf\xc3\xa9\0\xff\r\n", 9);
+TEST(DataScanner, EightBitPassesThroughAndNulIsRefused) {
+    std::string body("caf\xc3\xa9\xff\r\n", 8);
     auto s = scan(body + ".\r\n");
     EXPECT_TRUE(s.done);
     EXPECT_EQ(s.out, body);
     EXPECT_FALSE(s.refused);
+    std::string nul("caf\xc3\xa9\0\xff\r\n", 9);
+    auto n = scan(nul + ".\r\n");
+    EXPECT_TRUE(n.done);
+    EXPECT_TRUE(n.refused);
 }
 
 TEST(DataScanner, ByteByByteMatchesWholeOnMixedInput) {
