@@ -34,7 +34,7 @@ store = "{url}"
 node = "{name}"
 lease = "15s"
 probe_interval = "10s"
-control_socket = "{DIR}/{name}.sock"
+state_dir = "{DIR}/{name}"
 
 [[domain]]
 name = "example.test"

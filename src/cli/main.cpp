@@ -16,6 +16,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/json.hpp>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 
@@ -30,6 +31,7 @@
 #include "queue/queue.hpp"
 #include "scheduler/scheduler.hpp"
 #include "smtp/server.hpp"
+#include "store/spool.hpp"
 #include "store/store.hpp"
 #include "util/util.hpp"
 
@@ -61,11 +63,32 @@ void raise_fd_limit() {
     }
 }
 
+// The configured store, with the durability settings of the config.
+std::unique_ptr<Store> store_of(const Config& cfg) {
+    return open_store(cfg.store, cfg.node, cfg.lease, cfg.pg_synchronous_commit);
+}
+
+// The spool directory (and the state directory above it) exist and take files, or the server does
+// not start: a large message would otherwise get 451 at every try. Throws naming the key.
+void prepare_spool(const Config& cfg) {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.spool_dir, ec);
+    if (ec)
+        throw std::runtime_error("queue.spool_dir = \"" + cfg.spool_dir + "\": cannot create it: " +
+                                 ec.message() + " (set [queue] spool_dir or state_dir)");
+    try {
+        Spool::open(cfg.spool_dir);  // a nameless file, gone at once
+    } catch (const StoreError& e) {
+        throw std::runtime_error("queue.spool_dir = \"" + cfg.spool_dir + "\": not writable: " +
+                                 e.what() + " (set [queue] spool_dir or state_dir)");
+    }
+}
+
 // A fleet's node whose database cannot be reached at start waits for it, not listening (senders
 // go to another MX or come back later), instead of exiting; SIGINT or SIGTERM still stop it
 // (nullptr). An SQLite store that does not open is an error at once.
 std::unique_ptr<Store> open_store_waiting(const Config& cfg) {
-    if (!is_pg_url(cfg.store)) return open_store(cfg.store, cfg.node, cfg.lease);
+    if (!is_pg_url(cfg.store)) return store_of(cfg);
     sigset_t stop, old;
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);
@@ -78,7 +101,9 @@ std::unique_ptr<Store> open_store_waiting(const Config& cfg) {
     Seconds wait{1};
     for (;;) {
         try {
-            return open_store(cfg.store, cfg.node, cfg.lease);
+            return store_of(cfg);
+        } catch (const StoreUnsafe&) {
+            throw;  // a setting of the database, not an outage: no use waiting
         } catch (const StoreError& e) {
             spdlog::error("{}; not accepting mail, trying again in {}", e.what(),
                           format_duration(wait));
@@ -96,6 +121,7 @@ int serve(Config cfg) {
     setup_logging(cfg.log_level);
     apply_time_offset();
     raise_fd_limit();
+    prepare_spool(cfg);
     asio::io_context io(1);
     auto store = open_store_waiting(cfg);
     if (!store) return 0;
@@ -262,7 +288,7 @@ std::string age_text(TimePoint t) {
 }
 
 int queue_list(const Config& cfg, bool json, const std::string& domain) {
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = store_of(cfg);
     auto rows = store->list();
     if (!domain.empty())
         std::erase_if(rows, [&](const QueueRow& r) { return !iequals(r.domain, domain); });
@@ -364,7 +390,7 @@ int add_user(const Config& cfg, const std::string& name, const std::string& role
     }
     if (role == "customer" && domains.empty())
         std::cerr << "note: this customer owns no domain yet (it may add its own)\n";
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = store_of(cfg);
     const std::string password = accounts::new_password();
     Account a{name, role, accounts::hash_password(password), domains, now()};
     if (!store->add_account(a)) {
@@ -394,7 +420,7 @@ int domain_add(const Config& cfg, std::string name, const std::string& primary,
         std::cerr << name << " is in the config file already\n";
         return 1;
     }
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = store_of(cfg);
     if (!owner.empty() && !store->account(owner)) {
         std::cerr << "no account " << owner << "\n";
         return 1;
@@ -417,7 +443,7 @@ int domain_list(const Config& cfg) {
     for (const auto& d : cfg.domains)
         std::cout << d.name << " primary=" << (d.primary ? d.primary->text() : "(MX records)")
                   << " source=config\n";
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = store_of(cfg);
     for (const auto& d : store->domains())
         std::cout << d.name << " primary=" << d.primary << " source=store\n";
     return 0;
@@ -425,7 +451,7 @@ int domain_list(const Config& cfg) {
 
 int domain_delete(const Config& cfg, std::string name) {
     name = to_lower(name);
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = store_of(cfg);
     bool found = false;
     for (const auto& d : store->domains()) found = found || d.name == name;
     if (!found) {
@@ -453,7 +479,7 @@ boost::json::object primary_states(const Config& cfg) {
 }
 
 int queue_summary(const Config& cfg, bool json) {
-    auto sums = open_store(cfg.store, cfg.node, cfg.lease)->queue_summary();
+    auto sums = store_of(cfg)->queue_summary();
     const auto states = primary_states(cfg);
     const auto t = now();
     boost::json::array arr;
@@ -486,7 +512,7 @@ int queue_summary(const Config& cfg, bool json) {
 }
 
 int queue_show(const Config& cfg, const std::string& id) {
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = store_of(cfg);
     auto m = store->load_head(id);
     if (!m) {
         std::cerr << "no message " << id << " in the queue\n";
@@ -509,7 +535,7 @@ int queue_show(const Config& cfg, const std::string& id) {
 
 // hold | release | bounce, on the store; then the running server is told (when it runs).
 int queue_act(const Config& cfg, const std::string& action, const std::string& id) {
-    auto store = open_store(cfg.store, cfg.node, cfg.lease);
+    auto store = store_of(cfg);
     auto m = store->load_head(id);
     if (!m) {
         std::cerr << "no message " << id << " in the queue\n";
@@ -715,7 +741,7 @@ int main(int argc, char** argv) {
         if (*dns_cmd) {  // the domains added at run time count as configured too
             Domains live(cfg);
             try {
-                live.load(open_store(cfg.store, cfg.node, cfg.lease)->domains());
+                live.load(store_of(cfg)->domains());
                 cfg.live_domains = [&live](std::string_view name) { return live.find(name); };
             } catch (const StoreError& e) {
                 std::cerr << "backupmx: domains added at run time not read: " << e.what() << "\n";
@@ -729,7 +755,7 @@ int main(int argc, char** argv) {
             if (*a) return queue_act(cfg, name, act_id);
         if (*add_user_cmd) return add_user(cfg, user_name, user_role, user_domains);
         if (*migrate_cmd) {
-            open_store(cfg.store, cfg.node, cfg.lease);  // migrates as it opens
+            store_of(cfg);  // migrates as it opens
             std::cout << "store " << (is_pg_url(cfg.store) ? "(PostgreSQL)" : cfg.store)
                       << ": schema up to date\n";
             return 0;
@@ -750,7 +776,7 @@ int main(int argc, char** argv) {
             return r->starts_with("ok") ? 0 : 1;
         }
         if (*delete_cmd) {
-            auto store = open_store(cfg.store, cfg.node, cfg.lease);
+            auto store = store_of(cfg);
             if (!store->remove(delete_id)) {
                 std::cerr << "no message " << delete_id << " in the queue\n";
                 return 1;

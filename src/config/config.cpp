@@ -271,7 +271,8 @@ std::optional<Config::DnsList> parse_dns_list(std::string s) {
         auto w = s.substr(star + 1);
         if (w.empty() || w.size() > 4 || w.find_first_not_of("-0123456789") != std::string::npos)
             return std::nullopt;
-        l.weight = std::stoi(w);
+        auto [end, ec] = std::from_chars(w.data(), w.data() + w.size(), l.weight);
+        if (ec != std::errc() || end != w.data() + w.size()) return std::nullopt;  // "zone*-"
         s.resize(star);
     }
     auto eq = s.find('=');
@@ -347,10 +348,10 @@ Config parse_config(std::string_view text) {
     }
     if (auto* q = table_of("queue")) {
         const std::string w = "queue.";
-        check_keys(
-            *q, "queue",
-            {"store", "max_age", "retry_min", "retry_max", "probe_interval", "max_concurrency",
-             "initial_concurrency", "control_socket", "relayhost", "node", "lease"});
+        check_keys(*q, "queue",
+                   {"store", "max_age", "retry_min", "retry_max", "probe_interval",
+                    "max_concurrency", "initial_concurrency", "control_socket", "relayhost", "node",
+                    "lease", "state_dir", "spool_dir", "pg_synchronous_commit"});
         c.store = get_string(*q, w, "store", c.store);
         const bool pg = c.store.starts_with("postgresql://") || c.store.starts_with("postgres://");
         if (!pg && (!c.store.starts_with("sqlite:") || c.store.size() <= 7))
@@ -373,6 +374,16 @@ Config parse_config(std::string_view text) {
             get_int(*q, w, "initial_concurrency", c.initial_concurrency, 1, 1000));
         if (c.initial_concurrency > c.max_concurrency) c.initial_concurrency = c.max_concurrency;
         c.control_socket = get_string(*q, w, "control_socket", "");
+        c.state_dir = get_string(*q, w, "state_dir", "");
+        c.spool_dir = get_string(*q, w, "spool_dir", "");
+        c.pg_synchronous_commit =
+            get_string(*q, w, "pg_synchronous_commit", c.pg_synchronous_commit);
+        // "off" and "local" would make a 250 a promise the database may not keep.
+        if (c.pg_synchronous_commit != "on" && c.pg_synchronous_commit != "remote_write" &&
+            c.pg_synchronous_commit != "remote_apply")
+            fail("queue.pg_synchronous_commit",
+                 "must be \"on\", \"remote_write\" or \"remote_apply\" (a 250 needs a flushed "
+                 "commit)");
         if (q->get("relayhost")) {
             auto hp = parse_host_port(get_string(*q, w, "relayhost", ""), 25);
             if (!hp) fail("queue.relayhost", "must be \"host:port\"");
@@ -409,11 +420,28 @@ Config parse_config(std::string_view text) {
     if (auto* p = table_of("policy")) {
         const std::string w = "policy.";
         std::set<std::string> keys = kDomainPolicyKeys;
-        keys.insert({"verify_positive_ttl", "verify_negative_ttl", "verify_timeout",
-                     "greylist_delay", "greylist_expiry", "greylist_allow_ttl",
-                     "client_connections", "subnet_connections", "connection_rate", "message_rate",
-                     "recipient_rate", "greet_pause", "helo_syntax", "dnsbl", "dnsbl_threshold",
-                     "dnswl_threshold", "limit_exceptions", "spf"});
+        keys.insert({"verify_positive_ttl",
+                     "verify_negative_ttl",
+                     "verify_timeout",
+                     "greylist_delay",
+                     "greylist_expiry",
+                     "greylist_allow_ttl",
+                     "client_connections",
+                     "subnet_connections",
+                     "connection_rate",
+                     "message_rate",
+                     "recipient_rate",
+                     "greet_pause",
+                     "helo_syntax",
+                     "dnsbl",
+                     "dnsbl_threshold",
+                     "dnswl_threshold",
+                     "limit_exceptions",
+                     "spf",
+                     "milter_default_action",
+                     "milter_connect_timeout",
+                     "milter_command_timeout",
+                     "milter_content_timeout"});
         check_keys(*p, "policy", keys);
         parse_domain_policy(*p, w, c.policy);
         c.verify_positive_ttl = get_duration(*p, w, "verify_positive_ttl", c.verify_positive_ttl);
@@ -547,12 +575,16 @@ Config parse_config(std::string_view text) {
         }
     }
     if (c.node.empty()) c.node = c.hostname;
-    if (c.control_socket.empty()) {
-        // beside the SQLite store; a fleet's node keeps it in the working directory
-        auto dir = std::filesystem::path(c.store_path()).parent_path();
-        c.control_socket =
-            (dir.empty() ? std::filesystem::path(".") : dir).string() + "/control.sock";
+    if (c.state_dir.empty()) {
+        if (c.store.starts_with("sqlite:")) {  // beside the SQLite file
+            auto dir = std::filesystem::path(c.store_path()).parent_path();
+            c.state_dir = dir.empty() ? "." : dir.string();
+        } else {
+            c.state_dir = "/var/lib/backupmx";
+        }
     }
+    if (c.spool_dir.empty()) c.spool_dir = c.state_dir + "/spool";
+    if (c.control_socket.empty()) c.control_socket = c.state_dir + "/control.sock";
     return c;
 }
 

@@ -70,7 +70,15 @@ struct Config {
     std::chrono::seconds probe_interval{30};
     std::uint32_t max_concurrency = 10;     // connections per primary at once
     std::uint32_t initial_concurrency = 2;  // slow start: grows while the primary keeps up
-    std::string control_socket;             // default: beside the store, "<dir>/control.sock"
+    // Files of the running server: the spool (bodies over 64 KiB while they arrive) and the
+    // control socket default under it. Default: the SQLite file's directory; for PostgreSQL
+    // /var/lib/backupmx (a packaged install's), never the working directory.
+    std::string state_dir;
+    std::string spool_dir;       // default: "<state_dir>/spool"
+    std::string control_socket;  // default: "<state_dir>/control.sock"
+    // PostgreSQL: synchronous_commit for every connection, so a 250 means the commit is flushed
+    // ("on"), or applied on the synchronous standby too ("remote_apply").
+    std::string pg_synchronous_commit = "on";
     // A fleet (PostgreSQL store): this node's name, owner of the messages it accepts (default:
     // hostname; keep it stable across restarts), and how long its messages stay its own without
     // a renewal before another node takes them over.

@@ -286,8 +286,11 @@ class Result {
 
 class PgStore final : public Store {
   public:
-    PgStore(std::string url, std::string node, Seconds lease)
-        : url_(std::move(url)), node_(std::move(node)), lease_(lease) {
+    PgStore(std::string url, std::string node, Seconds lease, std::string synchronous_commit)
+        : url_(std::move(url)),
+          node_(std::move(node)),
+          lease_(lease),
+          synchronous_commit_(std::move(synchronous_commit)) {
         try {
             connect();
             migrate();
@@ -885,7 +888,11 @@ class PgStore final : public Store {
     // Another connection of the same node, opened by its first call (the schema and the lease
     // are the main one's business).
     PgStore(const PgStore& main, Reader)
-        : url_(main.url_), node_(main.node_), lease_(main.lease_), reader_(true) {}
+        : url_(main.url_),
+          node_(main.node_),
+          lease_(main.lease_),
+          synchronous_commit_(main.synchronous_commit_),
+          reader_(true) {}
 
     struct Tx {
         explicit Tx(PgStore& s) : s(s) {
@@ -917,6 +924,24 @@ class PgStore final : public Store {
             throw StoreError("cannot reach the PostgreSQL store: " + err);
         }
         PQclear(PQexec(conn_, "SET client_min_messages = warning"));
+        // A 250 is a promise: the commit must be on disk (and on the synchronous standby) before
+        // it returns, whatever the server's or the role's default says. Checked on every
+        // connection, so a failover to a server with fsync off is refused too (451, not 250).
+        try {
+            const std::string set = "SET synchronous_commit = '" + synchronous_commit_ + "'";
+            Result r(PQexec(conn_, set.c_str()));
+            if (auto err = failure(r)) throw StoreError("postgresql: " + *err);
+            Result fsync(PQexec(conn_, "SHOW fsync"));
+            if (auto err = failure(fsync)) throw StoreError("postgresql: " + *err);
+            if (fsync.text(0, 0) != "on")
+                throw StoreUnsafe(
+                    "the PostgreSQL server runs with fsync = off: a crash could lose mail that "
+                    "was answered 250; refusing to use it (set fsync = on)");
+        } catch (...) {
+            PQfinish(conn_);
+            conn_ = nullptr;
+            throw;
+        }
     }
 
     // Runs one statement, prepared once per connection when it has parameters (the server then
@@ -1169,7 +1194,8 @@ class PgStore final : public Store {
 
     std::string url_, node_;
     Seconds lease_;
-    bool reader_ = false;  // the reading connection (reader()), never in a transaction
+    std::string synchronous_commit_;  // checked by the config: no quote can be in it
+    bool reader_ = false;             // the reading connection (reader()), never in a transaction
     PGconn* conn_ = nullptr;
     std::map<std::string, std::string> prepared_;  // SQL -> name, on this connection
     bool in_tx_ = false;
@@ -1178,9 +1204,9 @@ class PgStore final : public Store {
 
 }  // namespace
 
-std::unique_ptr<Store> open_pg_store(const std::string& url, const std::string& node,
-                                     Seconds lease) {
-    return std::make_unique<PgStore>(url, node, lease);
+std::unique_ptr<Store> open_pg_store(const std::string& url, const std::string& node, Seconds lease,
+                                     const std::string& synchronous_commit) {
+    return std::make_unique<PgStore>(url, node, lease, synchronous_commit);
 }
 
 }  // namespace bmx

@@ -857,8 +857,9 @@ bool is_pg_url(std::string_view url) {
     return url.starts_with("postgresql://") || url.starts_with("postgres://");
 }
 
-std::unique_ptr<Store> open_store(const std::string& url, const std::string& node, Seconds lease) {
-    if (is_pg_url(url)) return open_pg_store(url, node, lease);
+std::unique_ptr<Store> open_store(const std::string& url, const std::string& node, Seconds lease,
+                                  const std::string& pg_synchronous_commit) {
+    if (is_pg_url(url)) return open_pg_store(url, node, lease, pg_synchronous_commit);
     if (url.starts_with("sqlite:")) return open_sqlite_store(url.substr(7));
     throw StoreError("unknown store " + url + " (want sqlite:PATH or postgresql://...)");
 }

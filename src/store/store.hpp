@@ -197,6 +197,11 @@ struct StoreTables {
 struct StoreError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+// The store answers but cannot keep the promise of a 250 (PostgreSQL with fsync = off): waiting
+// will not mend it, so a starting server gives up at once.
+struct StoreUnsafe : StoreError {
+    using StoreError::StoreError;
+};
 
 class Store {
   public:
@@ -390,11 +395,15 @@ std::string attempt_text(const AttemptUpdate& u);
 std::unique_ptr<Store> open_sqlite_store(const std::string& path);
 // A libpq URI ("postgresql://user@host1,host2/db?target_session_attrs=read-write"): connects,
 // and creates or migrates the schema. `node` names this node (the owner of what it accepts);
-// `lease`: how long its messages stay its own without a renewal. Throws StoreError.
-std::unique_ptr<Store> open_pg_store(const std::string& url, const std::string& node,
-                                     Seconds lease);
+// `lease`: how long its messages stay its own without a renewal. Every connection sets
+// `synchronous_commit` ("on", "remote_write" or "remote_apply": a commit, and so a 250, waits for
+// the WAL flush, and for the synchronous standby when one is named); a server running with
+// fsync = off is refused. Throws StoreError.
+std::unique_ptr<Store> open_pg_store(const std::string& url, const std::string& node, Seconds lease,
+                                     const std::string& synchronous_commit = "on");
 // Either engine, by the URL's scheme ("sqlite:PATH" or "postgresql://...").
-std::unique_ptr<Store> open_store(const std::string& url, const std::string& node, Seconds lease);
+std::unique_ptr<Store> open_store(const std::string& url, const std::string& node, Seconds lease,
+                                  const std::string& pg_synchronous_commit = "on");
 bool is_pg_url(std::string_view url);
 
 }  // namespace bmx

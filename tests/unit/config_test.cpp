@@ -443,3 +443,59 @@ TEST(ConfigParse, Alerts) {
     expect_error("[alerts]\ndown_after = 0\n", "alerts.down_after");
     expect_error("[alerts]\nbogus = 1\n", "alerts.bogus");
 }
+
+TEST(ConfigParse, StateDirSpoolDirAndControlSocketDefaults) {
+    Config sq = parse_config("[queue]\nstore = \"sqlite:/srv/bmx/queue.db\"\n");
+    EXPECT_EQ(sq.state_dir, "/srv/bmx");  // beside the SQLite file
+    EXPECT_EQ(sq.spool_dir, "/srv/bmx/spool");
+    EXPECT_EQ(sq.control_socket, "/srv/bmx/control.sock");
+    Config pg = parse_config("[queue]\nstore = \"postgresql://db/bmx\"\n");
+    EXPECT_EQ(pg.state_dir, "/var/lib/backupmx");  // never the working directory
+    EXPECT_EQ(pg.spool_dir, "/var/lib/backupmx/spool");
+    EXPECT_EQ(pg.control_socket, "/var/lib/backupmx/control.sock");
+    Config named = parse_config("[queue]\nstore = \"postgresql://db/bmx\"\nstate_dir = \"/st\"\n");
+    EXPECT_EQ(named.spool_dir, "/st/spool");
+    EXPECT_EQ(named.control_socket, "/st/control.sock");
+    Config own = parse_config(
+        "[queue]\nstore = \"postgresql://db/bmx\"\nstate_dir = \"/st\"\nspool_dir = \"/big\"\n"
+        "control_socket = \"/run/b.sock\"\n");
+    EXPECT_EQ(own.spool_dir, "/big");
+    EXPECT_EQ(own.control_socket, "/run/b.sock");
+}
+
+TEST(ConfigParse, PgSynchronousCommitLevels) {
+    EXPECT_EQ(parse_config("").pg_synchronous_commit, "on");
+    for (const char* level : {"on", "remote_write", "remote_apply"}) {
+        SCOPED_TRACE(level);
+        auto c = parse_config(std::string("[queue]\npg_synchronous_commit = \"") + level + "\"\n");
+        EXPECT_EQ(c.pg_synchronous_commit, level);
+    }
+    for (const char* bad : {"off", "local", "ON", "on'; DROP TABLE messages; --"}) {
+        SCOPED_TRACE(bad);
+        expect_error(std::string("[queue]\npg_synchronous_commit = \"") + bad + "\"\n",
+                     "queue.pg_synchronous_commit");
+    }
+}
+
+TEST(ConfigParse, MilterTimeoutsAndDefaultActionAreAccepted) {
+    auto c = parse_config(
+        "[policy]\nmilter_default_action = \"accept\"\nmilter_connect_timeout = \"5s\"\n"
+        "milter_command_timeout = \"7s\"\nmilter_content_timeout = \"2m\"\n");
+    EXPECT_EQ(c.milter_default_action, "accept");
+    EXPECT_EQ(c.milter_connect_timeout, std::chrono::seconds(5));
+    EXPECT_EQ(c.milter_command_timeout, std::chrono::seconds(7));
+    EXPECT_EQ(c.milter_content_timeout, std::chrono::seconds(120));
+    expect_error("[policy]\nmilter_default_action = \"maybe\"\n", "policy.milter_default_action");
+}
+
+TEST(ConfigErrors, BadDnsListWeightsNameTheKeyAndNeverThrowAnythingElse) {
+    for (const char* bad :
+         {"zone*-", "zone*", "zone*--1", "zone*1-", "zone*x", "zone*99999", "*3", "bad zone*1"}) {
+        SCOPED_TRACE(bad);
+        expect_error(std::string("[policy]\ndnsbl = [\"") + bad + "\"]\n", "policy.dnsbl");
+    }
+    auto c = parse_config("[policy]\ndnsbl = [\"list.dnswl.org*-5\", \"zen.example*3\"]\n");
+    ASSERT_EQ(c.dnsbl.size(), 2u);
+    EXPECT_EQ(c.dnsbl[0].weight, -5);
+    EXPECT_EQ(c.dnsbl[1].weight, 3);
+}
