@@ -2,6 +2,7 @@
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -321,7 +322,10 @@ asio::awaitable<std::optional<Extensions>> open_session(Conn& c, const std::vect
         auto secured = co_await c.secure(*ext, retry_plain);
         if (secured) co_return secured;
         if (!retry_plain || s.tls != TlsPolicy::May) co_return std::nullopt;
-        c.drop();  // and reconnect once without TLS (tls = may is opportunistic)
+        // tls = may is opportunistic: reconnect once without TLS, and say so (the outcome's
+        // error is cleared when the plaintext session opens).
+        spdlog::warn("{}; tls = may: trying again in plaintext", c.partial_.error);
+        c.drop();
     }
     co_return std::nullopt;
 }

@@ -70,8 +70,9 @@ Session::~Session() {
 }
 
 void Session::stop() {
-    stream_.close();
-    deadline_.cancel();
+    stopping_ = true;
+    boost::system::error_code ec;
+    stream_.socket().cancel(ec);  // the read it waits in returns; run() says goodbye
 }
 
 asio::awaitable<void> Session::run() {
@@ -92,7 +93,11 @@ asio::awaitable<void> Session::run() {
     } counted{server_.checker_, peer_};
     deadline_.expires_after(cfg_.command_timeout);
     auto r = co_await (converse() || netio::watchdog(deadline_));
-    if (r.index() == 1 && stream_.socket().is_open()) {
+    if (r.index() == 0 && stopping_ && stream_.socket().is_open()) {
+        reply("421 4.3.2 " + cfg_.hostname + " Service shutting down, closing connection");
+        deadline_.expires_after(std::chrono::seconds(2));
+        co_await (flush() || netio::watchdog(deadline_));
+    } else if (r.index() == 1 && stream_.socket().is_open()) {
         spdlog::info("timeout from [{}] helo={} after {}", peer_, header_token(helo_),
                      sender_ ? "MAIL FROM" : "connect");
         out_.clear();
@@ -121,6 +126,7 @@ asio::awaitable<bool> Session::flush() {
 asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
     bool armed = false;
     for (;;) {
+        if (stopping_) co_return std::nullopt;  // no command is taken once shutdown began
         if (auto line = reader_.next(in_)) co_return line;
         const bool flushed = co_await flush();
         if (!flushed) co_return std::nullopt;  // the client waits: send what we owe
@@ -617,8 +623,8 @@ asio::awaitable<void> Session::on_data(const Command& c) {
                                  std::chrono::microseconds(used * 1000000 / cfg_.min_data_rate));
         const bool ok13 = co_await stream_.read_more(in_);
         if (!ok13) {
-            spdlog::info("lost connection from [{}] during DATA after {} bytes", peer_,
-                         scan.size());
+            spdlog::info("{} from [{}] during DATA after {} bytes: nothing stored",
+                         stopping_ ? "shutdown" : "lost connection", peer_, scan.size());
             quit_ = true;
             co_return;
         }

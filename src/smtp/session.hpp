@@ -24,7 +24,9 @@ class Session {
     Session(Server& server, boost::asio::ip::tcp::socket sock);
     ~Session();
     boost::asio::awaitable<void> run();  // the whole session, deadline included
-    void stop();                         // from Server::stop(): close now
+    // From Server::stop(): the session answers 421 at once (RFC 5321 3.8), between commands or
+    // inside DATA (the half message is not stored), and closes; a reply it owes goes first.
+    void stop();
 
   private:
     boost::asio::awaitable<void> converse();
@@ -74,6 +76,7 @@ class Session {
     bool smtputf8_ = false, eightbit_ = false;
     std::uint32_t errors_ = 0, junk_ = 0;
     bool quit_ = false;
+    bool stopping_ = false;  // the server is shutting down
     char last_code_ = 0;
     policy::Reputation reputation_;
     struct ActiveMilter {
