@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CONFIG ?= examples/demo.toml
 
-.PHONY: all deps build run test unit fuzz bench clean format fleet-demo
+.PHONY: all deps build run test unit fuzz bench clean format fleet-demo release-compile
 
 all: build
 
@@ -35,8 +35,15 @@ run: build $(TLS_DIR)/cert.pem
 	  || echo "web panel: http://127.0.0.1:8025/ (user admin; password printed by the first make run)"
 	exec ./$(BUILD)/backupmx serve --config $(CONFIG)
 
+# Another standard build type, compiled (not tested) so that every one keeps building: Release
+# (-O3) warns (-Werror) where RelWithDebInfo does not. Debug and MinSizeRel build too.
+RELEASE_BUILD ?= build-release
+release-compile: deps
+	cmake -S . -B $(RELEASE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+	ninja -C $(RELEASE_BUILD) -j $(JOBS) backupmx
+
 # Every test: unit (plain and ASan/UBSan) and end-to-end with real peers. ctest prints the summary.
-test: build
+test: build release-compile
 	cd $(BUILD) && ctest --output-on-failure --timeout 900 -j 2
 
 # The parsers' libFuzzer targets, longer than in `make test` (FUZZ_SECONDS each).
@@ -64,4 +71,4 @@ format:
 	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 'bench/*.cpp')
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(RELEASE_BUILD)

@@ -97,14 +97,16 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     b += "Message-ID: <" + dsn.id + "@" + hostname + ">\r\n";
     b += "Auto-Submitted: auto-replied\r\n";
     b += "MIME-Version: 1.0\r\n";
-    b += "Content-Type: multipart/report; report-type=delivery-status;\r\n";
+    // An SMTPUTF8 message gets an internationalized DSN (RFC 6533): UTF-8 text, addresses and
+    // headers, in message/global-delivery-status and message/global-headers parts; report-type
+    // names the second part's subtype (RFC 6522 3).
+    const bool global = original.smtputf8;
+    b += std::string("Content-Type: multipart/report; report-type=") +
+         (global ? "global-delivery-status" : "delivery-status") + ";\r\n";
     b += "\tboundary=\"" + boundary + "\"\r\n";
     b += "\r\nThis is a MIME-encapsulated message.\r\n\r\n";
     b += "--" + boundary + "\r\n";
     b += "Content-Description: Notification\r\n";
-    // An SMTPUTF8 message gets an internationalized DSN (RFC 6533): UTF-8 text, addresses and
-    // headers, in message/global-delivery-status and message/global-headers parts.
-    const bool global = original.smtputf8;
     b += std::string("Content-Type: text/plain; charset=") + (global ? "utf-8" : "us-ascii") +
          "\r\n\r\n";
     b += "This is the mail system at host " + hostname + ".\r\n\r\n";

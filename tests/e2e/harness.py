@@ -98,8 +98,9 @@ class Backupmx:
             store = pg_store_for(workdir, name) if pg_admin_url() else \
                 f"sqlite:{workdir}/queue.db"
         self.store = store
+        listen = f"[{host}]" if ":" in host and not host.startswith("[") else host
         lines = [f'hostname = "{hostname}"', extra_toml, "[smtp]",
-                 f'listen = ["{host}:{self.port}"]', extra_smtp, "[queue]",
+                 f'listen = ["{listen}:{self.port}"]', extra_smtp, "[queue]",
                  f'store = "{store}"', extra_queue]
         if not store.startswith("sqlite:") and "state_dir" not in extra_queue:
             # no file to be beside: the spool and control socket go under the test's directory

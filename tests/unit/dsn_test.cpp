@@ -326,6 +326,8 @@ TEST(MakeDsn, AboutAnSmtputf8MessageUsesTheGlobalTypes) {
     ASSERT_NE(ds, nullptr);
     ASSERT_NE(part_with(parts, "message/global-headers\r\n"), nullptr);
     ASSERT_NE(part_with(parts, "text/plain; charset=utf-8\r\n"), nullptr);
+    EXPECT_NE(dsn.body.find("Content-Type: multipart/report; report-type=global-delivery-status;"),
+              std::string::npos);
     auto c = content_of(*ds);
     // utf-8-addr-unitext: '+' and '=' escaped, the UTF-8 kept; an ASCII address stays rfc822
     EXPECT_NE(c.find("Final-Recipient: utf-8; b\xc3\xb6"
