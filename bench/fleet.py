@@ -51,7 +51,7 @@ class Nodes:
             with open(cfg, "w") as f:
                 f.write(backupmx_config(host, port, store or f"sqlite:{d}/queue.db",
                                         primary_port, probe_interval,
-                                        f'node = "n{i}"\ncontrol_socket = "{d}/control.sock"'))
+                                        f'node = "n{i}"\nstate_dir = "{d}"'))
             self.configs.append(cfg)
             self.ports.append(port)
         self.dirs = [os.path.dirname(c) for c in self.configs]
