@@ -622,33 +622,41 @@ def swaks(port, *args, timeout=60):
 
 
 class Raw:
-    """A raw SMTP client for byte-exact tests: send bytes, read replies."""
+    """A raw SMTP client for byte-exact tests: send bytes, read replies — as text, or as the bytes
+    sent, so that a CR, ESC or NUL inside a reply line is seen as it came. IPv4 or IPv6."""
 
-    def __init__(self, port, timeout=10, source=None):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+    def __init__(self, port, timeout=10, source=None, host="127.0.0.1"):
+        self.s = socket.create_connection((host.strip("[]"), port), timeout=timeout,
                                           source_address=(source, 0) if source else None)
         self.buf = b""
 
     def send(self, data):
         self.s.sendall(data if isinstance(data, bytes) else data.encode())
 
-    def reply(self):
-        """One whole (possibly multi-line) reply as text, '' on EOF."""
+    def reply_lines(self):
+        """One whole (possibly multi-line) reply: its lines as bytes, each without its CRLF ([] on
+        EOF)."""
         lines = []
         while True:
             while b"\n" not in self.buf:
                 chunk = self.s.recv(65536)
                 if not chunk:
-                    return "\n".join(lines)
+                    return lines
                 self.buf += chunk
             line, _, self.buf = self.buf.partition(b"\n")
-            line = line.rstrip(b"\r").decode("utf-8", "replace")
+            if line.endswith(b"\r"):
+                line = line[:-1]
             lines.append(line)
-            if len(line) < 4 or line[3] != "-":
-                return "\n".join(lines)
+            if len(line) < 4 or line[3:4] != b"-":
+                return lines
+
+    def reply(self):
+        """One whole reply as text, '' on EOF."""
+        return "\n".join(line.decode("utf-8", "replace") for line in self.reply_lines())
 
     def cmd(self, line):
-        self.send(line + "\r\n")
+        self.send(line if isinstance(line, bytes) else line.encode())
+        self.send(b"\r\n")
         return self.reply()
 
     def close(self):

@@ -12,49 +12,10 @@ import socket
 import time
 
 from dnsserver import DnsServer
-from harness import E2ETest, free_port, main, store_dump, wait_until
+from harness import E2ETest, Raw, free_port, main, store_dump, wait_until
 
 SPF_RECORDS = ['sender.test. 300 IN TXT "v=spf1 ip4:127.0.0.0/8 ip6:::1 -all"']
 ONE_ATTEMPT = 'retry_min = "1h"\nretry_max = "2h"'
-
-
-class RawBytes:
-    """A raw SMTP client over IPv4 or IPv6 that keeps every reply as the bytes sent, so a CR, ESC
-    or NUL inside a reply line is seen as it came."""
-
-    def __init__(self, port, host="127.0.0.1", timeout=10):
-        self.s = socket.create_connection((host, port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data):
-        self.s.sendall(data if isinstance(data, bytes) else data.encode())
-
-    def reply_lines(self):
-        """One whole reply: its lines as bytes, each without its final CRLF ([] on EOF)."""
-        lines = []
-        while True:
-            while b"\n" not in self.buf:
-                chunk = self.s.recv(65536)
-                if not chunk:
-                    return lines
-                self.buf += chunk
-            line, _, self.buf = self.buf.partition(b"\n")
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            lines.append(line)
-            if len(line) < 4 or line[3:4] != b"-":
-                return lines
-
-    def reply(self):
-        return "\n".join(l.decode("utf-8", "replace") for l in self.reply_lines())
-
-    def cmd(self, line):
-        self.send(line if isinstance(line, bytes) else line.encode())
-        self.send(b"\r\n")
-        return self.reply()
-
-    def close(self):
-        self.s.close()
 
 
 RAW_CONTROLS = (b"\r", b"\x1b", b"\x00", "\u009b".encode())
@@ -124,7 +85,7 @@ class Hygiene(E2ETest):
                              extra_toml, **kw).start()
 
     def session(self, b, helo="client.test"):
-        r = RawBytes(b.port, b.host)
+        r = Raw(b.port, host=b.host)
         self.assertTrue(r.reply().startswith("220 "))
         self.assertTrue(r.cmd("EHLO " + helo).startswith("250-"))
         return r
@@ -205,7 +166,7 @@ class Hygiene(E2ETest):
         for line, echo in ((b"EHLO bad\x1b[2Jname", "<bad\\x1B[2Jname>"),
                            (b"EHLO bad\rFAKE-REPLY", "<bad\\x0DFAKE-REPLY>"),
                            (b"HELO bad\x00name", "<bad\\x00name>")):
-            r = RawBytes(b.port)
+            r = Raw(b.port)
             r.reply()
             r.send(line + b"\r\n")
             lines = r.reply_lines()
