@@ -283,7 +283,7 @@ class Conn {
     // Whether `r` answers `step`; otherwise the transaction is out of step (see fits()).
     bool check(Step step, const Reply& r) {
         if (fits(step, r)) return true;
-        out_of_step("'" + printable(r.text()) + "' " + doing_);
+        out_of_step("'" + r.text() + "' " + doing_);  // text() is printable already
         return false;
     }
 
