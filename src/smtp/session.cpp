@@ -6,6 +6,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <map>
 
@@ -92,7 +93,9 @@ asio::awaitable<void> Session::run() {
         ~Counted() { c.disconnect(ip); }
     } counted{server_.checker_, peer_};
     deadline_.expires_after(cfg_.command_timeout);
-    auto r = co_await (converse() || netio::watchdog(deadline_));
+    // operator|| waits for the first to succeed: converse() must not throw, or the session
+    // would wait for its deadline (guarded() answers what escapes a command).
+    auto r = co_await (guarded() || netio::watchdog(deadline_));
     if (r.index() == 0 && stopping_ && stream_.socket().is_open()) {
         reply("421 4.3.2 " + cfg_.hostname + " Service shutting down, closing connection");
         deadline_.expires_after(std::chrono::seconds(2));
@@ -165,6 +168,30 @@ bool Session::protocol_error() {
     return true;
 }
 
+asio::awaitable<void> Session::guarded() {
+    std::exception_ptr failed;
+    try {
+        co_await converse();
+    } catch (...) {
+        failed = std::current_exception();
+    }
+    if (!failed) co_return;
+    auto cs = co_await asio::this_coro::cancellation_state;
+    if (cs.cancelled() != asio::cancellation_type::none) std::rethrow_exception(failed);
+    std::string what = "unknown exception";
+    try {
+        std::rethrow_exception(failed);
+    } catch (const std::exception& e) {
+        what = e.what();
+    } catch (...) {
+    }
+    spdlog::error("internal failure in the session with [{}], closing it: {}", peer_,
+                  printable(what));
+    out_.clear();
+    reply("421 4.3.0 " + cfg_.hostname + " Error: local error in processing, closing connection");
+    co_await flush();
+}
+
 asio::awaitable<void> Session::converse() {
     if (server_.stopping_) {
         reply("421 4.3.2 " + cfg_.hostname + " Service shutting down, try again later");
@@ -200,76 +227,125 @@ asio::awaitable<void> Session::converse() {
             continue;
         }
         Command c = parse_command(line->text);
+        // Whatever a command throws (a store that cannot write while greylisting or verifying,
+        // a bug) is logged once and answered at once: never a session left hanging until its
+        // deadline. (A handler cannot co_await, hence the exception_ptr.)
         bool error = false;
-        switch (c.verb) {
-            case Verb::Helo:
-                on_helo(c, false);
-                break;
-            case Verb::Ehlo:
-                on_helo(c, true);
-                break;
-            case Verb::Mail:
-                co_await on_mail(c);
-                break;
-            case Verb::Rcpt:
-                co_await on_rcpt(c);
-                break;
-            case Verb::Data:
-                co_await on_data(c);
-                break;
-            case Verb::Rset:
-                if (junk()) break;
-                co_await end_milter_transactions();
-                reset_transaction();
-                reply("250 2.0.0 Ok");
-                break;
-            case Verb::Noop:
-                if (!junk()) reply("250 2.0.0 Ok");
-                break;
-            case Verb::Quit:
-                reply("221 2.0.0 Bye");
-                quit_ = true;
-                break;
-            case Verb::Vrfy:
-                if (junk()) break;
-                reply("252 2.5.2 Cannot VRFY user; send mail and it will be relayed");
-                break;
-            case Verb::Help:
-                reply(
-                    "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT "
-                    "VRFY ETRN");
-                break;
-            case Verb::StartTls:
-                co_await on_starttls(c);
-                break;
-            case Verb::Etrn:
-                if (!server_.on_etrn_) {
-                    reply("502 5.5.1 Error: command not implemented");
-                    error = true;
-                } else if (!junk()) {
-                    co_await on_etrn(c);
-                }
-                break;
-            case Verb::Expn:
-            case Verb::Bdat:
-            case Verb::Auth:
-                reply("502 5.5.1 Error: command not implemented");
-                error = true;
-                break;
-            case Verb::Empty:
-                reply("500 5.5.2 Error: bad syntax");
-                error = true;
-                break;
-            case Verb::Unknown:
-                reply("500 5.5.2 Error: command not recognized");
-                error = true;
-                break;
+        std::exception_ptr failed;
+        try {
+            error = co_await dispatch(c);
+        } catch (...) {
+            failed = std::current_exception();
+        }
+        if (failed) {
+            // The deadline or a shutdown cancelled the command: that is not a failure of it.
+            auto cs = co_await asio::this_coro::cancellation_state;
+            if (cs.cancelled() != asio::cancellation_type::none) std::rethrow_exception(failed);
+            error = true;
+            co_await on_failure(c, failed);
         }
         if (last_code_ == '5') error = true;
         if (error && c.verb != Verb::Quit && protocol_error()) break;
         if (!stream_.socket().is_open()) co_return;
     }
     co_await flush();
+}
+
+asio::awaitable<bool> Session::dispatch(const Command& c) {
+    bool error = false;
+    switch (c.verb) {
+        case Verb::Helo:
+            on_helo(c, false);
+            break;
+        case Verb::Ehlo:
+            on_helo(c, true);
+            break;
+        case Verb::Mail:
+            co_await on_mail(c);
+            break;
+        case Verb::Rcpt:
+            co_await on_rcpt(c);
+            break;
+        case Verb::Data:
+            co_await on_data(c);
+            break;
+        case Verb::Rset:
+            if (junk()) break;
+            co_await end_milter_transactions();
+            reset_transaction();
+            reply("250 2.0.0 Ok");
+            break;
+        case Verb::Noop:
+            if (!junk()) reply("250 2.0.0 Ok");
+            break;
+        case Verb::Quit:
+            reply("221 2.0.0 Bye");
+            quit_ = true;
+            break;
+        case Verb::Vrfy:
+            if (junk()) break;
+            reply("252 2.5.2 Cannot VRFY user; send mail and it will be relayed");
+            break;
+        case Verb::Help:
+            reply(
+                "214 2.0.0 See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT "
+                "VRFY ETRN");
+            break;
+        case Verb::StartTls:
+            co_await on_starttls(c);
+            break;
+        case Verb::Etrn:
+            if (!server_.on_etrn_) {
+                reply("502 5.5.1 Error: command not implemented");
+                error = true;
+            } else if (!junk()) {
+                co_await on_etrn(c);
+            }
+            break;
+        case Verb::Expn:
+        case Verb::Bdat:
+        case Verb::Auth:
+            reply("502 5.5.1 Error: command not implemented");
+            error = true;
+            break;
+        case Verb::Empty:
+            reply("500 5.5.2 Error: bad syntax");
+            error = true;
+            break;
+        case Verb::Unknown:
+            reply("500 5.5.2 Error: command not recognized");
+            error = true;
+            break;
+    }
+    co_return error;
+}
+
+asio::awaitable<void> Session::on_failure(const Command& c, std::exception_ptr failed) {
+    std::string what = "unknown exception";
+    bool store = false;
+    try {
+        std::rethrow_exception(failed);
+    } catch (const StoreError& e) {
+        what = e.what();
+        store = true;
+    } catch (const std::exception& e) {
+        what = e.what();
+    } catch (...) {
+    }
+    spdlog::error("{} failure in {} from [{}] helo={}, answering 451: {}",
+                  store ? "store" : "internal", printable(c.verb_text), peer_, helo_,
+                  printable(what));
+    count_reject(store ? "store_error" : "internal_error");
+    // The transaction is dropped; its milters may be in any state, so they are opened afresh.
+    milters_.clear();
+    reset_transaction();
+    out_.clear();  // what a half-done command queued is not sent
+    reply("451 4.3.0 " + cfg_.hostname + " Error: local error in processing" +
+          (store ? " (queue store)" : "") + ", try again later");
+    // DATA or STARTTLS left the stream where the client's next bytes cannot be read as a
+    // command: the session ends after the reply.
+    if (c.verb == Verb::Data || c.verb == Verb::StartTls) quit_ = true;
+    co_return;
 }
 
 void Session::on_helo(const Command& c, bool extended) {

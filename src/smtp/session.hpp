@@ -4,6 +4,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <exception>
 #include <map>
 #include <memory>
 #include <optional>
@@ -29,11 +30,14 @@ class Session {
     void stop();
 
   private:
+    boost::asio::awaitable<void> guarded();  // converse(), answering what escapes it
     boost::asio::awaitable<void> converse();
     boost::asio::awaitable<std::optional<CommandReader::Line>> read_command();
     boost::asio::awaitable<bool> flush();
     void reply(std::string line);  // queued; sent when the client waits (RFC 2920)
     void reset_transaction();
+    boost::asio::awaitable<bool> dispatch(const Command& c);  // true: a protocol error
+    boost::asio::awaitable<void> on_failure(const Command& c, std::exception_ptr failed);
 
     void on_helo(const Command& c, bool extended);
     boost::asio::awaitable<void> on_mail(const Command& c);

@@ -663,5 +663,14 @@ class Raw:
         self.s.close()
 
 
+def edit_config(b, old, new):
+    """Replaces `old` (which must be there) with `new` in a Backupmx's config file."""
+    with open(b.config) as f:
+        text = f.read()
+    assert old in text, old
+    with open(b.config, "w") as f:
+        f.write(text.replace(old, new))
+
+
 def main():
     unittest.main(verbosity=2)

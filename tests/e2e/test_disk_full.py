@@ -1,10 +1,18 @@
 """Disk full: the store refuses with 451 (never a false 250), the server lives on, and every
 message it did accept is delivered once space is back. Needs root for a small tmpfs."""
 import os
+import re
 import smtplib
 import subprocess
+import time
 
-from harness import E2ETest, main, wait_until
+from harness import E2ETest, Raw, edit_config, main, wait_until
+
+
+def fill_disk(path):
+    """Writes zeros into `path`/filler until the file system under it is full."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={os.path.join(path, 'filler')}", "bs=64k"],
+                   stderr=subprocess.DEVNULL)
 
 
 def fill_until_full(test, b, most, body):
@@ -39,10 +47,7 @@ class DiskFull(E2ETest):
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", store], check=True)
         self.stoppers.insert(0, lambda: subprocess.run(["umount", "-l", store]))
         b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"}, **kw)
-        with open(b.config) as f:
-            cfg = f.read().replace(f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
-        with open(b.config, "w") as f:
-            f.write(cfg)
+        edit_config(b, f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
         return store, b.start()
 
     def test_full_store_answers_451_and_keeps_what_it_took(self):
@@ -75,6 +80,68 @@ class DiskFull(E2ETest):
         s.quit()
         wait_until(lambda: b.queue() == [], timeout=30, what="the small one delivered")
         self.assertEqual(len(sink.messages()), 1)
+
+
+class StoreErrorInSession(E2ETest):
+    """A store that cannot write while a RCPT is checked (greylisting records the triplet,
+    verify caches the answer) fails the command, not the session: 451 4.3.0 at once, logged
+    once, and the session goes on (issue 14 point 7: it used to hang until command_timeout)."""
+
+    def rcpts_until_refused(self, b, most, rcpt):
+        """RCPTs (new sender each, so each is a new write) until one is not a 4xx/2xx policy
+        answer: returns (reply, seconds it took, how many were tried)."""
+        r = Raw(b.port, timeout=30)
+        r.reply()
+        r.cmd("EHLO client.test.example")
+        for i in range(most):
+            self.assertTrue(r.cmd(f"MAIL FROM:<s{i}@sender.test>").startswith("250"))
+            t0 = time.monotonic()
+            reply = r.cmd(f"RCPT TO:<{rcpt(i)}>")
+            took = time.monotonic() - t0
+            if reply.startswith("451 4.3.0"):
+                self.assertTrue(r.cmd("RSET").startswith("250"))  # the session lives on
+                self.assertTrue(r.cmd("NOOP").startswith("250"))
+                r.cmd("QUIT")
+                r.close()
+                return reply, took, i + 1
+            self.assertTrue(reply[:1] in "24", reply)
+            r.cmd("RSET")
+        self.fail(f"no store error in {most} RCPTs: " + b.log()[-1500:])
+
+    def small_disk_backupmx(self, spec, **kw):
+        self.assertEqual(os.geteuid(), 0, "this test mounts a tmpfs: run make test as root")
+        store = os.path.join(self.dir, "store")
+        os.makedirs(store)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", store], check=True)
+        self.stoppers.insert(0, lambda: subprocess.run(["umount", "-l", store]))
+        b = self.backupmx({"example.test": spec}, extra_smtp='command_timeout = "60s"', **kw)
+        edit_config(b, f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
+        return store, b
+
+    def check(self, b, reply, took, n):
+        print(f"\n  store error after {n} RCPTs: answered in {took * 1000:.0f} ms: {reply}")
+        self.assertLess(took, 2.0, "the 451 came late: the session waited for its deadline")
+        self.assertRegex(reply, r"^451 4\.3\.0 mx2\.test\.example .*local error")
+        self.assertEqual(len(re.findall(r"store failure in RCPT from \[127\.0\.0\.1\]",
+                                        b.log())), 1, "logged once")
+
+    def test_store_full_while_greylisting_answers_451_at_once_and_the_session_lives(self):
+        p = self.scripted().start()
+        store, b = self.small_disk_backupmx({"primary": f"127.0.0.1:{p.port}",
+                                             "greylisting": "X"},
+                                            extra_toml='[policy]\ngreylist_delay = "1h"')
+        edit_config(b, 'greylisting = "X"', "greylisting = true")
+        b.start()
+        fill_disk(store)
+        self.check(b, *self.rcpts_until_refused(b, 1000, lambda i: "bob@example.test"))
+
+    def test_store_full_while_caching_a_verify_answer_answers_451_at_once(self):
+        p = self.scripted().start()  # answers every RCPT 250: each new recipient is cached
+        store, b = self.small_disk_backupmx({"primary": f"127.0.0.1:{p.port}",
+                                             "recipients": "verify"})
+        b.start()
+        fill_disk(store)
+        self.check(b, *self.rcpts_until_refused(b, 1000, lambda i: f"u{i}@example.test"))
 
 
 class PgDiskFull(E2ETest):

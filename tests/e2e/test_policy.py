@@ -9,15 +9,7 @@ import sys
 import time
 
 from dnsserver import DnsServer
-from harness import BIN, Backupmx, E2ETest, Raw, main, wait_until
-
-
-def edit_config(b, old, new):
-    with open(b.config) as f:
-        text = f.read()
-    assert old in text, old
-    with open(b.config, "w") as f:
-        f.write(text.replace(old, new))
+from harness import BIN, Backupmx, E2ETest, Raw, edit_config, main, wait_until
 
 
 def rcpt_reply(r, rcpt, sender="a@sender.test"):
