@@ -13,6 +13,7 @@
 #include "admin/panel.hpp"
 #include "bounce/dsn.hpp"
 #include "metrics/metrics.hpp"
+#include "util/json.hpp"
 #include "util/util.hpp"
 
 namespace bmx::admin {
@@ -147,7 +148,7 @@ Response reply(http::status st, std::string body, std::string_view type) {
 }
 
 Response json_reply(http::status st, const json::value& v) {
-    return reply(st, json::serialize(v) + "\n", "application/json");
+    return reply(st, json_text(v) + "\n", "application/json");
 }
 
 Response error(http::status st, std::string_view msg) {

@@ -14,6 +14,8 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "util/json.hpp"
+
 namespace bmx {
 
 namespace asio = boost::asio;
@@ -55,7 +57,7 @@ void Alerts::raise(const std::string& event, const std::string& domain, boost::j
         fields["domain"] = domain;
         fields["node"] = cfg_.hostname;
         fields["time"] = to_unix(now());
-        std::string json = boost::json::serialize(fields);
+        std::string json = json_text(fields);
         asio::co_spawn(io_, post(std::move(json)), asio::detached);
     }
     if (cfg_.alert_email.empty()) return;

@@ -5,6 +5,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -28,11 +29,13 @@
 #include "dns/resolver.hpp"
 #include "dnscheck/dnscheck.hpp"
 #include "domains/domains.hpp"
+#include "logging/logging.hpp"
 #include "queue/queue.hpp"
 #include "scheduler/scheduler.hpp"
 #include "smtp/server.hpp"
 #include "store/spool.hpp"
 #include "store/store.hpp"
+#include "util/json.hpp"
 #include "util/util.hpp"
 
 namespace asio = boost::asio;
@@ -40,12 +43,10 @@ using namespace bmx;
 
 namespace {
 
-void setup_logging(const std::string& level) {
-    auto logger = spdlog::stderr_color_mt("backupmx");
-    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %l %v");
-    logger->set_level(spdlog::level::from_str(level));
-    logger->flush_on(spdlog::level::trace);
-    spdlog::set_default_logger(logger);
+void setup_logging(const std::string& level, const std::string& format = "text") {
+    logging::Format f = logging::Format::Text;
+    logging::parse_format(format, f);
+    logging::setup(level, f);
 }
 
 void apply_time_offset() {
@@ -71,11 +72,12 @@ std::unique_ptr<Store> store_of(const Config& cfg) {
 // The spool directory (and the state directory above it) exist and take files, or the server does
 // not start: a large message would otherwise get 451 at every try. Throws naming the key.
 void prepare_spool(const Config& cfg) {
-    std::error_code ec;
-    std::filesystem::create_directories(cfg.spool_dir, ec);
-    if (ec)
-        throw std::runtime_error("queue.spool_dir = \"" + cfg.spool_dir + "\": cannot create it: " +
-                                 ec.message() + " (set [queue] spool_dir or state_dir)");
+    try {
+        make_private_dirs(cfg.spool_dir);
+    } catch (const StoreError& e) {
+        throw std::runtime_error("queue.spool_dir = \"" + cfg.spool_dir + "\": " + e.what() +
+                                 " (set [queue] spool_dir or state_dir)");
+    }
     try {
         Spool::open(cfg.spool_dir);  // a nameless file, gone at once
     } catch (const StoreError& e) {
@@ -118,10 +120,15 @@ std::unique_ptr<Store> open_store_waiting(const Config& cfg) {
 }
 
 int serve(Config cfg) {
-    setup_logging(cfg.log_level);
+    setup_logging(cfg.log_level, cfg.log_format);
     apply_time_offset();
     raise_fd_limit();
+    // Queued mail, the state directory and the control socket are nobody else's: whatever umask
+    // the server was started with, what it creates is 0600 / 0700 (the store and spool also say
+    // so themselves, for the commands that open them).
+    ::umask(077);
     prepare_spool(cfg);
+    make_private_dirs(std::filesystem::path(cfg.control_socket).parent_path().string());
     asio::io_context io(1);
     auto store = open_store_waiting(cfg);
     if (!store) return 0;
@@ -208,7 +215,7 @@ int serve(Config cfg) {
             };
             for (const auto& d : cfg.domains) add(d.name);
             for (const auto& d : domains.all()) add(d.name);
-            return boost::json::serialize(all);
+            return json_text(all);
         }
         if (line == "domains") {  // the CLI changed the store's domains: read them again
             asio::co_spawn(io, reload_domains(), asio::detached);
@@ -308,7 +315,7 @@ int queue_list(const Config& cfg, bool json, const std::string& domain) {
                                                  {"last_error", r.last_error},
                                                  {"held", r.held}});
         }
-        std::cout << boost::json::serialize(arr) << "\n";
+        std::cout << json_text(arr) << "\n";
         return 0;
     }
     if (rows.empty()) {
@@ -494,7 +501,7 @@ int queue_summary(const Config& cfg, bool json) {
         arr.push_back(o);
     }
     if (json) {
-        std::cout << boost::json::serialize(arr) << "\n";
+        std::cout << json_text(arr) << "\n";
         return 0;
     }
     if (sums.empty()) std::cout << "Mail queue is empty\n";
@@ -611,6 +618,7 @@ int store_copy(const std::string& from, const std::string& to) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    setup_logging("info");  // what a command logs is escaped as the server's lines are
     CLI::App app{"backupmx: a backup MX that keeps your mail while the primary is down"};
     app.require_subcommand(1);
     std::string config_path = "/etc/backupmx/backupmx.toml";

@@ -503,16 +503,35 @@ Config parse_config(std::string_view text) {
         c.dnswl_threshold = static_cast<int>(get_int(*p, w, "dnswl_threshold", -1, -1000, -1));
     }
     if (auto* l = table_of("log")) {
-        check_keys(*l, "log", {"level"});
+        check_keys(*l, "log", {"level", "format"});
         c.log_level = get_string(*l, "log.", "level", c.log_level);
         static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
         if (!levels.count(c.log_level))
             fail("log.level", "must be trace, debug, info, warn or error");
+        c.log_format = get_string(*l, "log.", "format", c.log_format);
+        if (c.log_format != "text" && c.log_format != "json")
+            fail("log.format", "must be text or json");
     }
     if (auto* a = table_of("admin")) {
-        check_keys(*a, "admin", {"listen", "tls_cert", "tls_key"});
+        check_keys(*a, "admin",
+                   {"listen", "tls_cert", "tls_key", "max_connections",
+                    "max_connections_per_address", "header_timeout", "idle_timeout",
+                    "login_threads", "login_queue", "login_queue_per_address"});
         if (a->get("listen")) c.admin_listen = get_listen(*a, "admin.listen");
         get_cert_pair(*a, "admin.", c.admin_tls_cert, c.admin_tls_key);
+        const std::string w = "admin.";
+        auto u32 = [&](const char* key, std::uint32_t def, std::int64_t min, std::int64_t max) {
+            return static_cast<std::uint32_t>(get_int(*a, w, key, def, min, max));
+        };
+        c.admin_max_connections = u32("max_connections", c.admin_max_connections, 1, 100000);
+        c.admin_max_connections_per_address =
+            u32("max_connections_per_address", c.admin_max_connections_per_address, 1, 100000);
+        c.admin_header_timeout = get_duration(*a, w, "header_timeout", c.admin_header_timeout);
+        c.admin_idle_timeout = get_duration(*a, w, "idle_timeout", c.admin_idle_timeout);
+        c.admin_login_threads = u32("login_threads", c.admin_login_threads, 1, 64);
+        c.admin_login_queue = u32("login_queue", c.admin_login_queue, 1, 10000);
+        c.admin_login_queue_per_address =
+            u32("login_queue_per_address", c.admin_login_queue_per_address, 1, 10000);
     }
     if (auto* a = table_of("alerts")) {
         check_keys(*a, "alerts", {"webhook", "email", "down_after", "queue_threshold"});

@@ -125,9 +125,19 @@ struct Config {
     int dnswl_threshold = -1;  // score at or below: allowlisted (skips greylisting)
     // [log]
     std::string log_level = "info";
+    std::string log_format = "text";  // text | json (one object per line)
     // [admin]: the HTTP API, web panel and metrics (off when listen is empty); HTTPS with both.
     std::vector<HostPort> admin_listen;
     std::string admin_tls_cert, admin_tls_key;
+    // Bounds of the admin listener against idle and slow clients, and of the login form's
+    // password checks (Argon2id, ~0.1 s and 64 MiB each) against floods of them.
+    std::uint32_t admin_max_connections = 256;             // at once; at it, the idlest goes
+    std::uint32_t admin_max_connections_per_address = 16;  // at once, from one address
+    std::chrono::seconds admin_header_timeout{10};         // a request's header, whole
+    std::chrono::seconds admin_idle_timeout{30};           // keep-alive: wait for the next request
+    std::uint32_t admin_login_threads = 2;                 // password checks at once
+    std::uint32_t admin_login_queue = 32;                  // waiting for a thread; then 429
+    std::uint32_t admin_login_queue_per_address = 4;       // of one address, waiting or running
     // [alerts]: a primary down (after `down_after` failed tries in a row), back up, or a domain's
     // queue past `queue_threshold` messages: an HTTP POST of JSON, and/or an email.
     std::string alert_webhook;  // "http://host:port/path"

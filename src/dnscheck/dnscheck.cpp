@@ -8,6 +8,7 @@
 
 #include "delivery/client.hpp"
 #include "delivery/route.hpp"
+#include "util/json.hpp"
 #include "util/util.hpp"
 
 namespace bmx::dnscheck {
@@ -58,7 +59,7 @@ std::string Report::json() const {
                                              {"message", c.message},
                                              {"fix", c.fix}});
     boost::json::object o{{"domain", domain}, {"ok", ok()}, {"publish", publish}, {"checks", arr}};
-    return boost::json::serialize(o);
+    return json_text(o);
 }
 
 bool same_network(const asio::ip::address& a, const asio::ip::address& b) {

@@ -187,8 +187,20 @@ PathResult parse_path_arg(std::string_view arg, std::string_view keyword, bool r
             return r;
         }
         a.domain = to_lower(dom);
-        for (unsigned char c : path)
-            if (c >= 0x80) a.utf8 = true;
+        for (std::size_t i = 0; i < path.size();) {
+            if (static_cast<unsigned char>(path[i]) < 0x80) {
+                ++i;
+                continue;
+            }
+            // RFC 6531 3.3 / RFC 3629: UTF-8, no overlong forms, no surrogates.
+            const std::size_t n = utf8_sequence(path.substr(i));
+            if (n == 0) {
+                r.error = "553 5.6.7 Address is not valid UTF-8 (RFC 6531, RFC 3629)";
+                return r;
+            }
+            a.utf8 = true;
+            i += n;
+        }
     }
     // ESMTP parameters: SP keyword[=value]
     std::size_t i = 0;

@@ -2,14 +2,46 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <vector>
 
 #include "store/store.hpp"
 
 namespace bmx {
+
+void make_private_dirs(const std::string& dir) {
+    if (dir.empty()) return;
+    std::vector<std::filesystem::path> missing;
+    for (std::filesystem::path p = std::filesystem::path(dir).lexically_normal();
+         !p.empty() && !std::filesystem::exists(p); p = p.parent_path()) {
+        missing.push_back(p);
+        if (p == p.parent_path()) break;
+    }
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+        if (::mkdir(it->c_str(), 0700) != 0 && errno != EEXIST)
+            throw StoreError("cannot create " + it->string() + ": " + std::strerror(errno));
+        ::chmod(it->c_str(), 0700);  // the umask may have narrowed it; never widened
+    }
+}
+
+void make_private_file(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) throw StoreError("cannot open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && (st.st_mode & 077) != 0) ::fchmod(fd, st.st_mode & 0700);
+    ::close(fd);
+    for (const char* suffix : {"-wal", "-shm"}) {
+        const std::string companion = path + suffix;
+        struct stat cs {};
+        if (::stat(companion.c_str(), &cs) == 0 && (cs.st_mode & 077) != 0)
+            ::chmod(companion.c_str(), cs.st_mode & 0700);
+    }
+}
 
 std::shared_ptr<Spool> Spool::open(const std::string& dir) {
     std::string path = (dir.empty() ? std::string(".") : dir) + "/.spool-XXXXXX";

@@ -13,6 +13,14 @@
 
 namespace bmx {
 
+// Creates `dir` and any missing parent, each new one mode 0700 whatever the umask (queued mail
+// is nobody else's to read); an existing directory is left as it is. Throws StoreError.
+void make_private_dirs(const std::string& dir);
+
+// `path` exists as a file of mode 0600 (created empty if missing, narrowed if wider), and so
+// do SQLite's companions path-wal and path-shm where they exist. Throws StoreError.
+void make_private_file(const std::string& path);
+
 class Spool {
   public:
     // An empty spool in `dir`. Throws StoreError.

@@ -175,8 +175,10 @@ class SqliteStore final : public Store {
   public:
     explicit SqliteStore(const std::string& path) {
         auto dir = std::filesystem::path(path).parent_path();
-        if (!dir.empty()) std::filesystem::create_directories(dir);
+        make_private_dirs(dir.string());
         bool fresh = !std::filesystem::exists(path);
+        // 0600 before SQLite opens it: SQLite gives -wal and -shm the database file's mode.
+        make_private_file(path);
         if (sqlite3_open_v2(path.c_str(), &db_,
                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                             nullptr) != SQLITE_OK) {
