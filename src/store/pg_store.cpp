@@ -594,6 +594,30 @@ class PgStore final : public Store {
         exec("DELETE FROM login_failures WHERE key = $1", {key});
     }
 
+    bool reserve_login_attempt(const std::vector<std::string>& keys, TimePoint t, TimePoint since,
+                               std::size_t max) override {
+        Tx tx(*this);
+        // One lock for every node's reservations (a short transaction, and logins are few): the
+        // count below then sees every attempt reserved before it, on any node. Per-key locks
+        // would need an order that hash collisions cannot turn into a deadlock.
+        exec("SELECT pg_advisory_xact_lock(724165002)", {});
+        exec("DELETE FROM login_failures WHERE at < $1", {to_unix(since)});
+        for (const auto& k : keys)
+            if (login_failures(k, since) >= max) return false;
+        for (const auto& k : keys)
+            exec("INSERT INTO login_failures(key, at) VALUES($1,$2)", {k, to_unix(t)});
+        tx.commit();
+        return true;
+    }
+
+    void release_login_attempt(const std::vector<std::string>& keys, TimePoint t) override {
+        for (const auto& k : keys)
+            exec(
+                "DELETE FROM login_failures WHERE ctid = (SELECT ctid FROM login_failures WHERE "
+                "key = $1 AND at = $2 LIMIT 1)",
+                {k, to_unix(t)});
+    }
+
     std::optional<std::string> token_user(const std::string& token_hash) override {
         auto r = exec("SELECT name FROM api_tokens WHERE hash = $1", {token_hash});
         if (!r.rows()) return std::nullopt;

@@ -82,6 +82,11 @@ struct FullStore : Store {
     }
     std::size_t login_failures(const std::string&, TimePoint) override { return 0; }
     void clear_login_failures(const std::string&) override {}
+    bool reserve_login_attempt(const std::vector<std::string>&, TimePoint, TimePoint,
+                               std::size_t) override {
+        full();
+    }
+    void release_login_attempt(const std::vector<std::string>&, TimePoint) override {}
     void audit(const AuditEntry&) override { full(); }
     std::vector<AuditEntry> audit_log(std::size_t) override { return {}; }
     bool add_domain(const StoredDomain&) override { full(); }

@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../pg_server.hpp"
@@ -789,6 +791,51 @@ TEST_P(StoreTest, LoginFailuresAreCountedPerKeyWithinTheWindow) {
     const auto later = t + Seconds(1000);
     store_->add_login_failure({"ip:192.0.2.9"}, later, later - window);
     EXPECT_EQ(count("SELECT count(*) FROM login_failures"), "1");
+}
+
+TEST_P(StoreTest, ALoginAttemptIsReservedBeforeItsCheckAndTakenBackWhenGood) {
+    const auto t = from_unix(200000);
+    const auto since = t - Seconds(300);
+    const std::vector<std::string> keys{"ip:192.0.2.1", "user:ann"};
+    for (int i = 0; i < 5; ++i) EXPECT_TRUE(store_->reserve_login_attempt(keys, t, since, 5));
+    // the sixth is refused before any password is checked, and writes nothing
+    EXPECT_FALSE(store_->reserve_login_attempt(keys, t, since, 5));
+    EXPECT_FALSE(store_->reserve_login_attempt({"ip:192.0.2.2", "user:ann"}, t, since, 5));
+    EXPECT_EQ(store_->login_failures("ip:192.0.2.2", since), 0u);
+    EXPECT_EQ(store_->login_failures("user:ann", since), 5u);
+    // a good password takes one reservation back, under each key
+    store_->release_login_attempt(keys, t);
+    EXPECT_EQ(store_->login_failures("ip:192.0.2.1", since), 4u);
+    EXPECT_EQ(store_->login_failures("user:ann", since), 4u);
+    EXPECT_TRUE(store_->reserve_login_attempt(keys, t, since, 5));
+    // the window forgets
+    const auto later = t + Seconds(301);
+    EXPECT_TRUE(store_->reserve_login_attempt(keys, later, later - Seconds(300), 5));
+    EXPECT_EQ(count("SELECT count(*) FROM login_failures"), "2");
+}
+
+// Forty tries at once on eight connections (eight nodes of a fleet on PostgreSQL, eight
+// processes on one SQLite file), all for one account: exactly the limit pass.
+TEST_P(StoreTest, ParallelLoginReservationsOnManyConnectionsPassTheLimitExactly) {
+    const auto t = from_unix(300000);
+    std::vector<std::unique_ptr<Store>> nodes;
+    for (int i = 0; i < 8; ++i)
+        nodes.push_back(engine_ == "pg"
+                            ? open_pg_store(url_, "node-" + std::to_string(i), Seconds(60))
+                            : open_sqlite_store(path_));
+    std::atomic<int> passed{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 8; ++i)
+        threads.emplace_back([&, i] {
+            for (int j = 0; j < 5; ++j)
+                if (nodes[i]->reserve_login_attempt(
+                        {"ip:198.51.100." + std::to_string(i), "user:root"}, t, t - Seconds(300),
+                        5))
+                    ++passed;
+        });
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(passed.load(), 5);
+    EXPECT_EQ(store_->login_failures("user:root", t - Seconds(300)), 5u);
 }
 
 TEST_P(StoreTest, AuditIsNewestFirstAndBounded) {
