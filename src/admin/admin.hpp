@@ -9,7 +9,6 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
 #include <functional>
 #include <memory>
@@ -18,6 +17,7 @@
 
 #include "accounts/accounts.hpp"
 #include "admin/http.hpp"
+#include "admin/login_pool.hpp"
 #include "config/config.hpp"
 #include "dnscheck/dnscheck.hpp"
 #include "domains/domains.hpp"
@@ -65,8 +65,6 @@ class Admin {
     boost::asio::awaitable<void> audit(const Ctx& c, const std::string& action,
                                        const std::string& target, const std::string& detail);
     boost::asio::awaitable<void> store_audit(AuditEntry e);
-    boost::asio::awaitable<bool> check_password(const std::string& hash,
-                                                const std::string& password);
     boost::json::object domain_json(const std::string& name,
                                     const std::vector<QueueSummary>& sums) const;
     boost::asio::awaitable<std::vector<QueueSummary>> summaries();
@@ -75,7 +73,7 @@ class Admin {
 
     boost::asio::io_context& io_;
     Parts p_;
-    boost::asio::thread_pool hasher_{1};  // Argon2id off the event loop
+    LoginPool logins_;  // Argon2id off the event loop, bounded and fair
     std::unique_ptr<Listener> listener_;
 };
 
