@@ -69,7 +69,8 @@ class Admin {
                                     const std::vector<QueueSummary>& sums) const;
     boost::asio::awaitable<std::vector<QueueSummary>> summaries();
     Response login_page(const Request& req, unsigned status, const std::string& error);
-    bool exists(const std::string& name) const;  // config file or store
+    Response busy(const Ctx& c, const std::string& user);  // 429, Retry-After
+    bool exists(const std::string& name) const;            // config file or store
 
     boost::asio::io_context& io_;
     Parts p_;

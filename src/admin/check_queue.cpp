@@ -30,6 +30,13 @@ CheckQueue::Admission CheckQueue::push(std::uint64_t id, const std::string& addr
     return a;
 }
 
+bool CheckQueue::has_room(const std::string& address, bool clean) const {
+    auto held = held_.find(address);
+    const std::size_t mine = held == held_.end() ? 0 : held->second;
+    if (mine >= per_address_) return false;
+    return waiting_ < capacity_ || (clean && mine == 0 && !rest_.empty());
+}
+
 std::uint64_t CheckQueue::take(Lane& lane) {
     const std::string address = lane.turn.front();
     lane.turn.pop_front();

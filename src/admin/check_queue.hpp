@@ -26,6 +26,7 @@ class CheckQueue {
     };
     // `clean`: the address has had no failed login lately.
     Admission push(std::uint64_t id, const std::string& address, bool clean);
+    bool has_room(const std::string& address, bool clean) const;  // would push admit it now?
     std::optional<std::uint64_t> pop();  // the next to run; it counts for its address until done
     void done(std::uint64_t id);         // a popped check has finished
     std::size_t waiting() const { return waiting_; }

@@ -21,12 +21,12 @@ LoginPool::~LoginPool() {
 }
 
 asio::awaitable<LoginPool::Verdict> LoginPool::check(const std::string& address, bool clean,
-                                                     std::string hash, std::string password) {
+                                                     const std::string& hash,
+                                                     const std::string& password) {
     const std::uint64_t id = ++next_id_;
     co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Verdict)>(
         [this, id, &address, clean, &hash, &password](auto handler) {
-            start(id, address, clean,
-                  Job{std::move(hash), std::move(password), std::move(handler)});
+            start(id, address, clean, Job{hash, password, std::move(handler)});
         },
         asio::use_awaitable);
 }

@@ -29,10 +29,16 @@ class LoginPool {
     ~LoginPool();                                           // waits for the running checks
 
     enum class Verdict { Right, Wrong, Busy };
+    // Whether a check would find room now: asked before anything is written for it, so that a
+    // flood is turned away without costing the store a transaction each.
+    bool has_room(const std::string& address, bool clean) const {
+        return queue_.has_room(address, clean);
+    }
     // An empty `hash` (an unknown user) costs the same time as a wrong password, and is Wrong.
     // `clean`: the address has had no failed login lately. Called on the event loop only.
-    boost::asio::awaitable<Verdict> check(const std::string& address, bool clean, std::string hash,
-                                          std::string password);
+    // (References, not copies: GCC 12 may destroy a coroutine's by-value arguments twice.)
+    boost::asio::awaitable<Verdict> check(const std::string& address, bool clean,
+                                          const std::string& hash, const std::string& password);
 
   private:
     struct Job {

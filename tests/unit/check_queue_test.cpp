@@ -59,7 +59,10 @@ TEST(CheckQueue, AFullQueueIsRefusedButMakesRoomForACleanAddress) {
     q.push(3, "b", false);
     q.push(4, "c", false);
     EXPECT_EQ(q.waiting(), 4u);
+    EXPECT_FALSE(q.has_room("d", false));
     EXPECT_FALSE(q.push(5, "d", false).admitted);  // full
+    EXPECT_FALSE(q.has_room("a", true));  // a clean address with a check in is not first-served
+    EXPECT_TRUE(q.has_room("operator", true));
     auto a = q.push(6, "operator", true);
     EXPECT_TRUE(a.admitted);
     EXPECT_EQ(a.displaced, 2u);  // the newest of the address with the most waiting
