@@ -153,6 +153,38 @@ TEST(ConfigParse, DefaultsForKeysMissingFromPresentTables) {
     EXPECT_EQ(c.control_socket, "./control.sock");
 }
 
+TEST(ConfigParse, AdminListenerAndLoginLimits) {
+    Config d = parse_config("");
+    EXPECT_EQ(d.admin_max_connections, 256u);
+    EXPECT_EQ(d.admin_max_connections_per_address, 16u);
+    EXPECT_EQ(d.admin_header_timeout, seconds(10));
+    EXPECT_EQ(d.admin_idle_timeout, seconds(30));
+    EXPECT_EQ(d.admin_login_threads, 2u);
+    EXPECT_EQ(d.admin_login_queue, 32u);
+    EXPECT_EQ(d.admin_login_queue_per_address, 4u);
+    Config c = parse_config(R"toml(
+[admin]
+max_connections = 100
+max_connections_per_address = 4
+header_timeout = "5s"
+idle_timeout = "1m"
+login_threads = 1
+login_queue = 8
+login_queue_per_address = 2
+)toml");
+    EXPECT_EQ(c.admin_max_connections, 100u);
+    EXPECT_EQ(c.admin_max_connections_per_address, 4u);
+    EXPECT_EQ(c.admin_header_timeout, seconds(5));
+    EXPECT_EQ(c.admin_idle_timeout, seconds(60));
+    EXPECT_EQ(c.admin_login_threads, 1u);
+    EXPECT_EQ(c.admin_login_queue, 8u);
+    EXPECT_EQ(c.admin_login_queue_per_address, 2u);
+    expect_error("[admin]\nlogin_threads = 0\n", "admin.login_threads");
+    expect_error("[admin]\nmax_connections_per_address = -1\n",
+                 "admin.max_connections_per_address");
+    expect_error("[admin]\nheader_timeout = \"soon\"\n", "admin.header_timeout");
+}
+
 TEST(ConfigParse, DurationAsIntegerSeconds) {
     Config c = parse_config("[queue]\nmax_age = 3600\nretry_min = 30\nretry_max = 30\n");
     EXPECT_EQ(c.max_age, seconds(3600));
