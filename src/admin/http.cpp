@@ -84,20 +84,25 @@ void Listener::stop() {
         a->close(ec);
     }
     for (auto& c : conns_)
-        if (c.idle && c.stream) {
+        if (c.state == Conn::State::Idle && c.stream && !c.closed) {
             boost::system::error_code ec;
             c.stream->socket().close(ec);
         }
 }
 
 bool Listener::make_room() {
-    Conn* oldest = nullptr;
-    for (auto& c : conns_)
-        if (c.idle && c.stream && (!oldest || c.idle_since < oldest->idle_since)) oldest = &c;
-    if (!oldest) return false;
+    Conn* pick = nullptr;
+    for (auto state : {Conn::State::Idle, Conn::State::Reading}) {
+        for (auto& c : conns_)
+            if (c.state == state && c.stream && !c.closed && (!pick || c.since < pick->since))
+                pick = &c;
+        if (pick) break;
+    }
+    if (!pick) return false;
     boost::system::error_code ec;
-    oldest->stream->socket().close(ec);  // its coroutine ends on operation_aborted
-    oldest->stream = nullptr;
+    pick->stream->socket().close(ec);  // its coroutine ends on operation_aborted
+    pick->closed = true;
+    --live_;
     return true;
 }
 
@@ -126,8 +131,6 @@ asio::awaitable<void> Listener::accept_loop(tcp::acceptor& acceptor) {
         boost::system::error_code rec;
         const std::string ip = sock.remote_endpoint(rec).address().to_string();
         if (rec) continue;
-        std::size_t live = 0;
-        for (const auto& c : conns_) live += c.stream ? 1 : 0;
         if (per_address_[ip] >= limits_.per_address) {
             log_refusal(ip,
                         "too many connections from this address ([admin] "
@@ -135,31 +138,35 @@ asio::awaitable<void> Listener::accept_loop(tcp::acceptor& acceptor) {
             refuse(sock);
             continue;
         }
-        if (live >= limits_.max_connections && !make_room()) {
-            log_refusal(ip, "too many connections, none idle ([admin] max_connections)");
+        if (live_ >= limits_.max_connections && !make_room()) {
+            log_refusal(ip, "too many connections, none idle or reading ([admin] max_connections)");
             refuse(sock);
             continue;
         }
-        asio::co_spawn(io_, serve(std::move(sock)), asio::detached);
+        // Counted before the coroutine first runs, so a burst of accepts cannot pass the caps.
+        auto conn = conns_.insert(conns_.end(), Conn{ip});
+        conn->set(Conn::State::Idle);
+        ++per_address_[ip];
+        ++live_;
+        asio::co_spawn(io_, serve(std::move(sock), conn), asio::detached);
     }
 }
 
-asio::awaitable<void> Listener::serve(tcp::socket sock) {
-    boost::system::error_code ec;
-    Peer peer{sock.remote_endpoint(ec).address().to_string(), tls_ != nullptr};
-    if (ec) co_return;
-    beast::tcp_stream stream(std::move(sock));
-    auto it = conns_.insert(conns_.end(), Conn{peer.ip, &stream, true, SteadyClock::now()});
-    ++per_address_[peer.ip];
+asio::awaitable<void> Listener::serve(tcp::socket sock, std::list<Conn>::iterator it) {
     struct Forget {
         Listener& l;
         std::list<Conn>::iterator it;
         ~Forget() {
             auto pa = l.per_address_.find(it->ip);
             if (pa != l.per_address_.end() && --pa->second == 0) l.per_address_.erase(pa);
+            if (!it->closed) --l.live_;
             l.conns_.erase(it);
         }
     } forget{*this, it};
+    if (it->closed) co_return;
+    Peer peer{it->ip, tls_ != nullptr};
+    beast::tcp_stream stream(std::move(sock));
+    it->stream = &stream;
     if (!tls_) {
         co_await exchange(stream, peer, *it);
         co_return;
@@ -169,10 +176,10 @@ asio::awaitable<void> Listener::serve(tcp::socket sock) {
     beast::get_lowest_layer(tls).expires_after(limits_.header_timeout);
     auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::server,
                                               asio::as_tuple(asio::use_awaitable));
-    if (hec) co_return;
+    if (hec || it->closed) co_return;
     co_await exchange(tls, peer, *it);
-    if (!it->stream) co_return;  // closed to make room
-    it->idle = false;
+    if (it->closed) co_return;  // closed to make room
+    it->set(Conn::State::Busy);
     beast::get_lowest_layer(tls).expires_after(std::chrono::seconds(5));
     co_await tls.async_shutdown(asio::as_tuple(asio::use_awaitable));
 }
@@ -187,16 +194,15 @@ asio::awaitable<void> Listener::exchange(Stream& stream, const Peer& peer, Conn&
     if (!tls_) low.expires_after(limits_.header_timeout);
     while (!stopping_) {
         if (buffer.size() == 0) {
-            conn.idle = true;
-            conn.idle_since = SteadyClock::now();
+            conn.set(Conn::State::Idle);
             if (!first) low.expires_after(limits_.idle_timeout);
             auto [ec, n] = co_await stream.async_read_some(buffer.prepare(4096),
                                                            asio::as_tuple(asio::use_awaitable));
-            if (ec || !conn.stream) co_return;  // closed, timed out, or closed to make room
+            if (ec || conn.closed) co_return;  // closed, timed out, or closed to make room
             buffer.commit(n);
             if (!first) low.expires_after(limits_.header_timeout);
         }
-        conn.idle = false;
+        conn.set(Conn::State::Reading);
         first = false;
         http::request_parser<http::string_body> parser;
         parser.header_limit(16 * 1024);
@@ -210,6 +216,8 @@ asio::awaitable<void> Listener::exchange(Stream& stream, const Peer& peer, Conn&
             std::tie(ec, n) = co_await http::async_read(stream, buffer, parser,
                                                         asio::as_tuple(asio::use_awaitable));
         }
+        if (conn.closed) co_return;
+        conn.set(Conn::State::Busy);
         if (ec) {
             std::optional<Response> r;
             if (ec == http::error::body_limit)

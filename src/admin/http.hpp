@@ -4,7 +4,8 @@
 // Bounded against idle and slow clients: at most `max_connections` at once and
 // `per_address` from one address (more are refused at once); a request's header must arrive
 // whole within `header_timeout`, a kept-alive connection may wait `idle_timeout` for its next
-// request; at the cap, the connection idle longest makes room for a new one. A request it cannot
+// request; at the cap, the connection idle longest (else the one reading a request longest) makes
+// room for a new one, so idle or slow clients cannot keep the operator out. A request it cannot
 // parse (a bad version, a bad or conflicting length, ...) is answered 400 and logged, then closed.
 // It must never decide anything about a request itself (who may do what is the router's), nor
 // write a client's bytes to the log.
@@ -59,21 +60,29 @@ class Listener {
     static constexpr std::size_t kMaxBody = 1 << 20;  // a JSON request is small
     static constexpr std::chrono::seconds kBodyTimeout{60};
 
-    // An open connection, while its coroutine runs: idle is true while it waits for a request's
-    // first byte (then it may be closed to make room).
+    // An open connection, while its coroutine runs. Idle: waiting for a request's first byte;
+    // Reading: the rest of the request; Busy: the router has it, or its answer is being written.
+    // An Idle or Reading one may be closed to make room (then `closed`, until its coroutine ends).
     struct Conn {
+        enum class State { Idle, Reading, Busy };
         std::string ip;
-        boost::beast::tcp_stream* stream = nullptr;
-        bool idle = true;
-        std::chrono::steady_clock::time_point idle_since;
+        boost::beast::tcp_stream* stream = nullptr;  // set by serve()
+        State state = State::Idle;
+        std::chrono::steady_clock::time_point since;  // in this state
+        bool closed = false;
+        void set(State s) {
+            state = s;
+            since = std::chrono::steady_clock::now();
+        }
     };
 
   private:
     boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& a);
-    boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket sock);
+    boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket sock,
+                                       std::list<Conn>::iterator conn);
     template <class Stream>
     boost::asio::awaitable<void> exchange(Stream& stream, const Peer& peer, Conn& conn);
-    bool make_room();  // closes the connection idle longest; false when none is idle
+    bool make_room();  // closes one Idle (else Reading) connection; false when all are Busy
     void refuse(boost::asio::ip::tcp::socket& sock);  // at a cap: 503, closed
 
     boost::asio::io_context& io_;
@@ -83,7 +92,8 @@ class Listener {
     std::unique_ptr<boost::asio::ssl::context> tls_;
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::list<Conn> conns_;
-    std::map<std::string, std::size_t> per_address_;
+    std::size_t live_ = 0;                            // conns_ not closed to make room
+    std::map<std::string, std::size_t> per_address_;  // conns_, per address
     bool stopping_ = false;
 };
 
