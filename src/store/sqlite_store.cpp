@@ -586,6 +586,33 @@ class SqliteStore final : public Store {
         s.run();
     }
 
+    bool reserve_login_attempt(const std::vector<std::string>& keys, TimePoint t, TimePoint since,
+                               std::size_t max) override {
+        Tx tx(*this);  // BEGIN IMMEDIATE: the write lock before the count, for every process
+        Stmt gone(db_, "DELETE FROM login_failures WHERE at < ?");
+        gone.bind(1, to_unix(since));
+        gone.run();
+        for (const auto& k : keys)
+            if (login_failures(k, since) >= max) return false;
+        Stmt s(db_, "INSERT INTO login_failures(key, at) VALUES(?,?)");
+        for (const auto& k : keys) {
+            s.bind(1, k).bind(2, to_unix(t));
+            s.run();
+        }
+        tx.commit();
+        return true;
+    }
+
+    void release_login_attempt(const std::vector<std::string>& keys, TimePoint t) override {
+        Stmt s(db_,
+               "DELETE FROM login_failures WHERE rowid = (SELECT rowid FROM login_failures "
+               "WHERE key = ? AND at = ? LIMIT 1)");
+        for (const auto& k : keys) {
+            s.bind(1, k).bind(2, to_unix(t));
+            s.run();
+        }
+    }
+
     std::optional<std::string> token_user(const std::string& token_hash) override {
         Stmt s(db_, "SELECT name FROM api_tokens WHERE hash = ?");
         s.bind(1, token_hash);
