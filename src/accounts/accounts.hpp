@@ -34,7 +34,9 @@ std::string csrf_token(std::string_view id);
 
 // Failed logins: after kLoginMaxFailures within kLoginWindow from one address, or for one
 // account, the next tries are refused without checking the password until the window has passed.
-// The store counts them under these keys, so the limit holds for a whole fleet.
+// The store counts them under these keys, so the limit holds for a whole fleet; each try is
+// reserved there before its password is checked (Store::reserve_login_attempt), so parallel
+// tries cannot all pass a count made before any of them failed.
 inline constexpr std::size_t kLoginMaxFailures = 5;
 inline constexpr Seconds kLoginWindow{300};
 struct LoginKeys {
