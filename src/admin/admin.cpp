@@ -12,6 +12,7 @@
 
 #include "admin/panel.hpp"
 #include "bounce/dsn.hpp"
+#include "delivery/route.hpp"
 #include "metrics/metrics.hpp"
 #include "util/json.hpp"
 #include "util/util.hpp"
@@ -208,16 +209,21 @@ json::object primary_json(const Scheduler::PrimaryStatus& st) {
                         {"last_result", st.last_result}};
 }
 
-Admin::Admin(asio::io_context& io, Parts parts) : io_(io), p_(std::move(parts)) {}
+Admin::Admin(asio::io_context& io, Parts parts)
+    : io_(io),
+      p_(std::move(parts)),
+      logins_(io, {p_.cfg.admin_login_threads, p_.cfg.admin_login_queue,
+                   p_.cfg.admin_login_queue_per_address}) {}
 
-Admin::~Admin() {
-    hasher_.join();
-}
+Admin::~Admin() = default;
 
 void Admin::start() {
+    const ListenerLimits limits{p_.cfg.admin_max_connections,
+                                p_.cfg.admin_max_connections_per_address,
+                                p_.cfg.admin_header_timeout, p_.cfg.admin_idle_timeout};
     listener_ = std::make_unique<Listener>(
         io_, p_.cfg.admin_listen, p_.cfg.admin_tls_cert, p_.cfg.admin_tls_key,
-        [this](const Request& req, const Peer& peer) { return handle(req, peer); });
+        [this](const Request& req, const Peer& peer) { return handle(req, peer); }, limits);
     listener_->start();
 }
 
@@ -227,22 +233,6 @@ void Admin::stop() {
 
 bool Admin::exists(const std::string& name) const {
     return p_.cfg.find_domain(name) != nullptr;
-}
-
-asio::awaitable<bool> Admin::check_password(const std::string& hash, const std::string& password) {
-    // Argon2id takes ~0.1 s and 64 MiB on purpose: on its own thread, never on the event loop.
-    auto ex = co_await asio::this_coro::executor;
-    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
-        [this, ex, &hash, &password](auto handler) {
-            asio::post(hasher_, [h = std::move(handler), ex, hash, password]() mutable {
-                // An unknown user costs the same time as a wrong password.
-                static const std::string dummy = accounts::hash_password("not a password");
-                const bool ok = accounts::verify_password(hash.empty() ? dummy : hash, password) &&
-                                !hash.empty();
-                asio::post(ex, [h = std::move(h), ok]() mutable { h(ok); });
-            });
-        },
-        asio::use_awaitable);
 }
 
 asio::awaitable<void> Admin::audit(const Ctx& c, const std::string& action,
@@ -344,6 +334,17 @@ Response Admin::login_page(const Request& req, unsigned status, const std::strin
     return r;
 }
 
+// Every password check slot is taken: the try is not counted, and the client may come back soon.
+Response Admin::busy(const Ctx& c, const std::string& user) {
+    spdlog::info(
+        "admin: login of user={} client={} not checked: every password check slot is "
+        "taken ([admin] login_queue, login_queue_per_address)",
+        printable(user), c.peer.ip);
+    Response r = login_page(c.req, 429, "Too many logins at once; try again in a moment.");
+    r.set(http::field::retry_after, "2");
+    return r;
+}
+
 asio::awaitable<Response> Admin::login(Ctx& c) {
     if (c.req.method() == http::verb::get) co_return login_page(c.req, 200, "");
     if (c.req.method() != http::verb::post)
@@ -357,32 +358,43 @@ asio::awaitable<Response> Admin::login(Ctx& c) {
     const auto t = now();
     c.caller.user = user;
     const auto keys = accounts::login_keys(c.peer.ip, user);
-    const std::function<bool(Store&)> blocked = [&keys, t](Store& s) {
-        const auto since = t - accounts::kLoginWindow;
-        return s.login_failures(keys.ip, since) >= accounts::kLoginMaxFailures ||
-               s.login_failures(keys.user, since) >= accounts::kLoginMaxFailures;
+    // Whether this address has failed lately decides its place in the password checks' queue;
+    // a check that would find no room is turned away before anything is written for it.
+    const auto since = t - accounts::kLoginWindow;
+    const std::function<bool(Store&)> clean_address = [&keys, since](Store& s) {
+        return s.login_failures(keys.ip, since) == 0;
     };
-    const bool refused = co_await p_.queue.call(blocked);
-    if (refused) {
+    const bool clean = co_await p_.queue.read(clean_address);
+    if (!logins_.has_room(c.peer.ip, clean)) co_return busy(c, user);
+    // The attempt is reserved (counted as a failure) before its password is checked, in one
+    // store transaction with the count: parallel tries, on any node, cannot all pass the limit.
+    const std::function<bool(Store&)> reserve = [&keys, t, since](Store& s) {
+        return s.reserve_login_attempt({keys.ip, keys.user}, t, since, accounts::kLoginMaxFailures);
+    };
+    if (!co_await p_.queue.call(reserve)) {
         co_await audit(c, "login-refused", user, "too many failed logins");
         co_return login_page(c.req, 429, "Too many failed logins; wait a few minutes.");
     }
+    const std::function<bool(Store&)> release = [&keys, t](Store& s) {
+        s.release_login_attempt({keys.ip, keys.user}, t);
+        return true;
+    };
     const std::function<std::optional<Account>(Store&)> load = [&user](Store& s) {
         return s.account(user);
     };
     auto account = co_await p_.queue.call(load);
     const std::string hash = account ? account->pwhash : "";
-    const bool ok = co_await check_password(hash, password);
-    if (!ok) {
-        const std::function<bool(Store&)> failed = [&keys, t](Store& s) {
-            s.add_login_failure({keys.ip, keys.user}, t, t - accounts::kLoginWindow);
-            return true;
-        };
-        co_await p_.queue.call(failed);
+    const auto verdict = co_await logins_.check(c.peer.ip, clean, hash, password);
+    if (verdict == LoginPool::Verdict::Busy) {  // not checked: not a failure
+        co_await p_.queue.call(release);
+        co_return busy(c, user);
+    }
+    if (verdict == LoginPool::Verdict::Wrong) {  // the reservation stays: it is the failure
         co_await audit(c, "login-failed", user, "");
         co_return login_page(c.req, 401, "Wrong user name or password.");
     }
-    const std::function<bool(Store&)> succeeded = [&keys](Store& s) {
+    const std::function<bool(Store&)> succeeded = [&keys, t](Store& s) {
+        s.release_login_attempt({keys.ip, keys.user}, t);
         s.clear_login_failures(keys.user);
         return true;
     };
@@ -506,6 +518,10 @@ json::object Admin::domain_json(const std::string& name,
     o["recipients"] = dc && dc->policy.recipients == RecipientCheck::Verify ? "verify"
                       : dc && dc->policy.recipients == RecipientCheck::List ? "list"
                                                                             : "any";
+    json::array warnings;
+    if (dc)
+        if (auto w = backscatter_warning(*dc); !w.empty()) warnings.emplace_back(w);
+    o["warnings"] = warnings;
     o["greylisting"] = dc && dc->policy.greylisting;
     o["max_message_size"] =
         dc && dc->policy.max_message_size ? dc->policy.max_message_size : p_.cfg.max_message_size;
@@ -643,12 +659,22 @@ asio::awaitable<Response> Admin::add_domain(Ctx& c) {
         co_return error(http::status::bad_request, e);
     if (auto e = Domains::check_primary(*primary); !e.empty())
         co_return error(http::status::bad_request, e);
+    if (auto hp = parse_host_port(*primary, 25)) {  // a primary that is this server loops
+        const std::string domain = *name;
+        auto r = co_await delivery::route_via(p_.resolver, p_.cfg, domain, *hp);
+        if (r.self_loop) co_return error(http::status::bad_request, "refused: " + r.error);
+    }
     std::string owner = c.caller.role == Role::Customer ? c.caller.user : "";
     if (auto o = str_field(*body, "owner"); o && c.caller.role == Role::Operator) owner = *o;
     if (exists(*name)) co_return error(http::status::conflict, *name + " is already served here");
     StoredDomain d;
     d.name = *name;
     d.primary = *primary;
+    if (auto r = str_field(*body, "recipients")) {  // default "verify": no backscatter
+        if (*r != "verify" && *r != "any")
+            co_return error(http::status::bad_request, "recipients: \"verify\" or \"any\"");
+        d.recipients = *r;
+    }
     d.created_by = c.caller.user;
     d.created = now();
     const std::function<int(Store&)> write = [&d, &owner](Store& s) {
@@ -812,33 +838,51 @@ asio::awaitable<Response> Admin::message_api(Ctx& c) {
         if (with_body) o["body"] = m.body;
         co_return json_reply(http::status::ok, o);
     }
+    // Delete, hold and bounce let the scheduler go of the message first: an attempt in flight
+    // stops before its final dot (or, past it, records what the primary said), and the action
+    // then works on what is still pending — never a delivery and a DSN for one recipient.
+    const auto settle = [&]() -> asio::awaitable<std::optional<Response>> {
+        const bool settled = co_await p_.scheduler.settle(id, std::chrono::seconds(30));
+        if (!settled)
+            co_return error(http::status::conflict,
+                            "an attempt to deliver " + id + " is still in flight; try again");
+        const std::function<std::optional<StoredMessage>(Store&)> reload = [&id](Store& s) {
+            return s.load_head(id);
+        };
+        auto again = co_await p_.queue.call(reload);
+        if (!again)
+            co_return error(http::status::conflict,
+                            id + " was delivered while the action was asked for");
+        m = std::move(*again);
+        co_return std::nullopt;
+    };
     if (c.segs.size() == 2 && method == http::verb::delete_) {
+        if (auto refused = co_await settle()) co_return std::move(*refused);
         const std::function<bool(Store&)> remove = [&id](Store& s) { return s.remove(id); };
         co_await p_.queue.call(remove);
-        p_.scheduler.forget(id);
         co_await audit(c, "message.delete", id, "domain " + m.domain + " from <" + m.sender + ">");
         co_return reply(http::status::no_content, "", "text/plain");
     }
     if (c.segs.size() != 3 || method != http::verb::post) co_return not_found();
     const std::string& action = c.segs[2];
+    if (action == "hold" || action == "bounce")
+        if (auto refused = co_await settle()) co_return std::move(*refused);
     if (action == "hold" || action == "release") {
         const std::string reason = action == "hold" ? "held by " + c.caller.user : "";
         const std::function<bool(Store&)> write = [&id, &reason](Store& s) {
             return s.set_held(id, reason);
         };
         co_await p_.queue.call(write);
-        if (action == "hold")
-            p_.scheduler.forget(id);
-        else if (!found.held.empty())
+        if (action == "release" && !found.held.empty())
             p_.scheduler.release(id, m.domain, m.received_at, m.attempts);
         co_await audit(c, "message." + action, id, "domain " + m.domain);
         const char* state = action == "hold" ? "held" : "queued";
         co_return json_reply(http::status::ok, json::object{{"id", id}, {"state", state}});
     }
     if (action == "bounce") {
-        auto u = bounce::return_to_sender(
-            m, p_.cfg.hostname, "returned to the sender by the operator of the backup MX", now());
-        p_.scheduler.forget(id);
+        auto u = bounce::return_to_sender(m, p_.cfg.hostname,
+                                          "returned to the sender by the operator of the backup MX",
+                                          now(), p_.cfg.dsn_max_headers);
         co_await p_.queue.record(u);
         if (u.dsn) p_.scheduler.add({*u.dsn});
         // Named first: GCC 12 destroys temporaries of a ?: inside co_await/co_return twice.

@@ -66,10 +66,30 @@ std::string final_recipient(const std::string& addr, bool global) {
 
 }  // namespace
 
+std::string returned_headers(std::string_view body, std::size_t max_headers) {
+    auto end = body.find("\r\n\r\n");
+    std::string_view head = body.substr(0, end == std::string_view::npos ? body.size() : end + 2);
+    if (head.size() > max_headers) {
+        // the last whole field that fits: a line end not followed by a folded continuation
+        std::size_t cut = 0;
+        for (std::size_t at = head.find("\r\n");
+             at != std::string_view::npos && at + 2 <= max_headers;
+             at = head.find("\r\n", at + 2)) {
+            const bool folded =
+                at + 2 < head.size() && (head[at + 2] == ' ' || head[at + 2] == '\t');
+            if (!folded) cut = at + 2;
+        }
+        head = head.substr(0, cut);
+    }
+    std::string out(head);
+    if (!out.empty() && !out.ends_with("\r\n")) out += "\r\n";
+    return out;
+}
+
 std::optional<NewMessage> make_dsn(const StoredMessage& original,
                                    const std::vector<Failure>& failures,
                                    const std::string& hostname, const std::string& remote_mta,
-                                   TimePoint now) {
+                                   TimePoint now, std::size_t max_headers) {
     if (original.sender.empty() || failures.empty()) return std::nullopt;
     NewMessage dsn;
     dsn.id = new_queue_id();
@@ -83,11 +103,7 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     dsn.client = "bounce";
 
     std::string boundary = dsn.id + "/" + hostname;
-    std::string headers_part;
-    auto end = original.body.find("\r\n\r\n");
-    headers_part =
-        original.body.substr(0, end == std::string::npos ? original.body.size() : end + 2);
-    if (!headers_part.ends_with("\r\n")) headers_part += "\r\n";
+    const std::string headers_part = returned_headers(original.body, max_headers);
 
     std::string b;
     b += "From: Mail Delivery System <MAILER-DAEMON@" + hostname + ">\r\n";
@@ -143,7 +159,7 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
 }
 
 AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostname,
-                               const std::string& why, TimePoint now) {
+                               const std::string& why, TimePoint now, std::size_t max_headers) {
     AttemptUpdate u;
     u.id = m.id;
     u.next_attempt_at = now;
@@ -158,7 +174,7 @@ AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostna
              why + "; last error: " + (m.last_error.empty() ? "none" : m.last_error)});
         u.outcomes.push_back({r.address, RcptStatus::Failed, why});
     }
-    u.dsn = make_dsn(m, failures, hostname, "", now);
+    u.dsn = make_dsn(m, failures, hostname, "", now, max_headers);
     return u;
 }
 

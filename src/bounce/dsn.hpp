@@ -21,15 +21,21 @@ struct Failure {
 // Enhanced status from an SMTP reply text ("550 5.1.1 ...") or from its class when it has none.
 std::string status_of(std::string_view reply);
 
+// The DSN returns the original's header section, cut at a field boundary to at most
+// `max_headers` bytes ([queue] dsn_max_headers): a bounce must not carry a forger's 64 KiB.
+constexpr std::size_t kDsnMaxHeaders = 8192;
+std::string returned_headers(std::string_view body, std::size_t max_headers);
+
 std::optional<NewMessage> make_dsn(const StoredMessage& original,
                                    const std::vector<Failure>& failures,
                                    const std::string& hostname, const std::string& remote_mta,
-                                   TimePoint now);
+                                   TimePoint now, std::size_t max_headers = kDsnMaxHeaders);
 
 // An operator returns a queued message to its sender: every pending recipient fails with
 // status 5.0.0 and `why`, a DSN is made (none for a null sender), and the update removes the
 // message in the same transaction that commits the DSN.
 AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostname,
-                               const std::string& why, TimePoint now);
+                               const std::string& why, TimePoint now,
+                               std::size_t max_headers = kDsnMaxHeaders);
 
 }  // namespace bmx::bounce

@@ -20,12 +20,14 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <thread>
 
 #include "accounts/accounts.hpp"
 #include "admin/admin.hpp"
 #include "bounce/dsn.hpp"
 #include "config/config.hpp"
 #include "control/control.hpp"
+#include "delivery/route.hpp"
 #include "dns/resolver.hpp"
 #include "dnscheck/dnscheck.hpp"
 #include "domains/domains.hpp"
@@ -119,6 +121,39 @@ std::unique_ptr<Store> open_store_waiting(const Config& cfg) {
     }
 }
 
+// The first of `domains` (name, primary) whose primary is this server itself, as "name: why"; ""
+// when none. A primary that resolves to our own SMTP listener would take every message straight
+// back, for ever. (DNS that does not answer now is no finding: delivery checks again.)
+std::string self_loop(asio::io_context& io, dns::Resolver& resolver, const Config& cfg,
+                      const std::vector<std::pair<std::string, HostPort>>& domains) {
+    std::string found;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            for (const auto& [name, primary] : domains) {
+                auto r = co_await delivery::route_via(resolver, cfg, name, primary);
+                if (r.self_loop) {
+                    found = name + ": " + r.error;
+                    co_return;
+                }
+            }
+        },
+        asio::detached);
+    io.run();
+    io.restart();
+    return found;
+}
+
+// `domain add`'s check: "" when `primary` does not loop back here.
+std::string self_loop(const Config& cfg, const std::string& domain, const std::string& primary) {
+    auto hp = parse_host_port(primary, 25);
+    if (!hp) return "";
+    asio::io_context io(1);
+    dns::Resolver resolver(io,
+                           dns::Settings{cfg.dns_resolver, cfg.dns_trust_anchor, cfg.dns_timeout});
+    return self_loop(io, resolver, cfg, {{domain, *hp}});
+}
+
 int serve(Config cfg) {
     setup_logging(cfg.log_level, cfg.log_format);
     apply_time_offset();
@@ -140,6 +175,18 @@ int serve(Config cfg) {
     auto queue = std::make_unique<Queue>(std::move(store));
     dns::Resolver resolver(io,
                            dns::Settings{cfg.dns_resolver, cfg.dns_trust_anchor, cfg.dns_timeout});
+    for (const auto& w : config_warnings(cfg)) spdlog::warn("{}", w);
+    {
+        std::vector<std::pair<std::string, HostPort>> configured, stored;
+        for (const auto& d : cfg.domains)
+            if (d.primary) configured.emplace_back(d.name, *d.primary);
+        for (const auto& d : domains.all())
+            if (auto hp = parse_host_port(d.primary, 25)) stored.emplace_back(d.name, *hp);
+        if (auto loop = self_loop(io, resolver, cfg, configured); !loop.empty())
+            throw std::runtime_error("domain " + loop + " (fix its primary in the config)");
+        if (auto loop = self_loop(io, resolver, cfg, stored); !loop.empty())
+            spdlog::error("domain {} (change it: backupmx domain add/delete, or the API)", loop);
+    }
     Scheduler scheduler(io, cfg, *queue, resolver);
     policy::Checker checker(
         cfg, *queue, resolver,
@@ -187,9 +234,8 @@ int serve(Config cfg) {
                          domain.empty() ? "" : " for " + domain, n);
             return "ok " + std::to_string(n);
         }
-        if (line.starts_with("forget ")) {
-            scheduler.forget(line.substr(7));
-            return "ok";
+        if (line.starts_with("forget ")) {  // "in-flight": ask again until "ok" (see withdraw)
+            return scheduler.withdraw(line.substr(7)) ? "ok" : "in-flight";
         }
         if (line.starts_with("schedule ")) {  // released, or a DSN the CLI made
             asio::co_spawn(
@@ -414,7 +460,7 @@ int add_user(const Config& cfg, const std::string& name, const std::string& role
 }
 
 int domain_add(const Config& cfg, std::string name, const std::string& primary,
-               const std::string& owner) {
+               const std::string& owner, const std::string& recipients) {
     if (auto e = Domains::check_name(name); !e.empty()) {
         std::cerr << e << "\n";
         return 2;
@@ -427,12 +473,18 @@ int domain_add(const Config& cfg, std::string name, const std::string& primary,
         std::cerr << name << " is in the config file already\n";
         return 1;
     }
+    if (auto loop = self_loop(cfg, name, primary); !loop.empty()) {
+        std::cerr << "refused: " << loop << "\n";
+        return 2;
+    }
     auto store = store_of(cfg);
     if (!owner.empty() && !store->account(owner)) {
         std::cerr << "no account " << owner << "\n";
         return 1;
     }
-    StoredDomain d{name, primary, "any", false, 0, cli_user(), now()};
+    StoredDomain d{name, primary, recipients, false, 0, cli_user(), now()};
+    if (recipients == "any")
+        std::cerr << "warning: " << name << ": recipients = \"any\" invites backscatter\n";
     if (!store->add_domain(d)) {
         std::cerr << name << " is served here already\n";
         return 1;
@@ -540,8 +592,26 @@ int queue_show(const Config& cfg, const std::string& id) {
     return 0;
 }
 
+// The running server (if any) lets go of `id` and any attempt in flight ends (and is recorded)
+// before the CLI acts on the store: never a delivery and a DSN for one recipient. False when
+// the attempt has not ended after `limit`.
+bool withdraw_from_server(const Config& cfg, const std::string& id,
+                          std::chrono::milliseconds limit = std::chrono::seconds(30)) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+        auto r = control::request(cfg.control_socket, "forget " + id);
+        if (!r || *r != "in-flight") return true;  // not running, or let go
+        if (std::chrono::steady_clock::now() >= until) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+}
+
 // hold | release | bounce, on the store; then the running server is told (when it runs).
 int queue_act(const Config& cfg, const std::string& action, const std::string& id) {
+    if (action != "release" && !withdraw_from_server(cfg, id)) {
+        std::cerr << "an attempt to deliver " << id << " is still in flight; try again\n";
+        return 1;
+    }
     auto store = store_of(cfg);
     auto m = store->load_head(id);
     if (!m) {
@@ -551,14 +621,13 @@ int queue_act(const Config& cfg, const std::string& action, const std::string& i
     std::string detail = "domain " + m->domain;
     if (action == "hold") {
         store->set_held(id, "held by " + cli_user());
-        control::request(cfg.control_socket, "forget " + id);
     } else if (action == "release") {
         store->set_held(id, "");
         control::request(cfg.control_socket, "schedule " + id);
     } else {  // bounce
-        control::request(cfg.control_socket, "forget " + id);
-        auto u = bounce::return_to_sender(
-            *m, cfg.hostname, "returned to the sender by the operator of the backup MX", now());
+        auto u = bounce::return_to_sender(*m, cfg.hostname,
+                                          "returned to the sender by the operator of the backup MX",
+                                          now(), cfg.dsn_max_headers);
         store->record_attempt(u);
         if (u.dsn) {
             control::request(cfg.control_socket, "schedule " + u.dsn->id);
@@ -695,6 +764,11 @@ int main(int argc, char** argv) {
     dom_add->add_option("name", dom_name, "the mail domain")->required();
     dom_add->add_option("primary", dom_primary, "host, host:port or [ip]:port")->required();
     dom_add->add_option("--owner", dom_owner, "the customer account that owns it");
+    std::string dom_recipients = "verify";
+    dom_add
+        ->add_option("--recipients", dom_recipients,
+                     "verify (ask the primary; the default) or any (invites backscatter)")
+        ->check(CLI::IsMember({"verify", "any"}));
     auto* dom_list = domain_cmd->add_subcommand("list", "every domain served, and where it is set");
     dom_list->add_option("--config", config_path, "config file")->required();
     auto* dom_del = domain_cmd->add_subcommand("delete",
@@ -741,6 +815,8 @@ int main(int argc, char** argv) {
     }
     try {
         if (*check_cmd) {
+            for (const auto& w : config_warnings(cfg))
+                std::cout << config_path << ": warning: " << w << "\n";
             std::cout << config_path << ": ok (" << cfg.domains.size() << " domains, store "
                       << cfg.store << ")\n";
             return 0;
@@ -768,7 +844,7 @@ int main(int argc, char** argv) {
                       << ": schema up to date\n";
             return 0;
         }
-        if (*dom_add) return domain_add(cfg, dom_name, dom_primary, dom_owner);
+        if (*dom_add) return domain_add(cfg, dom_name, dom_primary, dom_owner, dom_recipients);
         if (*dom_list) return domain_list(cfg);
         if (*dom_del) return domain_delete(cfg, dom_name);
         if (*flush_cmd) {
@@ -784,12 +860,16 @@ int main(int argc, char** argv) {
             return r->starts_with("ok") ? 0 : 1;
         }
         if (*delete_cmd) {
+            if (!withdraw_from_server(cfg, delete_id)) {
+                std::cerr << "an attempt to deliver " << delete_id
+                          << " is still in flight; try again\n";
+                return 1;
+            }
             auto store = store_of(cfg);
             if (!store->remove(delete_id)) {
                 std::cerr << "no message " << delete_id << " in the queue\n";
                 return 1;
             }
-            control::request(cfg.control_socket, "forget " + delete_id);  // if it runs
             std::cout << "deleted " << delete_id << "\n";
             return 0;
         }

@@ -313,10 +313,12 @@ Config parse_config(std::string_view text) {
 
     if (auto* s = table_of("smtp")) {
         const std::string w = "smtp.";
-        check_keys(*s, "smtp",
-                   {"listen", "max_message_size", "max_recipients", "max_connections",
-                    "command_timeout", "data_timeout", "max_errors", "max_junk_commands",
-                    "min_data_rate", "also_known_as", "tls_cert", "tls_key"});
+        check_keys(
+            *s, "smtp",
+            {"listen", "max_message_size", "max_recipients", "max_connections", "command_timeout",
+             "data_timeout", "max_errors", "max_junk_commands", "min_data_rate", "also_known_as",
+             "tls_cert", "tls_key", "max_hops", "stress_threshold", "first_command_timeout",
+             "stress_timeout", "max_session_memory"});
         if (s->get("listen")) c.listen = get_listen(*s, "smtp.listen");
         c.max_message_size = static_cast<std::uint64_t>(
             get_int(*s, w, "max_message_size", static_cast<std::int64_t>(c.max_message_size), 1024,
@@ -332,6 +334,15 @@ Config parse_config(std::string_view text) {
             get_int(*s, w, "min_data_rate", c.min_data_rate, 1, 1000000000));
         c.max_junk_commands = static_cast<std::uint32_t>(
             get_int(*s, w, "max_junk_commands", c.max_junk_commands, 1, 1000000));
+        c.max_hops = static_cast<std::uint32_t>(get_int(*s, w, "max_hops", c.max_hops, 2, 1000));
+        c.stress_threshold = static_cast<std::uint32_t>(
+            get_int(*s, w, "stress_threshold", c.stress_threshold, 1, 100));
+        c.first_command_timeout =
+            get_duration(*s, w, "first_command_timeout", c.first_command_timeout);
+        c.stress_timeout = get_duration(*s, w, "stress_timeout", c.stress_timeout);
+        c.max_session_memory = static_cast<std::size_t>(
+            get_int(*s, w, "max_session_memory", static_cast<std::int64_t>(c.max_session_memory),
+                    1024 * 1024, 64LL * 1024 * 1024 * 1024));
         if (auto node = s->get("also_known_as")) {
             auto* arr = node->as_array();
             if (!arr) fail("smtp.also_known_as", "must be an array of host names");
@@ -351,7 +362,7 @@ Config parse_config(std::string_view text) {
         check_keys(*q, "queue",
                    {"store", "max_age", "retry_min", "retry_max", "probe_interval",
                     "max_concurrency", "initial_concurrency", "control_socket", "relayhost", "node",
-                    "lease", "state_dir", "spool_dir", "pg_synchronous_commit"});
+                    "lease", "state_dir", "spool_dir", "pg_synchronous_commit", "dsn_max_headers"});
         c.store = get_string(*q, w, "store", c.store);
         const bool pg = c.store.starts_with("postgresql://") || c.store.starts_with("postgres://");
         if (!pg && (!c.store.starts_with("sqlite:") || c.store.size() <= 7))
@@ -364,6 +375,8 @@ Config parse_config(std::string_view text) {
         c.lease = get_duration(*q, w, "lease", c.lease);
         if (c.lease < Seconds(5)) fail("queue.lease", "must be at least 5s");
         c.max_age = get_duration(*q, w, "max_age", c.max_age);
+        c.dsn_max_headers = static_cast<std::size_t>(get_int(
+            *q, w, "dsn_max_headers", static_cast<std::int64_t>(c.dsn_max_headers), 512, 1 << 20));
         c.retry_min = get_duration(*q, w, "retry_min", c.retry_min);
         c.retry_max = get_duration(*q, w, "retry_max", c.retry_max);
         if (c.retry_max < c.retry_min) fail("queue.retry_max", "must not be less than retry_min");
@@ -619,6 +632,21 @@ std::optional<HttpUrl> parse_http_url(std::string_view url) {
     u.host = hp->host;
     u.port = hp->port;
     return u;
+}
+
+std::string backscatter_warning(const DomainConfig& d) {
+    if (d.policy.recipients != RecipientCheck::Any) return "";
+    return "recipients = \"any\" accepts every address at " + d.name +
+           ": mail to an unknown one gets 250 and later a bounce to its sender, usually forged "
+           "(backscatter); use \"verify\" (asks the primary) or \"list\"";
+}
+
+std::vector<std::string> config_warnings(const Config& c) {
+    std::vector<std::string> out;
+    for (const auto& d : c.domains)
+        if (auto w = backscatter_warning(d); !w.empty())
+            out.push_back("domain " + d.name + ": " + w);
+    return out;
 }
 
 Config load_config_file(const std::string& path) {

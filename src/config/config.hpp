@@ -55,16 +55,22 @@ struct Config {
     std::uint64_t max_message_size = 52428800;
     std::uint32_t max_recipients = 100;
     std::uint32_t max_connections = 2000;
-    std::chrono::seconds command_timeout{300};  // RFC 5321 4.5.3.2.7: at least 5 minutes
+    std::size_t max_session_memory = 32 * 1024 * 1024;  // message bytes in memory, all sessions
+    std::uint32_t stress_threshold = 80;  // percent of max_connections: then stress timeouts
+    std::chrono::seconds first_command_timeout{30};  // greeting to the first command
+    std::chrono::seconds stress_timeout{10};         // every wait for a command, under stress
+    std::chrono::seconds command_timeout{300};       // RFC 5321 4.5.3.2.7: at least 5 minutes
     std::chrono::seconds data_timeout{600};  // between DATA chunks (4.5.3.2.6 asks 3m client side)
     std::uint32_t max_errors = 20;           // protocol errors before the session is dropped
     std::uint32_t min_data_rate = 500;       // bytes/s that extend the DATA deadline (Postfix)
     std::uint32_t max_junk_commands = 100;   // NOOP/RSET/VRFY per session (Postfix: 100)
+    std::uint32_t max_hops = 50;  // Received: headers, ours included, at which DATA gets 554 5.4.6
     std::vector<std::string> also_known_as;  // our other names, for MX self-recognition
     std::string tls_cert, tls_key;           // inbound STARTTLS; both or neither
     // [queue]
     std::string store = "sqlite:var/queue.db";
     std::chrono::seconds max_age{14 * 86400};
+    std::size_t dsn_max_headers = 8192;  // bytes of the original's header a DSN returns
     std::chrono::seconds retry_min{60};
     std::chrono::seconds retry_max{1800};
     std::chrono::seconds probe_interval{30};
@@ -102,7 +108,7 @@ struct Config {
     std::chrono::seconds greylist_expiry{86400};          // ...nor after this
     std::chrono::seconds greylist_allow_ttl{35 * 86400};  // a client that retried is trusted
     std::uint32_t client_connections = 50;   // at once, per client address (Postfix: 50)
-    std::uint32_t subnet_connections = 150;  // at once, per /24 (IPv4) or /64 (IPv6)
+    std::uint32_t subnet_connections = 150;  // at once, per /24 (IPv4) or /48 (IPv6)
     std::uint32_t connection_rate = 120;     // new connections per minute per address
     std::uint32_t message_rate = 600;        // MAIL FROMs per minute per address
     std::uint32_t recipient_rate = 3000;     // RCPTs per minute per address
@@ -168,5 +174,11 @@ struct HttpUrl {
 };
 std::optional<HttpUrl> parse_http_url(std::string_view url);
 Config parse_config(std::string_view toml_text);  // throws ConfigError
+
+// Why a domain's recipient check invites backscatter ("" when it does not): with recipients =
+// "any" an unknown address gets 250, and later a bounce to a sender that is usually forged.
+std::string backscatter_warning(const DomainConfig& d);
+// Every such warning of the config file's domains, one line each, naming the domain.
+std::vector<std::string> config_warnings(const Config& c);
 
 }  // namespace bmx

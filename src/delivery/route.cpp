@@ -1,7 +1,12 @@
 #include "delivery/route.hpp"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <boost/system/error_code.hpp>
+#include <cstring>
 
 #include "util/util.hpp"
 
@@ -61,15 +66,11 @@ asio::awaitable<bool> add_host(dns::Resolver& resolver, const std::string& host,
 
 }  // namespace
 
-asio::awaitable<Route> route(dns::Resolver& resolver, const Config& cfg,
-                             const std::string& domain) {
+namespace {
+
+asio::awaitable<Route> unchecked_route(dns::Resolver& resolver, const Config& cfg,
+                                       const std::string& domain, std::optional<HostPort> fixed) {
     Route r;
-    const DomainConfig* dc = cfg.find_domain(domain);
-    std::optional<HostPort> fixed;
-    if (dc && dc->primary)
-        fixed = dc->primary;
-    else if (!dc && cfg.relayhost)
-        fixed = cfg.relayhost;
     if (fixed) {
         boost::system::error_code ec;
         auto ip = asio::ip::make_address(fixed->host, ec);
@@ -138,6 +139,92 @@ asio::awaitable<Route> route(dns::Resolver& resolver, const Config& cfg,
         co_return r;
     }
     r.kind = Route::Kind::Ok;
+    co_return r;
+}
+
+}  // namespace
+
+bool own_endpoint(const std::vector<HostPort>& listen, const std::vector<asio::ip::address>& local,
+                  const asio::ip::address& a, std::uint16_t port) {
+    const auto plain = [](const asio::ip::address& x) {  // ::ffff:1.2.3.4 is 1.2.3.4
+        if (x.is_v6() && x.to_v6().is_v4_mapped())
+            return asio::ip::address(asio::ip::make_address_v4(asio::ip::v4_mapped, x.to_v6()));
+        return x;
+    };
+    const auto target = plain(a);
+    for (const auto& l : listen) {
+        if (l.port != port) continue;
+        boost::system::error_code ec;
+        const auto bound = asio::ip::make_address(l.host, ec);
+        if (ec) continue;
+        if (!bound.is_unspecified()) {
+            if (plain(bound) == target) return true;
+            continue;
+        }
+        // 0.0.0.0 or ::, every address of this host, the whole of 127/8 included
+        if (target.is_loopback() || target.is_unspecified()) return true;
+        for (const auto& mine : local)
+            if (plain(mine) == target) return true;
+    }
+    return false;
+}
+
+std::vector<asio::ip::address> local_addresses() {
+    std::vector<asio::ip::address> out;
+    ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) != 0) return out;
+    for (ifaddrs* i = list; i; i = i->ifa_next) {
+        if (!i->ifa_addr) continue;
+        if (i->ifa_addr->sa_family == AF_INET) {
+            const auto* sin = reinterpret_cast<const sockaddr_in*>(i->ifa_addr);
+            out.push_back(asio::ip::address_v4(ntohl(sin->sin_addr.s_addr)));
+        } else if (i->ifa_addr->sa_family == AF_INET6) {
+            const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(i->ifa_addr);
+            asio::ip::address_v6::bytes_type b;
+            std::memcpy(b.data(), sin6->sin6_addr.s6_addr, b.size());
+            out.push_back(asio::ip::address_v6(b));
+        }
+    }
+    ::freeifaddrs(list);
+    return out;
+}
+
+asio::awaitable<Route> route(dns::Resolver& resolver, const Config& cfg,
+                             const std::string& domain) {
+    const DomainConfig* dc = cfg.find_domain(domain);
+    std::optional<HostPort> fixed;
+    if (dc && dc->primary)
+        fixed = dc->primary;
+    else if (!dc && cfg.relayhost)
+        fixed = cfg.relayhost;
+    co_return co_await route_via(resolver, cfg, domain, fixed);
+}
+
+asio::awaitable<Route> route_via(dns::Resolver& resolver, const Config& cfg,
+                                 const std::string& domain, std::optional<HostPort> primary) {
+    Route r = co_await unchecked_route(resolver, cfg, domain, primary);
+    if (r.kind != Route::Kind::Ok) co_return r;
+    // A target that is this server's own SMTP listener would take the message straight back:
+    // the loop a domain whose primary points here (or at an address of this host) makes.
+    const auto local = local_addresses();
+    std::vector<Target> kept;
+    std::string looped;
+    for (auto& t : r.targets) {
+        if (own_endpoint(cfg.listen, local, t.address, t.port))
+            looped += (looped.empty() ? "" : ", ") + t.text();
+        else
+            kept.push_back(std::move(t));
+    }
+    r.targets = std::move(kept);
+    if (looped.empty()) co_return r;
+    r.warnings.push_back("mail for " + domain + " loops back to myself: " + looped +
+                         (r.targets.empty() ? " is" : " are skipped, being") +
+                         " this server's own SMTP listener");
+    if (r.targets.empty()) {
+        r.kind = Route::Kind::Defer;
+        r.self_loop = true;
+        r.error = r.warnings.back();
+    }
     co_return r;
 }
 

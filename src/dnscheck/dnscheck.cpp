@@ -290,11 +290,19 @@ asio::awaitable<Report> check(dns::Resolver& resolver, const std::string& domain
                     " and that its firewall lets this backup in");
     }
 
-    // 8. the domain is configured here
+    // 8. the domain is configured here, and its mail does not come straight back
     if (opt.config) {
-        if (opt.config->find_domain(domain))
+        if (opt.config->find_domain(domain)) {
             add(Level::Ok, "configured", domain + " is configured in this backupmx");
-        else
+            auto r = co_await delivery::route(resolver, *opt.config, domain);
+            if (r.self_loop)
+                add(Level::Error, "no-loop", r.error,
+                    "point its primary at the primary mail server, not at this backup");
+            else if (r.kind == delivery::Route::Kind::Ok)
+                add(Level::Ok, "no-loop",
+                    "mail for " + domain + " goes to " + r.targets.front().text() +
+                        ", not back to this server");
+        } else
             add(Level::Error, "configured", domain + " is not configured in this backupmx",
                 "add [[domain]] name = \"" + domain + "\" to the config");
     }

@@ -10,7 +10,10 @@ std::shared_ptr<const DomainConfig> Domains::make(const StoredDomain& d) const {
     auto c = std::make_shared<DomainConfig>();
     c->name = d.name;
     c->policy = cfg_.policy;  // the [policy] defaults, with the domain's own switches
-    c->policy.recipients = d.recipients == "verify" ? RecipientCheck::Verify : RecipientCheck::Any;
+    c->policy.recipients = d.recipients == "any" ? RecipientCheck::Any : RecipientCheck::Verify;
+    // A domain added at run time never accepts blind: while its primary cannot say whether a
+    // recipient exists, the sender is asked to try again (no 250, so no bounce to a forgery).
+    if (c->policy.recipients == RecipientCheck::Verify) c->policy.verify_unknown_accept = false;
     c->policy.greylisting = d.greylisting;
     c->policy.max_message_size = static_cast<std::uint64_t>(d.max_message_size);
     c->primary = parse_host_port(d.primary, 25);

@@ -118,7 +118,7 @@ std::pair<std::int64_t, double> minute_now() {
 Decision Checker::connect(const std::string& ip) {
     if (in_networks(ip, exceptions_)) return {};
     auto& c = client(ip);
-    const auto net = client_network(ip);
+    const auto net = client_network(ip, 48);  // a site's share: its /24, or its /48
     auto [minute, into] = minute_now();
     if (c.active >= cfg_.client_connections)
         return {false,
@@ -146,7 +146,7 @@ void Checker::disconnect(const std::string& ip) {
     if (in_networks(ip, exceptions_)) return;
     auto it = clients_.find(ip);
     if (it != clients_.end() && it->second.active > 0) --it->second.active;
-    auto n = subnets_.find(client_network(ip));
+    auto n = subnets_.find(client_network(ip, 48));
     if (n != subnets_.end() && --n->second == 0) subnets_.erase(n);
 }
 

@@ -75,7 +75,7 @@ Decision check_helo(const std::string& name) {
     return ec ? Decision{} : bad;
 }
 
-std::string client_network(const std::string& ip) {
+std::string client_network(const std::string& ip, int v6_prefix) {
     boost::system::error_code ec;
     auto a = boost::asio::ip::make_address(ip, ec);
     if (ec) return ip;
@@ -87,8 +87,12 @@ std::string client_network(const std::string& ip) {
     }
     auto b = a.to_v6().to_bytes();
     char buf[40];
-    std::snprintf(buf, sizeof buf, "%x:%x:%x:%x", (b[0] << 8) | b[1], (b[2] << 8) | b[3],
-                  (b[4] << 8) | b[5], (b[6] << 8) | b[7]);
+    if (v6_prefix == 48)
+        std::snprintf(buf, sizeof buf, "%x:%x:%x::/48", (b[0] << 8) | b[1], (b[2] << 8) | b[3],
+                      (b[4] << 8) | b[5]);
+    else
+        std::snprintf(buf, sizeof buf, "%x:%x:%x:%x", (b[0] << 8) | b[1], (b[2] << 8) | b[3],
+                      (b[4] << 8) | b[5], (b[6] << 8) | b[7]);
     return buf;
 }
 

@@ -33,8 +33,9 @@ Decision check_recipient_listed(const DomainPolicy& p, const std::string& addres
 // or an address literal "[192.0.2.1]" / "[IPv6:2001:db8::1]" (Postfix:
 // reject_invalid_helo_hostname).
 Decision check_helo(const std::string& name);
-// The client's network for greylisting and subnet limits: "192.0.2" (/24) or "2001:db8:0:1" (/64).
-std::string client_network(const std::string& ip);
+// The client's network: "192.0.2" (/24) or, for IPv6, "2001:db8:0:1" (/64: greylisting) or
+// "2001:db8:0::/48" (v6_prefix 48: the connection limit per site).
+std::string client_network(const std::string& ip, int v6_prefix = 64);
 // "addr/len" networks (a bare address is a /32 or /128), parsed once; bad entries are skipped
 // (config/ has refused them already).
 struct Network {

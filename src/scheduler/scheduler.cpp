@@ -8,6 +8,7 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "bounce/dsn.hpp"
@@ -18,6 +19,7 @@
 namespace bmx {
 
 namespace asio = boost::asio;
+using namespace boost::asio::experimental::awaitable_operators;
 
 namespace {
 
@@ -319,7 +321,44 @@ void Scheduler::release(const std::string& id, const std::string& domain, TimePo
 }
 
 void Scheduler::forget(const std::string& id) {
-    if (auto k = Index::key(id)) index_.remove(*k, true);
+    withdraw(id);
+}
+
+bool Scheduler::withdraw(const std::string& id) {
+    const auto k = Index::key(id);
+    if (!k) return true;
+    auto* e = index_.find(*k);
+    if (!e) return !withdrawn_.contains(id);
+    if (!e->in_flight) {
+        index_.remove(*k);
+        return true;
+    }
+    index_.remove(*k, true);  // out of every order; the attempt in flight holds the entry
+    if (!withdrawn_.contains(id))
+        withdrawn_.emplace(
+            id, std::make_shared<asio::steady_timer>(io_, asio::steady_timer::time_point::max()));
+    spdlog::info("withdrawn id={}: an operator acts on it while an attempt is in flight", id);
+    return false;
+}
+
+asio::awaitable<bool> Scheduler::settle(const std::string& id, std::chrono::milliseconds limit) {
+    if (withdraw(id)) co_return true;
+    auto it = withdrawn_.find(id);
+    if (it == withdrawn_.end()) co_return true;
+    auto timer = it->second;  // kept alive here: settled() erases it
+    asio::steady_timer deadline(io_, limit);
+    co_await (timer->async_wait(asio::as_tuple(asio::use_awaitable)) ||
+              deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
+    co_return !withdrawn_.contains(id);
+}
+
+void Scheduler::settled(const std::string& id) {
+    auto it = withdrawn_.find(id);
+    if (it == withdrawn_.end()) return;
+    if (auto k = Index::key(id)) index_.remove(*k);
+    it->second->cancel();
+    withdrawn_.erase(it);
+    spdlog::info("withdrawn id={}: its attempt ended; the operator's action goes ahead", id);
 }
 
 void Scheduler::stop() {
@@ -346,6 +385,10 @@ void Scheduler::spawn(asio::awaitable<void> work) {
 
 void Scheduler::pump() {
     if (stopping_) return;
+    // An outcome the store could not record (disk full, database gone) is kept in memory and
+    // only the record is retried: until the store takes it, nothing more is sent, or each
+    // message would be delivered again at every retry.
+    if (!unrecorded_.empty()) return;
     auto t = now();
     auto next = t + std::chrono::hours(1);
     // Expiry first: a message past max_age leaves with a DSN even while its primary is down.
@@ -573,6 +616,7 @@ asio::awaitable<void> Scheduler::probe(std::string domain) {
 }
 
 std::optional<std::string> Scheduler::take_due(Dest& d, TimePoint t) {
+    if (!unrecorded_.empty()) return std::nullopt;  // (see pump)
     auto k = index_.take_due(d.id, t);
     if (!k) return std::nullopt;
     return Index::id(*k);
@@ -670,11 +714,16 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     } catch (const std::exception& e) {
         // Not loaded (the store is out of reach): still queued as it was; tried again later.
         spdlog::error("store failure loading id={}: {}", id, e.what());
-        if (index_.find(key)) index_.requeue(key, now() + cfg_.retry_min, false);
+        if (withdrawn_.contains(id))
+            settled(id);
+        else if (index_.find(key))
+            index_.requeue(key, now() + cfg_.retry_min, false);
         co_return;
     }
-    if (!msg || !index_.find(key)) {  // deleted by an operator meanwhile
+    // Deleted, held or otherwise withdrawn by an operator meanwhile: not ours to send.
+    if (!msg || !index_.find(key) || !msg->held.empty() || withdrawn_.contains(id)) {
         index_.remove(key);
+        settled(id);
         co_return;
     }
     std::vector<std::string> pending;
@@ -689,7 +738,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
             failures.push_back({a, "4.4.7",
                                 "delivery time expired after " + format_duration(cfg_.max_age) +
                                     " in queue; last error: " + last});
-        auto dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, "", t);
+        auto dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, "", t, cfg_.dsn_max_headers);
         AttemptUpdate u{id, {}, t, "expired", false, dsn, true};
         for (auto& a : pending) u.outcomes.push_back({a, RcptStatus::Failed, "expired"});
         spdlog::info(
@@ -706,12 +755,20 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
         r = *known;
     else
         r = co_await route(domain);
+    if (withdrawn_.contains(id)) {  // while the route was looked up: nothing sent
+        settled(id);
+        co_return;
+    }
     delivery::Outcome o;
     if (r.kind == delivery::Route::Kind::Ok) {
         const delivery::Envelope env{msg->sender, pending, msg->smtputf8, msg->eightbit};
         std::size_t seq = 0;
         std::int64_t given = 0;
         const delivery::BodySource pieces = [&]() -> asio::awaitable<std::optional<std::string>> {
+            // Asked for each piece, and once more before the final dot: a message withdrawn by
+            // an operator until then never gets its dot, so the primary discards what it has.
+            if (withdrawn_.contains(id))
+                throw std::runtime_error("withdrawn by an operator before the end of data");
             if (given >= msg->size) co_return std::nullopt;  // all of it (spares a store call)
             std::optional<std::string> piece;
             if (seq == 0) {
@@ -739,7 +796,10 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
         o.error = r.error;
     }
     if (stopping_) co_return;  // cancelled by shutdown: the message stays as it was
-    if (!index_.find(key)) co_return;
+    if (!index_.find(key)) {
+        settled(id);
+        co_return;
+    }
     t = now();
     auto delay = age(msg->received_at, t);
     std::string primary = !o.remote.empty()    ? o.remote
@@ -817,7 +877,7 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
                                 : !o.remote_host.empty()            ? o.remote_host
                                 : !r.targets.empty()                ? r.targets.front().host
                                                                     : "";
-        dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, mta, t);
+        dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, mta, t, cfg_.dsn_max_headers);
         if (dsn) spdlog::info("dsn id={} for id={} to=<{}>", dsn->id, id, msg->sender);
     }
     u.dsn = dsn;
@@ -828,19 +888,74 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
 
 asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
                                         std::optional<NewMessage> dsn) {
-    auto next = u.next_attempt_at;
     int left = 0;
-    bool committed = true;
+    bool recorded = true;
     try {
         left = co_await queue_.record(u);
     } catch (const std::exception& e) {
-        // Not recorded: the message is still queued as before; retry after the backoff.
-        spdlog::error("store failure recording attempt for id={}: {}", id, e.what());
-        left = 1;
-        committed = false;
+        spdlog::error(
+            "store failure recording attempt for id={}: {}; the outcome is kept in memory and "
+            "delivery pauses until the store records it",
+            id, e.what());
+        recorded = false;
     }
+    if (!recorded) {
+        // The entry stays in flight: the message is not tried again before its record is in.
+        unrecorded_.emplace(id, Unrecorded{std::move(u), std::move(dsn)});
+        if (!recording_) spawn(record_later());
+        co_return;
+    }
+    after_record(id, left, u.next_attempt_at, std::move(dsn));
+}
+
+asio::awaitable<void> Scheduler::record_later() {
+    recording_ = true;
+    struct Done {
+        bool& flag;
+        ~Done() { flag = false; }
+    } done{recording_};
+    auto wait = std::chrono::milliseconds(500);
+    asio::steady_timer timer(io_);
+    while (!unrecorded_.empty() && !stopping_) {
+        timer.expires_after(wait);
+        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        wait = std::min(wait * 2, std::chrono::milliseconds(30000));
+        while (!unrecorded_.empty()) {
+            auto it = unrecorded_.begin();
+            int left = 0;
+            try {
+                left = co_await queue_.record(it->second.update);
+            } catch (const std::exception& e) {
+                spdlog::warn("store still cannot record {} attempt outcomes ({}); retrying in {}",
+                             unrecorded_.size(), e.what(),
+                             format_duration(std::chrono::duration_cast<Seconds>(wait)));
+                break;
+            }
+            const std::string id = it->first;
+            const auto next = it->second.update.next_attempt_at;
+            auto dsn = std::move(it->second.dsn);
+            unrecorded_.erase(it);
+            spdlog::info("recorded the outcome of id={} after a store failure", id);
+            after_record(id, left, next, std::move(dsn));
+        }
+    }
+    if (unrecorded_.empty()) {
+        spdlog::info("the store records again: delivery resumes");
+        wake();
+    } else if (stopping_) {
+        spdlog::warn(
+            "stopping with {} attempt outcomes unrecorded: those messages will be "
+            "delivered again (at least once, never lost)",
+            unrecorded_.size());
+    }
+}
+
+void Scheduler::after_record(const std::string& id, int left, TimePoint next,
+                             std::optional<NewMessage> dsn) {
     const Index::Key key = *Index::key(id);
-    if (auto* e = index_.find(key)) {
+    if (withdrawn_.contains(id)) {
+        settled(id);  // recorded: the operator's action goes ahead; never requeued
+    } else if (auto* e = index_.find(key)) {
         if (left == 0) {
             const std::string domain = index_.domain(e->dest);
             index_.remove(key);
@@ -857,7 +972,7 @@ asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
             if (index_.earliest(d.id) == TimePoint{}) wake();  // flushed while it was tried
         }
     }
-    if (dsn && committed) add({*dsn});
+    if (dsn) add({*dsn});
 }
 
 }  // namespace bmx

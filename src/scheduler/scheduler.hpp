@@ -36,7 +36,15 @@ class Scheduler {
     void add(const std::vector<NewMessage>& msgs);  // newly committed messages
     // Everything (or one domain) due now; a down primary is probed now. Returns messages affected.
     std::size_t flush(const std::string& domain);
-    void forget(const std::string& id);          // an operator deleted it from the store
+    void forget(const std::string& id);  // an operator deleted it from the store
+    // An operator acts on a message (hold, delete, bounce): the scheduler lets go of it. An
+    // attempt in flight sends nothing more — it stops before its final dot unless that is sent —
+    // and is not retried; its outcome is still recorded. True when no attempt is in flight (any
+    // more): what the store holds is then final until the operator acts.
+    bool withdraw(const std::string& id);
+    // withdraw(), then waits until the attempt in flight (if any) has recorded its outcome, at
+    // most `limit`. True when it has (or there was none).
+    boost::asio::awaitable<bool> settle(const std::string& id, std::chrono::milliseconds limit);
     void stop();                                 // cancels attempts in flight; they stay queued
     void set_alerts(Alerts* a) { alerts_ = a; }  // told of outages and full queues
     // A held message released by an operator: scheduled again, due now.
@@ -107,6 +115,10 @@ class Scheduler {
     void adopt(const Store::PrimaryState& p);  // ... and what another node saw of it
     boost::asio::awaitable<void> finish(std::string id, AttemptUpdate u,
                                         std::optional<NewMessage> dsn);
+    // What a recorded outcome means for the index: gone, or due again at `next`; its DSN queued.
+    void after_record(const std::string& id, int left, TimePoint next,
+                      std::optional<NewMessage> dsn);
+    boost::asio::awaitable<void> record_later();  // retries unrecorded_ until the store takes them
 
     // A connection to a primary carries at most this many messages, for at most this long
     // (Postfix: smtp_connection_reuse_time_limit = 300s), then the worker reconnects.
@@ -126,6 +138,18 @@ class Scheduler {
     Alerts* alerts_ = nullptr;
     bool fleet_ = false;  // a PostgreSQL store shared with other nodes
     std::map<std::string, Store::PrimaryState> shared_;  // a fleet: what all nodes saw last
+    // Withdrawn by an operator while in flight, with the timer settle() waits on (cancelled when
+    // the attempt's outcome is recorded).
+    std::map<std::string, std::shared_ptr<boost::asio::steady_timer>, std::less<>> withdrawn_;
+    void settled(const std::string& id);  // the withdrawn attempt ended: gone from the index
+    // Outcomes of attempts (a delivery, most often) the store could not record: kept until it
+    // can; while any is here no new attempt starts (see pump).
+    struct Unrecorded {
+        AttemptUpdate update;
+        std::optional<NewMessage> dsn;
+    };
+    std::map<std::string, Unrecorded> unrecorded_;
+    bool recording_ = false;  // record_later() runs
 };
 
 }  // namespace bmx

@@ -46,6 +46,29 @@ void Server::stop() {
     for (auto* s : copy) s->stop();
 }
 
+bool Server::stressed() const {
+    return sessions_.size() * 100 >= std::size_t{cfg_.max_connections} * cfg_.stress_threshold;
+}
+
+bool Server::evict_idlest() {
+    Session* idlest = nullptr;
+    auto since = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+    for (auto* s : sessions_) {
+        const auto idle = s->idle_since();
+        if (idle && *idle <= since) {
+            since = *idle;
+            idlest = s;
+        }
+    }
+    if (!idlest) return false;
+    ++evicted_;
+    if (evicted_ == 1 || evicted_ % 1000 == 0)
+        spdlog::warn("at smtp.max_connections = {}: closing idle sessions to make room ({} so far)",
+                     cfg_.max_connections, evicted_);
+    idlest->evict();
+    return true;
+}
+
 asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
     while (!stopping_) {
         auto [ec, sock] = co_await acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
@@ -54,7 +77,10 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
             spdlog::warn("accept: {}", ec.message());
             continue;  // e.g. EMFILE: the next accept may succeed once sessions end
         }
-        if (sessions_.size() >= cfg_.max_connections) {
+        // At the cap, the session idle longest (waiting for a command for a second or more)
+        // makes room: idle connections from many addresses cannot lock real senders out.
+        if (sessions_.size() >= cfg_.max_connections && evict_idlest()) {
+        } else if (sessions_.size() >= cfg_.max_connections) {
             spdlog::warn("too many connections ({}), refusing [{}]", sessions_.size(),
                          sock.remote_endpoint(ec).address().to_string());
             asio::co_spawn(

@@ -45,9 +45,16 @@ class Server {
     std::size_t sessions() const { return sessions_.size(); }
     void on_etrn(Etrn f) { on_etrn_ = std::move(f); }
 
+    // Under stress (sessions at smtp.stress_threshold percent of max_connections) a session
+    // gets short timeouts, as Postfix's stress mode gives.
+    bool stressed() const;
+
   private:
     boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
+    bool evict_idlest();  // closes the session idle longest (1 s or more); false: none is
     friend class Session;
+    std::uint64_t evicted_ = 0;
+    std::size_t data_memory_ = 0;  // bytes of messages all sessions hold in memory in DATA
 
     boost::asio::io_context& io_;
     const Config& cfg_;

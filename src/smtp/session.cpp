@@ -38,11 +38,29 @@ namespace {
 
 // A header section longer than this is cut where the first body piece ends when a body spills.
 constexpr std::size_t kMaxHead = 1024 * 1024;
+// What a session may hold of a message in memory even when [smtp] max_session_memory is used up.
+constexpr std::size_t kSessionFreeMemory = 16 * 1024;
 
 std::string join_rcpts(const std::vector<std::string>& v) {
     std::string out;
     for (const auto& r : v) out += (out.empty() ? "<" : ",<") + r + ">";
     return out;
+}
+
+// The Received: fields of a header section (ours, prepended, included), counted as Postfix's
+// hopcount_limit does: a message that has passed that many hops is going round in a loop.
+std::uint32_t received_count(std::string_view message) {
+    const auto end = message.find("\r\n\r\n");
+    std::string_view head = message.substr(0, end == std::string_view::npos ? message.size() : end);
+    std::uint32_t n = 0;
+    for (std::size_t at = 0; at < head.size();) {
+        auto eol = head.find("\r\n", at);
+        if (eol == std::string_view::npos) eol = head.size();
+        const auto line = head.substr(at, eol - at);
+        if (line.size() >= 9 && iequals(line.substr(0, 9), "received:")) ++n;
+        at = eol + 2;
+    }
+    return n;
 }
 
 // HELO names end up in headers and logs: keep printable ASCII without spaces.
@@ -68,6 +86,11 @@ Session::Session(Server& server, asio::ip::tcp::socket sock)
 
 Session::~Session() {
     server_.sessions_.erase(this);
+}
+
+void Session::evict() {
+    evicted_ = true;
+    stop();
 }
 
 void Session::stop() {
@@ -96,7 +119,12 @@ asio::awaitable<void> Session::run() {
     // operator|| waits for the first to succeed: converse() must not throw, or the session
     // would wait for its deadline (guarded() answers what escapes a command).
     auto r = co_await (guarded() || netio::watchdog(deadline_));
-    if (r.index() == 0 && stopping_ && stream_.socket().is_open()) {
+    if (r.index() == 0 && evicted_ && stream_.socket().is_open()) {
+        reply("421 4.7.0 " + cfg_.hostname +
+              " Error: server busy, idle connection closed (smtp.max_connections)");
+        deadline_.expires_after(std::chrono::seconds(2));
+        co_await (flush() || netio::watchdog(deadline_));
+    } else if (r.index() == 0 && stopping_ && stream_.socket().is_open()) {
         reply("421 4.3.2 " + cfg_.hostname + " Service shutting down, closing connection");
         deadline_.expires_after(std::chrono::seconds(2));
         co_await (flush() || netio::watchdog(deadline_));
@@ -130,14 +158,27 @@ asio::awaitable<std::optional<CommandReader::Line>> Session::read_command() {
     bool armed = false;
     for (;;) {
         if (stopping_) co_return std::nullopt;  // no command is taken once shutdown began
-        if (auto line = reader_.next(in_)) co_return line;
+        if (auto line = reader_.next(in_)) {
+            last_heard_ = std::chrono::steady_clock::now();
+            heard_ = true;
+            co_return line;
+        }
         const bool flushed = co_await flush();
         if (!flushed) co_return std::nullopt;  // the client waits: send what we owe
         // The whole line must arrive within command_timeout: a client dripping one byte at a
-        // time does not get to hold the session open forever.
-        if (!armed) deadline_.expires_after(cfg_.command_timeout);
+        // time does not get to hold the session open forever. The first command has a shorter
+        // wait (smtp.first_command_timeout), and under stress every wait is short
+        // (smtp.stress_timeout), as Postfix's stress mode does.
+        if (!armed) {
+            auto limit = heard_ ? cfg_.command_timeout
+                                : std::min(cfg_.command_timeout, cfg_.first_command_timeout);
+            if (server_.stressed()) limit = std::min(limit, cfg_.stress_timeout);
+            deadline_.expires_after(limit);
+        }
         armed = true;
+        waiting_ = true;
         const bool more = co_await stream_.read_more(in_);
+        waiting_ = false;
         if (!more) co_return std::nullopt;
     }
 }
@@ -689,10 +730,38 @@ asio::awaitable<void> Session::on_data(const Command& c) {
     // whole of DATA, extended by one second per min_data_rate bytes received. A fast sender
     // never meets it; a slow-drip client is cut off.
     deadline_.expires_after(cfg_.data_timeout);
+    // What this session holds of the message in memory counts against [smtp]
+    // max_session_memory, for all sessions together. A header section still unfinished when
+    // that is full is not kept at all: the rest is read and dropped, and the end gets 452.
+    struct Held {
+        std::size_t& total;
+        std::size_t mine = 0;
+        void set(std::size_t n) {
+            total = total - mine + n;
+            mine = n;
+        }
+        ~Held() { total -= mine; }
+    } held_mem{server_.data_memory_};
+    bool over_memory = false;
+    std::string dropped;
     for (;;) {
-        std::size_t used = scan.feed(in_, body);
+        std::size_t used = scan.feed(in_, over_memory ? dropped : body);
         in_.erase(0, used);
-        if (body.size() >= std::max(keep, kBodyPiece) + kBodyPiece) spill(false);
+        dropped.clear();
+        if (!over_memory) {
+            if (body.size() >= std::max(keep, kBodyPiece) + kBodyPiece) spill(false);
+            held_mem.set(body.size());
+            if (server_.data_memory_ > cfg_.max_session_memory && keep == 0 &&
+                body.size() > kSessionFreeMemory) {
+                over_memory = true;
+                spdlog::warn(
+                    "[{}] DATA: {} bytes of unfinished header while sessions hold {} "
+                    "(smtp.max_session_memory = {}): the message is dropped, 452",
+                    peer_, body.size(), server_.data_memory_, cfg_.max_session_memory);
+                std::string().swap(body);
+                held_mem.set(0);
+            }
+        }
         if (scan.done()) break;
         if (used > 0)
             deadline_.expires_at(deadline_.expiry() +
@@ -723,6 +792,14 @@ asio::awaitable<void> Session::on_data(const Command& c) {
               std::to_string(cfg_.max_message_size) + ")";
     else if (auto over = over_domain_limit(scan.size()); !over.empty())
         why = over;
+    else if (const auto hops = received_count(body); hops >= cfg_.max_hops)
+        why = "554 5.4.6 Too many hops: " + std::to_string(hops) +
+              " Received: headers, a mail loop (smtp.max_hops = " + std::to_string(cfg_.max_hops) +
+              ")";
+    else if (over_memory)
+        why =
+            "452 4.3.1 Insufficient system storage: too much message data in memory at once "
+            "(smtp.max_session_memory), try again later";
     else if (!spool_error.empty()) {
         spdlog::error("store failure, answering 451 to [{}] from=<{}>: {}", peer_, sender_->str(),
                       spool_error);

@@ -4,6 +4,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <exception>
 #include <map>
 #include <memory>
@@ -28,6 +29,14 @@ class Session {
     // From Server::stop(): the session answers 421 at once (RFC 5321 3.8), between commands or
     // inside DATA (the half message is not stored), and closes; a reply it owes goes first.
     void stop();
+    // The server is full: this idle session makes room (421, closed).
+    void evict();
+    // Since when it waits for the client's next command; nullopt while it is busy (in DATA, a
+    // commit, a DNS or milter check) or replying.
+    std::optional<std::chrono::steady_clock::time_point> idle_since() const {
+        if (!waiting_) return std::nullopt;
+        return last_heard_;
+    }
 
   private:
     boost::asio::awaitable<void> guarded();  // converse(), answering what escapes it
@@ -81,6 +90,10 @@ class Session {
     std::uint32_t errors_ = 0, junk_ = 0;
     bool quit_ = false;
     bool stopping_ = false;  // the server is shutting down
+    bool evicted_ = false;   // closed to make room for others
+    bool waiting_ = false;   // in read_command, waiting for the client
+    std::chrono::steady_clock::time_point last_heard_ = std::chrono::steady_clock::now();
+    bool heard_ = false;  // a first command came
     char last_code_ = 0;
     policy::Reputation reputation_;
     struct ActiveMilter {

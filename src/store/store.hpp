@@ -132,8 +132,8 @@ struct AuditEntry {
 
 // A domain an operator or customer added at run time (the config file's are not in the store).
 struct StoredDomain {
-    std::string name, primary;       // primary: "host", "host:port" or "[ip]:port"
-    std::string recipients = "any";  // "any" | "verify"
+    std::string name, primary;          // primary: "host", "host:port" or "[ip]:port"
+    std::string recipients = "verify";  // "verify" (ask the primary; the default) | "any"
     bool greylisting = false;
     std::int64_t max_message_size = 0;  // 0: the [smtp] limit
     std::string created_by;
@@ -283,6 +283,14 @@ class Store {
                                    TimePoint forget_before) = 0;
     virtual std::size_t login_failures(const std::string& key, TimePoint since) = 0;
     virtual void clear_login_failures(const std::string& key) = 0;
+    // A login attempt, reserved before its password is checked, atomically with the count (for
+    // every node: parallel tries cannot all pass a check made before any of them failed): false,
+    // and nothing written, when a key has had `max` since `since`; else one row under each key
+    // at `t`, which counts as a failure from now on (and forgets those before `since`). A good
+    // password takes its rows back with release_login_attempt (same keys and `t`).
+    virtual bool reserve_login_attempt(const std::vector<std::string>& keys, TimePoint t,
+                                       TimePoint since, std::size_t max) = 0;
+    virtual void release_login_attempt(const std::vector<std::string>& keys, TimePoint t) = 0;
     virtual void audit(const AuditEntry& e) = 0;
     virtual std::vector<AuditEntry> audit_log(std::size_t limit) = 0;
 

@@ -200,6 +200,7 @@ async function domainFacts() {
           .map(c => [c.dataset.label.toLowerCase().replace(/ /g, '_'), c.textContent.trim()])),
       })),
       outages: document.querySelectorAll('#outages tr.outage').length,
+      recipients_warning: t('#recipients-warning'),
       not_found: t('#not-found'),
       error: t('#not-found-detail') || t('#page-error') || '',
       loads: Number(document.getElementById('view').dataset.loads || 0),

@@ -188,7 +188,7 @@ class Customers(Console):
         self.start()
         for name, owner in [("a.test", None), ("b.test", None)]:
             self.assertEqual(self.ann.api("POST", "/api/v1/domains",
-                                          {"name": name,
+                                          {"name": name, "recipients": "any",
                                            "primary": f"127.0.0.1:{self.down_port}"})[0], 201)
         pw1 = add_user(self.b, "cust1", "customer", "a.test")
         pw2 = add_user(self.b, "cust2", "customer", "b.test")
@@ -245,7 +245,11 @@ class Domains(Console):
         self.assertEqual(r["domain"]["name"], "new.test")
         self.assertEqual(r["mx_record"], "new.test. 3600 IN MX 20 mx2.test.example.")
         self.assertIn("checks", r["dns_check"])
-        self.assertEqual(self.rcpt_reply("bob@new.test"), 250)  # at once, no restart
+        # served at once, no restart: its primary (down here) is asked about each recipient,
+        # and while it cannot answer the sender is told to try later (no backscatter)
+        self.assertEqual(self.rcpt_reply("bob@new.test"), 450)
+        self.assertEqual(r["domain"]["recipients"], "verify")
+        self.assertEqual(r["domain"]["warnings"], [])
         self.b.wait_log(r"admin: user=ann action=domain.add target=new.test client=127.0.0.1")
 
         bad = [({"name": "bücher.test", "primary": "mx.test"}, "A-label"),
@@ -272,9 +276,11 @@ class Domains(Console):
         self.assertEqual((d["source"], d["readonly"], d["primary"]),
                          ("store", False, "127.0.0.1:2599"))
         status, d = self.ann.api("PATCH", "/api/v1/domains/new.test",
-                                 {"primary": "127.0.0.1:2600", "greylisting": True})
+                                 {"primary": "127.0.0.1:2600", "greylisting": True,
+                                  "recipients": "any"})  # (its primary stays down)
         self.assertEqual((status, d["domain"]["primary"], d["domain"]["greylisting"]),
                          (200, "127.0.0.1:2600", True))
+        self.assertIn("backscatter", d["domain"]["warnings"][0])  # "any" is warned about
         self.assertEqual(self.ann.api("PATCH", "/api/v1/domains/new.test",
                                       {"recipients": "everyone"})[0], 400)
         status, d = self.ann.api("GET", "/api/v1/domains/conf.test")
@@ -299,8 +305,8 @@ class Domains(Console):
         # run-time domains live in the store: a restart keeps them
         self.b.stop()
         self.b.start()
-        self.assertEqual(self.rcpt_reply("bob@v4.test"), 250)
-        self.assertEqual(self.rcpt_reply("bob@new.test"), 550)
+        self.assertEqual(self.rcpt_reply("bob@v4.test"), 450)  # served (verify; its primary
+        self.assertEqual(self.rcpt_reply("bob@new.test"), 550)  # is down), and not served
         # sessions are in the store too: the restart did not log anyone out
         self.assertEqual(self.ann.api("GET", "/api/v1/audit?limit=50")[0], 200)
         actions = [(e["user"], e["action"], e["target"])
@@ -311,7 +317,8 @@ class Domains(Console):
 
     def test_a_domain_limit_set_by_patch_holds_at_mail_and_at_data(self):
         self.start()
-        self.ann.api("POST", "/api/v1/domains", {"name": "lim.test", "primary": "127.0.0.1:9"})
+        self.ann.api("POST", "/api/v1/domains", {"name": "lim.test", "primary": "127.0.0.1:9",
+                                                 "recipients": "any"})  # (its primary is down)
         status, r = self.ann.api("PATCH", "/api/v1/domains/lim.test", {"max_message_size": 2048})
         self.assertEqual((status, r["domain"]["max_message_size"]), (200, 2048))
         for bad in (-1, "big", 10 ** 12):
@@ -339,7 +346,7 @@ class Domains(Console):
 
     def test_the_command_line_sets_a_domain_up_too(self):
         self.start()
-        r = self.b.cli("domain", "add", "cli.test", "127.0.0.1:2599")
+        r = self.b.cli("domain", "add", "cli.test", "127.0.0.1:2599", "--recipients", "any")
         self.assertIn("cli.test. 3600 IN MX 20 mx2.test.example.", r.stdout)
         wait_until(lambda: self.rcpt_reply("bob@cli.test") == 250, timeout=10,
                    what="the running server to take the new domain")
@@ -361,7 +368,8 @@ class QueueViews(Console):
         primary = self.scripted(answer=lambda rcpt: "451 4.3.2 busy, try later")
         primary.start()
         self.ann.api("POST", "/api/v1/domains",
-                     {"name": "q.test", "primary": f"127.0.0.1:{primary.port}"})
+                     {"name": "q.test", "primary": f"127.0.0.1:{primary.port}",
+                      "recipients": "any"})  # (its primary answers every RCPT 451)
         self.send("bob@q.test", sender="alice@sender.test", subject="one")
         self.send("dave@q.test", sender="carol@sender.test", subject="two")
         self.send("erin@q.test", sender="alice@sender.test", subject="three",
@@ -435,7 +443,8 @@ class QueueViews(Console):
         self.start(extra_queue='probe_interval = "1s"\nretry_min = "1s"\nretry_max = "2s"',
                    domains={})
         self.ann.api("POST", "/api/v1/domains",
-                     {"name": "o.test", "primary": f"127.0.0.1:{self.down_port}"})
+                     {"name": "o.test", "primary": f"127.0.0.1:{self.down_port}",
+                      "recipients": "any"})
         self.send("bob@o.test")
         self.send("carol@o.test")
 

@@ -9,6 +9,17 @@ import time
 from harness import E2ETest, Raw, edit_config, main, wait_until
 
 
+def subject_list(sink):
+    """The Subject of every message the sink received, one per message (duplicates kept)."""
+    out = []
+    for m in sink.messages():
+        for line in m["content"].splitlines():
+            if line.startswith(b"Subject: "):
+                out.append(line[9:].strip().decode())
+                break
+    return out
+
+
 def fill_disk(path):
     """Writes zeros into `path`/filler until the file system under it is full."""
     subprocess.run(["dd", "if=/dev/zero", f"of={os.path.join(path, 'filler')}", "bs=64k"],
@@ -80,6 +91,47 @@ class DiskFull(E2ETest):
         s.quit()
         wait_until(lambda: b.queue() == [], timeout=30, what="the small one delivered")
         self.assertEqual(len(sink.messages()), 1)
+
+
+class FullDiskPrimaryBack(E2ETest):
+    """Disk full just as the primary comes back (issue 14 point 4): each delivery's outcome
+    cannot be recorded. It used to be retried at retry_min with attempts never growing: each
+    message was delivered up to 108 times in 110 s. Now the outcome is kept in memory, delivery
+    pauses, only the record is retried, and each message arrives once."""
+
+    def test_deliveries_that_cannot_be_recorded_are_not_repeated(self):
+        self.assertEqual(os.geteuid(), 0, "this test mounts a tmpfs: run make test as root")
+        store = os.path.join(self.dir, "store")
+        os.makedirs(store)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", store], check=True)
+        self.stoppers.insert(0, lambda: subprocess.run(["umount", "-l", store]))
+        sink = self.sink()  # the primary: down while the mail comes in
+        b = self.backupmx({"example.test": f"127.0.0.1:{sink.port}"},
+                          extra_queue='probe_interval = "1s"\nretry_min = "1s"\nretry_max = "1s"')
+        edit_config(b, f"sqlite:{self.dir}/queue.db", f"sqlite:{store}/queue.db")
+        b.start()
+        n = 20
+        s = b.smtp()
+        for i in range(n):
+            s.sendmail("a@sender.test", ["u@example.test"],
+                       f"Subject: once-{i:02d}\r\n\r\n" + ("x" * 76 + "\r\n") * 100)
+        s.quit()
+        fill_disk(store)
+        sink.start()  # the primary is back, the disk is full
+        b.wait_log(r"store failure recording attempt", timeout=30)
+        time.sleep(8)  # what used to be eight retry_min rounds of redelivery
+        during = subject_list(sink)
+        os.remove(os.path.join(store, "filler"))  # space is back
+        wait_until(lambda: b.queue() == [], timeout=60, what="the queue drained")
+        time.sleep(2)
+        subjects = subject_list(sink)
+        dupes = {x: subjects.count(x) for x in set(subjects) if subjects.count(x) > 1}
+        print(f"\n  {n} messages, disk full with the primary up: {len(during)} delivered while "
+              f"the store could not record, {len(subjects)} in all, duplicates {dupes}")
+        self.assertEqual(dupes, {}, "delivered more than once")
+        self.assertEqual(sorted(set(subjects)), [f"once-{i:02d}" for i in range(n)])
+        self.assertIn("delivery pauses until the store records it", b.log())
+        self.assertIn("the store records again: delivery resumes", b.log())
 
 
 class StoreErrorInSession(E2ETest):

@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 
 from dnsserver import DnsServer
-from harness import E2ETest, ScriptedPrimary, free_port, main, port_open, wait_until
+from harness import AdminClient, E2ETest, ScriptedPrimary, free_port, main, port_open, wait_until
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DRIVER = os.path.join(ROOT, "tests", "browser", "panel.mjs")
@@ -227,6 +227,17 @@ class PanelTest(E2ETest):
 
         self.assertEqual(panel.do("dashboard_domains")["domains"], ["shop.test"])
         self.shot(panel, "03-dashboard")
+
+        # A domain added here asks the primary about each recipient (no backscatter): no
+        # warning. An operator who opens it to any address sees the warning on its page.
+        r = panel.do("domain", domain="shop.test")
+        self.assertIsNone(r["recipients_warning"], r)
+        api = AdminClient(self.admin_port)
+        self.assertEqual(api.login("ann", password), 303)
+        self.assertEqual(api.api("PATCH", "/api/v1/domains/shop.test",
+                                 {"recipients": "any"})[0], 200)
+        r = panel.do("domain", domain="shop.test")
+        self.assertIn("backscatter", r["recipients_warning"] or "", r)
 
         # Mail for shop.test while its primary is down: the open domain page picks it up by
         # itself (its periodic refresh, no reload).

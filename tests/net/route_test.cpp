@@ -105,3 +105,24 @@ TEST(DnsDecode, TlsaRecord) {
     EXPECT_EQ(t->data, (std::vector<std::uint8_t>{0xab, 0xcd}));
     EXPECT_FALSE(dns::decode_tlsa(std::string("\x03\x01\x01", 3)));
 }
+
+TEST(OwnEndpoint, TheListenAddressAndPortIsOursAnotherPortOrAddressIsNot) {
+    const auto ip = [](const char* s) { return boost::asio::ip::make_address(s); };
+    const std::vector<bmx::HostPort> listen{{"127.0.0.1", 2525}, {"::1", 2525}};
+    EXPECT_TRUE(delivery::own_endpoint(listen, {}, ip("127.0.0.1"), 2525));
+    EXPECT_TRUE(delivery::own_endpoint(listen, {}, ip("::ffff:127.0.0.1"), 2525));  // v4-mapped
+    EXPECT_TRUE(delivery::own_endpoint(listen, {}, ip("::1"), 2525));
+    EXPECT_FALSE(delivery::own_endpoint(listen, {}, ip("127.0.0.1"), 2526));
+    EXPECT_FALSE(delivery::own_endpoint(listen, {}, ip("127.0.0.2"), 2525));
+}
+
+TEST(OwnEndpoint, AWildcardListenerIsEveryLocalAddressAndAllOfLoopback) {
+    const auto ip = [](const char* s) { return boost::asio::ip::make_address(s); };
+    const std::vector<bmx::HostPort> any4{{"0.0.0.0", 25}}, any6{{"::", 25}};
+    const std::vector<boost::asio::ip::address> local{ip("192.0.2.10"), ip("2001:db8::10")};
+    EXPECT_TRUE(delivery::own_endpoint(any4, local, ip("192.0.2.10"), 25));
+    EXPECT_TRUE(delivery::own_endpoint(any4, local, ip("127.0.0.7"), 25));
+    EXPECT_TRUE(delivery::own_endpoint(any6, local, ip("2001:db8::10"), 25));
+    EXPECT_FALSE(delivery::own_endpoint(any4, local, ip("192.0.2.11"), 25));  // the primary
+    EXPECT_FALSE(delivery::own_endpoint(any4, local, ip("192.0.2.10"), 2525));
+}

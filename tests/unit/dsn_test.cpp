@@ -345,3 +345,29 @@ TEST(MakeDsn, AboutAnAsciiMessageKeepsTheRfc3464Types) {
     EXPECT_NE(part_with(parts, "text/plain; charset=us-ascii\r\n"), nullptr);
     EXPECT_EQ(make().body.find("global"), std::string::npos);
 }
+
+TEST(Dsn, ReturnedHeadersAreCutAtAFieldBoundaryToTheLimit) {
+    std::string head;
+    for (int i = 0; i < 2000; ++i) head += "X-Filler-" + std::to_string(i) + ": attacker text\r\n";
+    head += "Subject: last\r\n\tfolded\r\n";
+    const std::string body = head + "\r\nbody\r\n";
+    const auto cut = returned_headers(body, kDsnMaxHeaders);
+    EXPECT_LE(cut.size(), kDsnMaxHeaders);
+    EXPECT_GT(cut.size(), kDsnMaxHeaders - 100);        // as much as fits
+    EXPECT_TRUE(cut.ends_with(": attacker text\r\n"));  // whole fields only
+    EXPECT_EQ(returned_headers("A: 1\r\nB: 2\r\n\r\nbody", 8192), "A: 1\r\nB: 2\r\n");  // short
+    // a folded field is never split from its continuation
+    EXPECT_EQ(returned_headers("A: 1\r\nB: 2\r\n three\r\nC: 4\r\n\r\n", 18), "A: 1\r\n");
+}
+
+TEST(Dsn, TheDsnCarriesAtMostDsnMaxHeadersOfTheOriginal) {
+    auto m = original();
+    std::string filler;
+    for (int i = 0; i < 4000; ++i) filler += "X-Junk: " + std::string(60, 'j') + "\r\n";
+    m.body = filler + m.body;  // 280 KB of forged header above the real ones
+    auto dsn = make_dsn(m, failures(), "mx2.test", "", kNow, 4096);
+    ASSERT_TRUE(dsn.has_value());
+    EXPECT_LT(dsn->body.size(), 4096 + 4000);  // the report itself and at most 4 KiB returned
+    auto big = make_dsn(m, failures(), "mx2.test", "", kNow, 1 << 20);
+    EXPECT_GT(big->body.size(), 200000u);
+}
