@@ -213,7 +213,8 @@ Admin::Admin(asio::io_context& io, Parts parts)
     : io_(io),
       p_(std::move(parts)),
       logins_(io, {p_.cfg.admin_login_threads, p_.cfg.admin_login_queue,
-                   p_.cfg.admin_login_queue_per_address}) {}
+                   p_.cfg.admin_login_queue_per_address}),
+      claims_timer_(io) {}
 
 Admin::~Admin() = default;
 
@@ -225,10 +226,12 @@ void Admin::start() {
         io_, p_.cfg.admin_listen, p_.cfg.admin_tls_cert, p_.cfg.admin_tls_key,
         [this](const Request& req, const Peer& peer) { return handle(req, peer); }, limits);
     listener_->start();
+    asio::co_spawn(io_, claims_loop(), asio::detached);
 }
 
 void Admin::stop() {
     if (listener_) listener_->stop();
+    claims_timer_.cancel();
 }
 
 bool Admin::exists(const std::string& name) const {
@@ -593,6 +596,52 @@ std::string mx_record(const Config& cfg, const std::string& domain,
 }
 }  // namespace
 
+namespace {
+
+// Loopback, RFC 1918 / 6598 private, link-local, unique-local, unspecified or multicast.
+bool private_address(boost::asio::ip::address a) {
+    if (a.is_v6() && a.to_v6().is_v4_mapped())
+        a = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6());
+    if (a.is_loopback() || a.is_unspecified() || a.is_multicast()) return true;
+    if (a.is_v4()) {
+        const auto b = a.to_v4().to_bytes();
+        return b[0] == 10 || b[0] == 0 || (b[0] == 172 && (b[1] & 0xf0) == 16) ||
+               (b[0] == 192 && b[1] == 168) || (b[0] == 169 && b[1] == 254) ||
+               (b[0] == 100 && (b[1] & 0xc0) == 64);
+    }
+    const auto b = a.to_v6().to_bytes();
+    return (b[0] & 0xfe) == 0xfc || (b[0] == 0xfe && (b[1] & 0xc0) == 0x80);
+}
+
+// The strings of a TXT record's rdata, joined (RFC 1035 3.3.14).
+std::string txt_text(std::string_view rd) {
+    std::string out;
+    while (!rd.empty()) {
+        const auto n = static_cast<unsigned char>(rd[0]);
+        if (n + 1u > rd.size()) break;
+        out.append(rd.substr(1, n));
+        rd.remove_prefix(n + 1u);
+    }
+    return out;
+}
+
+json::object claim_json(const DomainClaim& cl, const Config& cfg) {
+    return json::object{
+        {"name", cl.domain},
+        {"state", "pending"},
+        {"primary", cl.primary},
+        {"created", to_unix(cl.created)},
+        {"verify",
+         json::object{{"txt_name", "_backupmx." + cl.domain},
+                      {"txt_value", cl.token},
+                      {"or_mx", cl.domain + ". 3600 IN MX 20 " + cfg.hostname + "."},
+                      {"note", "no mail is accepted for " + cl.domain +
+                                   " until its DNS shows it is yours: the TXT record, or (while "
+                                   "nobody is served it here) the MX record naming this backup"}}}};
+}
+
+}  // namespace
+
 asio::awaitable<Response> Admin::domains_api(Ctx& c) {
     const auto method = c.req.method();
     if (c.segs.size() == 1) {
@@ -607,9 +656,56 @@ asio::awaitable<Response> Admin::domains_api(Ctx& c) {
         json::array arr;
         for (const auto& n : names)
             if (c.caller.may(n)) arr.emplace_back(domain_json(n, sums));
-        co_return json_reply(http::status::ok, json::object{{"domains", arr}});
+        const std::function<std::vector<DomainClaim>(Store&)> read = [](Store& s) {
+            return s.claims();
+        };
+        json::array pending;  // a customer's own claims; every claim for an operator
+        for (const auto& cl : co_await p_.queue.call(read))
+            if (c.caller.role == Role::Operator || cl.account == c.caller.user) {
+                auto o = claim_json(cl, p_.cfg);
+                if (c.caller.role == Role::Operator) o["account"] = cl.account;
+                pending.emplace_back(std::move(o));
+            }
+        co_return json_reply(http::status::ok, json::object{{"domains", arr}, {"claims", pending}});
     }
     const std::string name = to_lower(c.segs[1]);
+    {
+        // A claim: its account sees it (and may withdraw it); an operator may approve it.
+        const std::function<std::vector<DomainClaim>(Store&)> read = [](Store& s) {
+            return s.claims();
+        };
+        std::vector<DomainClaim> mine;
+        for (auto& cl : co_await p_.queue.call(read))
+            if (cl.domain == name &&
+                (c.caller.role == Role::Operator || cl.account == c.caller.user))
+                mine.push_back(std::move(cl));
+        const bool owner = exists(name) && c.caller.may(name);
+        if (!mine.empty() && c.segs.size() == 3 && c.segs[2] == "approve" &&
+            method == http::verb::post) {
+            if (c.caller.role != Role::Operator)
+                co_return error(http::status::forbidden, "an operator approves claims");
+            for (const auto& cl : mine) {
+                co_await activate(cl, "approved by " + c.caller.user);
+                co_await audit(c, "domain.approve", name, "claimed by " + cl.account);
+            }
+            co_return json_reply(http::status::ok,
+                                 json::object{{"name", name}, {"state", "active"}});
+        }
+        if (!mine.empty() && !owner && c.segs.size() == 2) {
+            if (method == http::verb::get)
+                co_return json_reply(http::status::ok, claim_json(mine.front(), p_.cfg));
+            if (method == http::verb::delete_) {
+                const std::string account = mine.front().account;
+                const std::function<int(Store&)> remove = [&name, &account](Store& s) {
+                    s.remove_claim(name, account);
+                    return 0;
+                };
+                co_await p_.queue.call(remove);
+                co_await audit(c, "domain.unclaim", name, "");
+                co_return reply(http::status::no_content, "", "text/plain");
+            }
+        }
+    }
     if (!exists(name) || !c.caller.may(name)) co_return not_found();
     if (c.segs.size() == 2) {
         if (method == http::verb::get) {
@@ -659,6 +755,13 @@ asio::awaitable<Response> Admin::add_domain(Ctx& c) {
         co_return error(http::status::bad_request, e);
     if (auto e = Domains::check_primary(*primary); !e.empty())
         co_return error(http::status::bad_request, e);
+    if (c.caller.role == Role::Customer) {
+        // Named first: GCC 12 destroys temporaries of a ?: inside co_await/co_return twice.
+        std::string domain = to_lower(*name);
+        if (domain.ends_with('.')) domain.pop_back();
+        const std::string host = *primary;
+        co_return co_await claim_domain(c, domain, host);
+    }
     if (auto hp = parse_host_port(*primary, 25)) {  // a primary that is this server loops
         const std::string domain = *name;
         auto r = co_await delivery::route_via(p_.resolver, p_.cfg, domain, *hp);
@@ -698,6 +801,111 @@ asio::awaitable<Response> Admin::add_domain(Ctx& c) {
                                       {"dns_check", report_json(report)}});
 }
 
+asio::awaitable<std::string> Admin::private_primary(const std::string& primary) {
+    if (p_.cfg.admin_customer_private_primaries) co_return "";
+    auto hp = parse_host_port(primary, 25);
+    if (!hp) co_return "";
+    boost::system::error_code ec;
+    auto ip = asio::ip::make_address(hp->host, ec);
+    std::vector<asio::ip::address> addrs;
+    if (!ec) {
+        addrs.push_back(ip);
+    } else {
+        const std::string host = hp->host;
+        addrs = (co_await p_.resolver.addresses(host)).addresses;
+    }
+    for (const auto& a : addrs)
+        if (private_address(a))
+            co_return "the primary " + primary + (ec ? " resolves to " : " is ") + a.to_string() +
+                ", a loopback, private or link-local address: not allowed for a customer's "
+                "domain (an operator may allow it: [admin] customer_private_primaries)";
+    co_return "";
+}
+
+asio::awaitable<Response> Admin::claim_domain(Ctx& c, const std::string& name,
+                                              const std::string& primary) {
+    if (auto why = co_await private_primary(primary); !why.empty())
+        co_return error(http::status::bad_request, why);
+    if (exists(name) && c.caller.may(name))
+        co_return error(http::status::conflict, name + " is already yours");
+    DomainClaim cl{name, c.caller.user, primary, accounts::random_token(18), now()};
+    const std::function<DomainClaim(Store&)> write = [cl](Store& s) {
+        if (s.add_claim(cl)) return cl;
+        for (auto& have : s.claims())  // claimed before by this account: the same answer
+            if (have.domain == cl.domain && have.account == cl.account) return have;
+        return cl;
+    };
+    cl = co_await p_.queue.call(write);
+    co_await audit(c, "domain.claim", cl.domain, "primary " + cl.primary);
+    asio::co_spawn(io_, check_claims(), asio::detached);  // proven already? served at once
+    // The same answer whether or not the domain is served here (for someone else): no oracle.
+    co_return json_reply(http::status::created,
+                         json::object{{"domain", claim_json(cl, p_.cfg)},
+                                      {"mx_record", mx_record(p_.cfg, cl.domain, std::nullopt)}});
+}
+
+asio::awaitable<void> Admin::claims_loop() {
+    for (;;) {
+        claims_timer_.expires_after(p_.cfg.admin_claim_check_interval);
+        auto [ec] = co_await claims_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec) co_return;
+        try {
+            co_await check_claims();
+        } catch (const std::exception& e) {
+            spdlog::warn("admin: checking domain claims: {}", e.what());
+        }
+    }
+}
+
+asio::awaitable<void> Admin::check_claims() {
+    const std::function<std::vector<DomainClaim>(Store&)> read = [](Store& s) {
+        return s.claims();
+    };
+    const auto claims = co_await p_.queue.call(read);
+    const auto ours = p_.cfg.our_names();
+    for (const auto& cl : claims) {
+        std::string how;
+        const std::string txt_name = "_backupmx." + cl.domain;
+        auto txt = co_await p_.resolver.query(txt_name, 16);
+        if (txt.status == dns::Status::Ok)
+            for (const auto& rd : txt.rdata)
+                if (txt_text(rd) == cl.token) how = "TXT " + txt_name + " holds its token";
+        if (how.empty() && !exists(cl.domain)) {  // nobody is served it yet: the MX set will do
+            const std::string domain = cl.domain;
+            auto mx = co_await p_.resolver.mx(domain);
+            if (mx.status == dns::Status::Ok)
+                for (const auto& r : mx.records)
+                    for (const auto& n : ours)
+                        if (iequals(r.host, n)) how = "its MX set names " + n;
+        }
+        if (!how.empty()) co_await activate(cl, how);
+    }
+}
+
+asio::awaitable<void> Admin::activate(const DomainClaim& cl, const std::string& how) {
+    StoredDomain d;
+    d.name = cl.domain;
+    d.primary = cl.primary;
+    d.created_by = cl.account;
+    d.created = now();
+    const bool served = exists(cl.domain);
+    const std::function<bool(Store&)> write = [&d, &cl, served](Store& s) {
+        const bool added = !served && s.add_domain(d);
+        s.add_owner(cl.account, cl.domain);
+        s.remove_claim(cl.domain, cl.account);
+        return added;
+    };
+    const bool added = co_await p_.queue.call(write);
+    if (added) {
+        p_.domains.put(d);  // mail for it is accepted from now on
+        p_.scheduler.check(d.name);
+    }
+    spdlog::info("admin: claim of {} by {} proven ({}): {}", cl.domain, cl.account, how,
+                 added ? "served from now on" : "an owner from now on");
+    AuditEntry e{now(), cl.account, "domain.claim-proven", cl.domain, how, ""};
+    co_await store_audit(std::move(e));
+}
+
 asio::awaitable<Response> Admin::change_domain(Ctx& c, const std::string& name) {
     const auto method = c.req.method();
     const StoredDomain* sd = p_.domains.stored(name);
@@ -729,6 +937,11 @@ asio::awaitable<Response> Admin::change_domain(Ctx& c, const std::string& name) 
             d.primary = std::string(v.as_string());
             if (auto e = Domains::check_primary(d.primary); !e.empty())
                 co_return error(http::status::bad_request, e);
+            if (c.caller.role == Role::Customer) {
+                const std::string primary = d.primary;
+                if (auto why = co_await private_primary(primary); !why.empty())
+                    co_return error(http::status::bad_request, why);
+            }
         } else if (k == "recipients" && v.is_string() &&
                    (v.as_string() == "any" || v.as_string() == "verify")) {
             d.recipients = std::string(v.as_string());

@@ -9,6 +9,7 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/json.hpp>
 #include <functional>
 #include <memory>
@@ -71,11 +72,22 @@ class Admin {
     Response login_page(const Request& req, unsigned status, const std::string& error);
     Response busy(const Ctx& c, const std::string& user);  // 429, Retry-After
     bool exists(const std::string& name) const;            // config file or store
+    // Customers' domains: a claim, pending until DNS proves it or an operator approves it.
+    boost::asio::awaitable<Response> claim_domain(Ctx& c, const std::string& name,
+                                                  const std::string& primary);
+    boost::asio::awaitable<void> check_claims();  // each pending claim against live DNS
+    boost::asio::awaitable<void> claims_loop();   // check_claims every claim_check_interval
+    // Serves the claimed domain (or adds its account as an owner); `how` says why.
+    boost::asio::awaitable<void> activate(const DomainClaim& claim, const std::string& how);
+    // Why `primary` may not be a customer's ("": it may): a loopback, private or link-local
+    // address, given or resolved, unless [admin] customer_private_primaries.
+    boost::asio::awaitable<std::string> private_primary(const std::string& primary);
 
     boost::asio::io_context& io_;
     Parts p_;
     LoginPool logins_;  // Argon2id off the event loop, bounded and fair
     std::unique_ptr<Listener> listener_;
+    boost::asio::steady_timer claims_timer_;  // claims_loop's
 };
 
 }  // namespace bmx::admin

@@ -526,10 +526,11 @@ Config parse_config(std::string_view text) {
             fail("log.format", "must be text or json");
     }
     if (auto* a = table_of("admin")) {
-        check_keys(*a, "admin",
-                   {"listen", "tls_cert", "tls_key", "max_connections",
-                    "max_connections_per_address", "header_timeout", "idle_timeout",
-                    "login_threads", "login_queue", "login_queue_per_address"});
+        check_keys(
+            *a, "admin",
+            {"listen", "tls_cert", "tls_key", "max_connections", "max_connections_per_address",
+             "header_timeout", "idle_timeout", "login_threads", "login_queue",
+             "login_queue_per_address", "customer_private_primaries", "claim_check_interval"});
         if (a->get("listen")) c.admin_listen = get_listen(*a, "admin.listen");
         get_cert_pair(*a, "admin.", c.admin_tls_cert, c.admin_tls_key);
         const std::string w = "admin.";
@@ -545,6 +546,13 @@ Config parse_config(std::string_view text) {
         c.admin_login_queue = u32("login_queue", c.admin_login_queue, 1, 10000);
         c.admin_login_queue_per_address =
             u32("login_queue_per_address", c.admin_login_queue_per_address, 1, 10000);
+        if (auto node = a->get("customer_private_primaries")) {
+            if (!node->is_boolean())
+                fail("admin.customer_private_primaries", "must be true or false");
+            c.admin_customer_private_primaries = *node->value<bool>();
+        }
+        c.admin_claim_check_interval =
+            get_duration(*a, w, "claim_check_interval", c.admin_claim_check_interval);
     }
     if (auto* a = table_of("alerts")) {
         check_keys(*a, "alerts", {"webhook", "email", "down_after", "queue_threshold"});

@@ -144,6 +144,10 @@ struct Config {
     std::uint32_t admin_login_threads = 2;                 // password checks at once
     std::uint32_t admin_login_queue = 32;                  // waiting for a thread; then 429
     std::uint32_t admin_login_queue_per_address = 4;       // of one address, waiting or running
+    // A customer's primary may be a loopback, private or link-local address only when set.
+    bool admin_customer_private_primaries = false;
+    // How often customers' pending domain claims are checked against DNS.
+    std::chrono::seconds admin_claim_check_interval{300};
     // [alerts]: a primary down (after `down_after` failed tries in a row), back up, or a domain's
     // queue past `queue_threshold` messages: an HTTP POST of JSON, and/or an email.
     std::string alert_webhook;  // "http://host:port/path"

@@ -178,6 +178,17 @@ CREATE TABLE login_failures (
 );
 CREATE INDEX login_failures_key ON login_failures(key, at);
 )sql",
+    // 7: customers' claims on domains, pending until proven or approved
+    R"sql(
+CREATE TABLE domain_claims (
+    domain TEXT NOT NULL,
+    account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    primary_host TEXT NOT NULL,
+    token TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (domain, account)
+);
+)sql",
 };
 
 // libpq's messages end in a newline and put their hints on lines of their own: one log line.
@@ -695,6 +706,30 @@ class PgStore final : public Store {
             out.push_back({r.text(i, 0), r.text(i, 1), r.text(i, 2), r.boolean(i, 3),
                            r.integer(i, 4), r.text(i, 5), from_unix(r.integer(i, 6))});
         return out;
+    }
+
+    bool add_claim(const DomainClaim& c) override {
+        return exec(
+                   "INSERT INTO domain_claims(domain, account, primary_host, token, created) "
+                   "VALUES($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
+                   {c.domain, c.account, c.primary, c.token, to_unix(c.created)})
+                   .affected() > 0;
+    }
+
+    std::vector<DomainClaim> claims() override {
+        auto r = exec(
+            "SELECT domain, account, primary_host, token, created FROM domain_claims "
+            "ORDER BY domain, account",
+            {});
+        std::vector<DomainClaim> out;
+        for (int i = 0; i < r.rows(); ++i)
+            out.push_back({r.text(i, 0), r.text(i, 1), r.text(i, 2), r.text(i, 3),
+                           from_unix(r.integer(i, 4))});
+        return out;
+    }
+
+    void remove_claim(const std::string& domain, const std::string& account) override {
+        exec("DELETE FROM domain_claims WHERE domain = $1 AND account = $2", {domain, account});
     }
 
     void outage_begin(const std::string& domain, TimePoint start, std::int64_t held) override {

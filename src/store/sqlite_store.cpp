@@ -101,6 +101,14 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT '',
     client TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS domain_claims (
+    domain TEXT NOT NULL,
+    account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    primary_host TEXT NOT NULL,
+    token TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (domain, account)
+);
 CREATE TABLE IF NOT EXISTS domains (
     name TEXT PRIMARY KEY,
     primary_host TEXT NOT NULL,
@@ -707,6 +715,32 @@ class SqliteStore final : public Store {
             out.push_back({s.text(0), s.text(1), s.text(2), s.integer(3) != 0, s.integer(4),
                            s.text(5), from_unix(s.integer(6))});
         return out;
+    }
+
+    bool add_claim(const DomainClaim& c) override {
+        Stmt s(db_,
+               "INSERT OR IGNORE INTO domain_claims(domain, account, primary_host, token, created) "
+               "VALUES(?,?,?,?,?)");
+        s.bind(1, c.domain).bind(2, c.account).bind(3, c.primary).bind(4, c.token);
+        s.bind(5, to_unix(c.created));
+        s.run();
+        return sqlite3_changes(db_) > 0;
+    }
+
+    std::vector<DomainClaim> claims() override {
+        Stmt s(db_,
+               "SELECT domain, account, primary_host, token, created FROM domain_claims "
+               "ORDER BY domain, account");
+        std::vector<DomainClaim> out;
+        while (s.step())
+            out.push_back({s.text(0), s.text(1), s.text(2), s.text(3), from_unix(s.integer(4))});
+        return out;
+    }
+
+    void remove_claim(const std::string& domain, const std::string& account) override {
+        Stmt s(db_, "DELETE FROM domain_claims WHERE domain = ? AND account = ?");
+        s.bind(1, domain).bind(2, account);
+        s.run();
     }
 
     void outage_begin(const std::string& domain, TimePoint start, std::int64_t held) override {

@@ -140,6 +140,15 @@ struct StoredDomain {
     TimePoint created{};
 };
 
+// A customer's claim on a domain (issue 14: customers cannot make backupmx serve any domain):
+// no mail is taken for the domain on its strength until it is proven (the domain's live MX set
+// names this backup while nobody serves it yet, or TXT _backupmx.DOMAIN holds `token`) or an
+// operator approves it.
+struct DomainClaim {
+    std::string domain, account, primary, token;
+    TimePoint created{};
+};
+
 // One stretch of time a domain's primary did not answer.
 struct Outage {
     std::string domain;
@@ -300,6 +309,10 @@ class Store {
     virtual void update_domain(const StoredDomain& d) = 0;
     virtual std::int64_t remove_domain(const std::string& name) = 0;
     virtual std::vector<StoredDomain> domains() = 0;
+    // Customers' claims: one per (domain, account); false when that account has one already.
+    virtual bool add_claim(const DomainClaim& c) = 0;
+    virtual std::vector<DomainClaim> claims() = 0;
+    virtual void remove_claim(const std::string& domain, const std::string& account) = 0;
 
     virtual void outage_begin(const std::string& domain, TimePoint start, std::int64_t held) = 0;
     virtual void outage_end(const std::string& domain, TimePoint end, std::int64_t held) = 0;

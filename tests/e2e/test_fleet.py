@@ -353,7 +353,7 @@ class Migration(FleetBase):
         ids = sorted(r["id"] for r in one.queue())
         one.cli("queue", "hold", ids[0])
         one.cli("admin", "add-user", "cust", "--role", "customer", "--domain", "mig.test")
-        one.cli("domain", "add", "rt.test", "127.0.0.1:2599")
+        one.cli("domain", "add", "rt.test", "127.0.0.1:2599", "--recipients", "any")
         one.stop()
 
         src = f"sqlite:{self.dir}/queue.db"

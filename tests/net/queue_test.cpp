@@ -93,6 +93,9 @@ struct FullStore : Store {
     void update_domain(const StoredDomain&) override { full(); }
     std::int64_t remove_domain(const std::string&) override { full(); }
     std::vector<StoredDomain> domains() override { return {}; }
+    bool add_claim(const DomainClaim&) override { full(); }
+    std::vector<DomainClaim> claims() override { return {}; }
+    void remove_claim(const std::string&, const std::string&) override { full(); }
     void outage_begin(const std::string&, TimePoint, std::int64_t) override { full(); }
     void outage_end(const std::string&, TimePoint, std::int64_t) override { full(); }
     void outage_drained(const std::string&, TimePoint) override { full(); }

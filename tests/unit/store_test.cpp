@@ -868,6 +868,25 @@ TEST_P(StoreTest, ADomainWithQueuedMailCannotBeRemoved) {
     EXPECT_TRUE(store_->domains().empty());
 }
 
+TEST_P(StoreTest, DomainClaimsAreOnePerAccountAndServeNothing) {
+    ASSERT_TRUE(store_->add_account({"carl", "customer", "$argon2id$x", {}, from_unix(1)}));
+    ASSERT_TRUE(store_->add_account({"dora", "customer", "$argon2id$x", {}, from_unix(1)}));
+    EXPECT_TRUE(store_->add_claim({"shop.test", "carl", "mx.shop.test", "tok1", from_unix(5)}));
+    EXPECT_FALSE(store_->add_claim({"shop.test", "carl", "other", "tok2", from_unix(6)}));
+    EXPECT_TRUE(store_->add_claim({"shop.test", "dora", "mx.dora.test", "tok3", from_unix(7)}));
+    auto all = store_->claims();
+    ASSERT_EQ(all.size(), 2u);
+    EXPECT_EQ(all[0].account, "carl");
+    EXPECT_EQ(all[0].token, "tok1");  // the first claim stands
+    EXPECT_EQ(all[0].primary, "mx.shop.test");
+    EXPECT_EQ(to_unix(all[0].created), 5);
+    EXPECT_TRUE(store_->domains().empty());  // a claim serves nothing
+    store_->remove_claim("shop.test", "carl");
+    all = store_->claims();
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].account, "dora");
+}
+
 TEST_P(StoreTest, OutagesOpenCloseAndDrain) {
     store_->outage_begin("a.test", from_unix(1000), 0);
     store_->outage_begin("a.test", from_unix(1005), 0);  // one open outage at a time
