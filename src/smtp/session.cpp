@@ -910,6 +910,13 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
         m.spool = spool;  // every destination's copy takes the same spooled rest
         msgs.push_back(std::move(m));
     }
+    // One body for all the copies: the store keeps it once, under the first copy's id, and
+    // removes it with the last copy (the others carry only the head, for the scheduler).
+    if (msgs.size() > 1)
+        for (auto& m : msgs) {
+            m.body_id = msgs.front().id;
+            m.body_refs = static_cast<int>(msgs.size());
+        }
     for (std::size_t i = 0; i + 1 < msgs.size(); ++i) msgs[i].body = body;
     msgs.back().body = std::move(body);
     try {

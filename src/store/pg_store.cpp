@@ -178,8 +178,31 @@ CREATE TABLE login_failures (
 );
 CREATE INDEX login_failures_key ON login_failures(key, at);
 )sql",
-    // 7: customers' claims on domains, pending until proven or approved
+    // 7: customers' claims on domains, pending until proven or approved; bodies shared by the
+    // per-domain copies of one DATA, removed with the last of them
     R"sql(
+CREATE TABLE bodies (
+    id TEXT PRIMARY KEY,
+    refs INTEGER NOT NULL
+);
+CREATE TABLE body_shared (
+    body_id TEXT NOT NULL REFERENCES bodies(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (body_id, seq)
+);
+ALTER TABLE messages ADD COLUMN body_id TEXT NOT NULL DEFAULT '';
+CREATE FUNCTION release_body() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF OLD.body_id <> '' THEN
+        UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+        DELETE FROM bodies WHERE id = OLD.body_id AND refs <= 0;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER messages_release_body AFTER DELETE ON messages FOR EACH ROW
+    EXECUTE FUNCTION release_body();
 CREATE TABLE domain_claims (
     domain TEXT NOT NULL,
     account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
@@ -352,8 +375,11 @@ class PgStore final : public Store {
     }
 
     std::optional<std::string> read_body(const std::string& id, std::size_t seq) override {
-        auto r = exec("SELECT data FROM body_pieces WHERE message_id = $1 AND seq = $2",
-                      {id, static_cast<std::int64_t>(seq)}, true);
+        auto r = exec(
+            "SELECT data FROM body_pieces WHERE message_id = $1 AND seq = $2 UNION ALL "
+            "SELECT s.data FROM messages m JOIN body_shared s ON s.body_id = m.body_id "
+            "WHERE m.id = $1 AND m.body_id <> '' AND s.seq = $2",
+            {id, static_cast<std::int64_t>(seq)}, true);
         if (r.rows() == 0) return std::nullopt;
         return r.text(0, 0);
     }
@@ -1121,8 +1147,11 @@ class PgStore final : public Store {
     std::optional<StoredMessage> load(const std::string& id, bool owned) {
         auto r = exec(
             "SELECT m.domain, m.sender, m.received_at, m.size, m.attempts, m.next_attempt_at, "
-            "m.last_error, m.smtputf8, m.eightbit, m.held, m.owner = $2, b.data, rc.a, rc.s, rc.l "
+            "m.last_error, m.smtputf8, m.eightbit, m.held, m.owner = $2, coalesce(b.data, "
+            "bs.data), rc.a, rc.s, rc.l "
             "FROM messages m LEFT JOIN body_pieces b ON b.message_id = m.id AND b.seq = 0 "
+            "LEFT JOIN body_shared bs ON bs.body_id = m.body_id AND m.body_id <> '' AND "
+            "bs.seq = 0 "
             "CROSS JOIN LATERAL (SELECT array_agg(address ORDER BY pos) a, array_agg(status "
             "ORDER BY pos) s, array_agg(last_reply ORDER BY pos) l FROM recipients WHERE "
             "message_id = m.id) rc WHERE m.id = $1",
@@ -1155,14 +1184,29 @@ class PgStore final : public Store {
     void insert_in_tx(const NewMessage& m) {
         exec(
             "INSERT INTO messages(id, domain, sender, received_at, size, next_attempt_at, "
-            "smtputf8, eightbit, client, held, owner, attempts, last_error) VALUES($1,$2,$3,$4,"
-            "$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+            "smtputf8, eightbit, client, held, owner, attempts, last_error, body_id) VALUES($1,$2,"
+            "$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
             {m.id, m.domain, m.sender, to_unix(m.received_at), body_size(m),
              to_unix(m.next_attempt_at), m.smtputf8, m.eightbit, m.client, m.held, node_,
-             m.attempts, m.last_error});
+             m.attempts, m.last_error, m.body_id});
+        // A copy that shares another's body writes none (its owner, in this batch, does).
+        if (m.body_id.empty() || m.body_id == m.id) write_body(m);
+        int pos = 0;
+        for (const auto& a : m.recipients)
+            exec(
+                "INSERT INTO recipients(message_id, pos, address) VALUES($1,$2,$3) ON CONFLICT "
+                "DO NOTHING",
+                {m.id, pos++, a});
+    }
+
+    void write_body(const NewMessage& m) {
+        const bool shared = !m.body_id.empty();
+        if (shared) exec("INSERT INTO bodies(id, refs) VALUES($1,$2)", {m.id, m.body_refs});
         std::int64_t seq = 0;
         std::string_view body = m.body;
-        const char* piece_sql = "INSERT INTO body_pieces(message_id, seq, data) VALUES($1,$2,$3)";
+        const char* piece_sql =
+            shared ? "INSERT INTO body_shared(body_id, seq, data) VALUES($1,$2,$3)"
+                   : "INSERT INTO body_pieces(message_id, seq, data) VALUES($1,$2,$3)";
         while (!body.empty()) {
             auto piece = body.substr(0, kBodyPiece);
             body.remove_prefix(piece.size());
@@ -1176,12 +1220,6 @@ class PgStore final : public Store {
                 exec(piece_sql, {m.id, seq++, Param::bytes(piece)});
             }
         }
-        int pos = 0;
-        for (const auto& a : m.recipients)
-            exec(
-                "INSERT INTO recipients(message_id, pos, address) VALUES($1,$2,$3) ON CONFLICT "
-                "DO NOTHING",
-                {m.id, pos++, a});
     }
 
     // Updates of distinct messages; appends each one's pending count to `left`.

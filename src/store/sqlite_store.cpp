@@ -101,6 +101,16 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT '',
     client TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS bodies (
+    id TEXT PRIMARY KEY,
+    refs INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS body_shared (
+    body_id TEXT NOT NULL REFERENCES bodies(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (body_id, seq)
+);
 CREATE TABLE IF NOT EXISTS domain_claims (
     domain TEXT NOT NULL,
     account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
@@ -263,7 +273,10 @@ class SqliteStore final : public Store {
     }
 
     std::optional<std::string> read_body(const std::string& id, std::size_t seq) override {
-        Stmt s(db_, "SELECT data FROM body_pieces WHERE message_id = ? AND seq = ?");
+        Stmt s(db_,
+               "SELECT data FROM body_pieces WHERE message_id = ?1 AND seq = ?2 UNION ALL "
+               "SELECT s.data FROM messages m JOIN body_shared s ON s.body_id = m.body_id "
+               "WHERE m.id = ?1 AND m.body_id <> '' AND s.seq = ?2");
         s.bind(1, id).bind(2, static_cast<std::int64_t>(seq));
         if (!s.step()) return std::nullopt;
         return s.text(0);
@@ -841,8 +854,8 @@ class SqliteStore final : public Store {
     void insert_in_tx(const NewMessage& msg) {
         Stmt m(db_,
                "INSERT INTO messages(id, domain, sender, received_at, size, next_attempt_at, "
-               "smtputf8, eightbit, client, body, held, attempts, last_error) "
-               "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+               "smtputf8, eightbit, client, body, held, attempts, last_error, body_id) "
+               "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
         m.bind(1, msg.id)
             .bind(2, msg.domain)
             .bind(3, msg.sender)
@@ -855,9 +868,27 @@ class SqliteStore final : public Store {
             .bind_blob(10, std::string_view{})  // the body goes in pieces, below
             .bind(11, msg.held)
             .bind(12, std::int64_t{msg.attempts})
-            .bind(13, msg.last_error);
+            .bind(13, msg.last_error)
+            .bind(14, msg.body_id);
         m.run();
-        Stmt b(db_, "INSERT INTO body_pieces(message_id, seq, data) VALUES(?,?,?)");
+        // A copy that shares another's body writes none (its owner, in this batch, does).
+        if (msg.body_id.empty() || msg.body_id == msg.id) write_body(msg);
+        Stmt r(db_, "INSERT OR IGNORE INTO recipients(message_id, address) VALUES(?,?)");
+        for (const auto& a : msg.recipients) {
+            r.bind(1, msg.id).bind(2, a);
+            r.run();
+        }
+    }
+
+    void write_body(const NewMessage& msg) {
+        const bool shared = !msg.body_id.empty();
+        if (shared) {
+            Stmt o(db_, "INSERT INTO bodies(id, refs) VALUES(?,?)");
+            o.bind(1, msg.body_id).bind(2, std::int64_t{msg.body_refs});
+            o.run();
+        }
+        Stmt b(db_, shared ? "INSERT INTO body_shared(body_id, seq, data) VALUES(?,?,?)"
+                           : "INSERT INTO body_pieces(message_id, seq, data) VALUES(?,?,?)");
         std::int64_t seq = 0;
         std::string_view body = msg.body;
         while (!body.empty()) {
@@ -875,11 +906,6 @@ class SqliteStore final : public Store {
                 b.run();
             }
         }
-        Stmt r(db_, "INSERT OR IGNORE INTO recipients(message_id, address) VALUES(?,?)");
-        for (const auto& a : msg.recipients) {
-            r.bind(1, msg.id).bind(2, a);
-            r.run();
-        }
     }
 
     // Columns added after the first schema: added to stores made before them.
@@ -888,6 +914,16 @@ class SqliteStore final : public Store {
         bool held = false;
         while (cols.step()) held = held || cols.text(0) == "held";
         if (!held) exec("ALTER TABLE messages ADD COLUMN held TEXT NOT NULL DEFAULT ''");
+        Stmt again(db_, "SELECT name FROM pragma_table_info('messages')");
+        bool body_id = false;
+        while (again.step()) body_id = body_id || again.text(0) == "body_id";
+        if (!body_id) exec("ALTER TABLE messages ADD COLUMN body_id TEXT NOT NULL DEFAULT ''");
+        // A shared body goes with the last message that names it.
+        exec(
+            "CREATE TRIGGER IF NOT EXISTS messages_release_body AFTER DELETE ON messages "
+            "WHEN OLD.body_id <> '' BEGIN "
+            "UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id; "
+            "DELETE FROM bodies WHERE id = OLD.body_id AND refs <= 0; END");
     }
 
     void exec(const char* sql) {

@@ -41,6 +41,11 @@ struct NewMessage {
     std::string held;    // non-empty: quarantined (a milter asked); kept, not delivered
     int attempts = 0;    // a message moved from another store keeps its history's count
     std::string last_error;
+    // One DATA to several domains: every per-domain copy names the same body, stored once (by
+    // the copy whose id is body_id, in the same batch) and removed with the last copy that
+    // names it. Empty: the message has a body of its own.
+    std::string body_id;
+    int body_refs = 0;  // the copies that share it (set on the one whose id is body_id)
 };
 
 inline std::int64_t body_size(const NewMessage& m) {

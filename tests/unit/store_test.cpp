@@ -868,6 +868,43 @@ TEST_P(StoreTest, ADomainWithQueuedMailCannotBeRemoved) {
     EXPECT_TRUE(store_->domains().empty());
 }
 
+TEST_P(StoreTest, OneDataToSeveralDomainsKeepsOneBodyUntilTheLastCopyGoes) {
+    std::string big = "Subject: shared\r\n\r\n";
+    for (int i = 0; i < 8000; ++i) big += "line " + std::to_string(i) + " of a shared body\r\n";
+    ASSERT_GT(big.size(), 2 * kBodyPiece);  // several pieces
+    std::vector<NewMessage> copies;
+    for (const char* id : {"E0000000000000A1", "E0000000000000A2", "E0000000000000A3"}) {
+        auto m = msg(id, {std::string("bob@") + id + ".test"}, big);
+        m.domain = std::string(id) + ".test";
+        m.body_id = "E0000000000000A1";
+        m.body_refs = 3;
+        copies.push_back(std::move(m));
+    }
+    store_->insert({&copies[0], &copies[1], &copies[2]});
+    auto whole = [&](const std::string& id) {
+        std::string out;
+        for (std::size_t seq = 0;; ++seq) {
+            auto piece = store_->read_body(id, seq);
+            if (!piece) return out;
+            out += *piece;
+        }
+    };
+    for (const auto& c : copies) {
+        EXPECT_EQ(whole(c.id), big) << c.id;
+        EXPECT_EQ(store_->load_head(c.id)->size, static_cast<std::int64_t>(big.size()));
+    }
+    EXPECT_TRUE(store_->remove("E0000000000000A1"));  // the copy that wrote it goes first
+    EXPECT_TRUE(store_->remove("E0000000000000A3"));
+    EXPECT_EQ(whole("E0000000000000A2"), big);  // still there for the last copy
+    EXPECT_TRUE(store_->remove("E0000000000000A2"));
+    // gone with the last: the same body id can be stored again
+    auto again = msg("E0000000000000A1", {"bob@example.test"}, "Subject: new\r\n\r\nx\r\n");
+    again.body_id = "E0000000000000A1";
+    again.body_refs = 1;
+    store_->insert({&again});
+    EXPECT_EQ(whole("E0000000000000A1"), again.body);
+}
+
 TEST_P(StoreTest, DomainClaimsAreOnePerAccountAndServeNothing) {
     ASSERT_TRUE(store_->add_account({"carl", "customer", "$argon2id$x", {}, from_unix(1)}));
     ASSERT_TRUE(store_->add_account({"dora", "customer", "$argon2id$x", {}, from_unix(1)}));
