@@ -1096,8 +1096,7 @@ asio::awaitable<Response> Admin::message_api(Ctx& c) {
         auto u = bounce::return_to_sender(m, p_.cfg.hostname,
                                           "returned to the sender by the operator of the backup MX",
                                           now(), p_.cfg.dsn_max_headers);
-        co_await p_.queue.record(u);
-        if (u.dsn) p_.scheduler.add({*u.dsn});
+        co_await p_.queue.record(u);  // commits the DSN and hands it to the scheduler
         // Named first: GCC 12 destroys temporaries of a ?: inside co_await/co_return twice.
         json::value dsn_id = nullptr;
         std::string detail = "domain " + m.domain + " (null sender: no DSN)";

@@ -22,8 +22,8 @@ namespace asio = boost::asio;
 namespace http = boost::beast::http;
 using asio::ip::tcp;
 
-Alerts::Alerts(asio::io_context& io, const Config& cfg, Queue& queue, Committed committed)
-    : io_(io), cfg_(cfg), queue_(queue), committed_(std::move(committed)) {}
+Alerts::Alerts(asio::io_context& io, const Config& cfg, Queue& queue)
+    : io_(io), cfg_(cfg), queue_(queue) {}
 
 void Alerts::primary_down(const std::string& domain, const std::string& error, std::size_t queued) {
     raise("primary_down", domain, {{"error", error}, {"queued", queued}},
@@ -85,12 +85,11 @@ void Alerts::raise(const std::string& event, const std::string& domain, boost::j
 asio::awaitable<void> Alerts::mail(NewMessage m) {
     const std::vector<NewMessage> msgs{std::move(m)};
     try {
-        co_await queue_.commit(msgs);
+        co_await queue_.submit(msgs);
     } catch (const std::exception& e) {
         spdlog::error("alert mail to {} not queued: {}", cfg_.alert_email, e.what());
         co_return;
     }
-    committed_(msgs);
 }
 
 asio::awaitable<void> Alerts::post(std::string body) {

@@ -20,8 +20,8 @@ namespace bmx {
 
 class Alerts {
   public:
-    using Committed = std::function<void(const std::vector<NewMessage>&)>;  // to the scheduler
-    Alerts(boost::asio::io_context& io, const Config& cfg, Queue& queue, Committed committed);
+    // Alert mail goes through queue.submit(): committed, then scheduled.
+    Alerts(boost::asio::io_context& io, const Config& cfg, Queue& queue);
     bool enabled() const { return !cfg_.alert_webhook.empty() || !cfg_.alert_email.empty(); }
 
     void primary_down(const std::string& domain, const std::string& error, std::size_t queued);
@@ -37,7 +37,6 @@ class Alerts {
     boost::asio::io_context& io_;
     const Config& cfg_;
     Queue& queue_;
-    Committed committed_;
 };
 
 }  // namespace bmx

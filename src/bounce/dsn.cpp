@@ -4,6 +4,8 @@
 #include <cctype>
 #include <cstdio>
 
+#include "util/util.hpp"
+
 namespace bmx::bounce {
 
 std::string status_of(std::string_view reply) {
@@ -158,24 +160,44 @@ std::optional<NewMessage> make_dsn(const StoredMessage& original,
     return dsn;
 }
 
-AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostname,
-                               const std::string& why, TimePoint now, std::size_t max_headers) {
+namespace {
+
+// Every pending recipient fails with `status` and `diagnostic` (recorded as `outcome`); the
+// update removes the message in the transaction that commits its DSN.
+AttemptUpdate fail_pending(const StoredMessage& m, const std::string& status,
+                           const std::string& diagnostic, const std::string& outcome,
+                           const std::string& hostname, TimePoint now, std::size_t max_headers) {
     AttemptUpdate u;
     u.id = m.id;
     u.next_attempt_at = now;
-    u.last_error = why;
+    u.last_error = outcome;
     u.count_attempt = false;
     u.remove = true;
     std::vector<Failure> failures;
     for (const auto& r : m.recipients) {
         if (r.status != RcptStatus::Pending) continue;
-        failures.push_back(
-            {r.address, "5.0.0",
-             why + "; last error: " + (m.last_error.empty() ? "none" : m.last_error)});
-        u.outcomes.push_back({r.address, RcptStatus::Failed, why});
+        failures.push_back({r.address, status, diagnostic});
+        u.outcomes.push_back({r.address, RcptStatus::Failed, outcome});
     }
     u.dsn = make_dsn(m, failures, hostname, "", now, max_headers);
     return u;
+}
+
+}  // namespace
+
+AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostname,
+                               const std::string& why, TimePoint now, std::size_t max_headers) {
+    const std::string last = m.last_error.empty() ? "none" : m.last_error;
+    return fail_pending(m, "5.0.0", why + "; last error: " + last, why, hostname, now, max_headers);
+}
+
+AttemptUpdate expire(const StoredMessage& m, const std::string& hostname, Seconds max_age,
+                     TimePoint now, std::size_t max_headers) {
+    const std::string last = m.last_error.empty() ? "no successful delivery" : m.last_error;
+    return fail_pending(m, "4.4.7",
+                        "delivery time expired after " + format_duration(max_age) +
+                            " in queue; last error: " + last,
+                        "expired", hostname, now, max_headers);
 }
 
 }  // namespace bmx::bounce

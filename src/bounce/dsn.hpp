@@ -38,4 +38,10 @@ AttemptUpdate return_to_sender(const StoredMessage& m, const std::string& hostna
                                const std::string& why, TimePoint now,
                                std::size_t max_headers = kDsnMaxHeaders);
 
+// A message older than max_age: every pending recipient fails with status 4.4.7 ("delivery
+// time expired", with the last error), a DSN is made (none for a null sender), and the update
+// removes the message in the same transaction that commits the DSN.
+AttemptUpdate expire(const StoredMessage& m, const std::string& hostname, Seconds max_age,
+                     TimePoint now, std::size_t max_headers = kDsnMaxHeaders);
+
 }  // namespace bmx::bounce

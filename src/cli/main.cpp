@@ -1,6 +1,9 @@
-// cli: the `backupmx` command — `serve` wires the parts together on one event loop; `queue
-// list|flush|delete` and `check-config` are the operator's tools. It must never hold protocol or
-// queue logic of its own: it only parses arguments, prints, and calls the parts.
+// cli: the `backupmx` command — `serve` wires the parts together on one event loop (the queue's
+// one door hands committed mail to the scheduler); the operator's tools are `check-config`,
+// `queue list|show|summary|flush|delete|hold|release|bounce`, `dns-check`, `admin add-user`,
+// `domain add|list|delete` and `store migrate|copy` (on the store directly; a running server is
+// told through the control socket). It must never hold protocol or queue logic of its own: it
+// only parses arguments, prints, and calls the parts.
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -194,9 +197,10 @@ int serve(Config cfg) {
                      const std::string& rcpt) -> asio::awaitable<policy::Verification> {
             co_return co_await scheduler.verify(domain, rcpt);
         });
-    smtp::Server smtp(io, cfg, *queue, checker,
-                      [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
-    Alerts alerts(io, cfg, *queue, [&](const std::vector<NewMessage>& m) { scheduler.add(m); });
+    // The queue's one door: whatever is committed (accepted mail, alerts, DSNs) is scheduled.
+    queue->on_committed([&scheduler](const std::vector<NewMessage>& m) { scheduler.add(m); });
+    smtp::Server smtp(io, cfg, *queue, checker);
+    Alerts alerts(io, cfg, *queue);
     if (alerts.enabled()) scheduler.set_alerts(&alerts);
     smtp.on_etrn(
         [&](const std::string& node, const std::string& ip) -> asio::awaitable<smtp::EtrnAnswer> {

@@ -28,7 +28,7 @@ Queue::~Queue() {
     }
 }
 
-void Queue::submit(Job job) {
+void Queue::enqueue(Job job) {
     {
         std::lock_guard lock(mu_);
         jobs_.push_back(std::move(job));
@@ -36,7 +36,7 @@ void Queue::submit(Job job) {
     cv_.notify_one();
 }
 
-void Queue::submit_read(Job job) {
+void Queue::enqueue_read(Job job) {
     {
         std::lock_guard lock(reads_.mu);
         reads_.jobs.push_back(std::move(job));
@@ -64,9 +64,9 @@ boost::asio::awaitable<void> Queue::commit(const std::vector<NewMessage>& msgs) 
         [this, ex, &msgs](auto handler) {
             auto h = std::make_shared<decltype(handler)>(std::move(handler));
             // `msgs` lives in this coroutine frame, which stays suspended until the job is done.
-            submit(Job{&msgs, [h, ex](Store*, std::exception_ptr ep) {
-                           boost::asio::post(ex, [h, ep]() mutable { (*h)(ep); });
-                       }});
+            enqueue(Job{&msgs, [h, ex](Store*, std::exception_ptr ep) {
+                            boost::asio::post(ex, [h, ep]() mutable { (*h)(ep); });
+                        }});
         },
         boost::asio::use_awaitable);
 }
@@ -79,14 +79,20 @@ boost::asio::awaitable<int> Queue::record(const AttemptUpdate& u) {
         [this, ex, &u, &left](auto handler) {
             auto h = std::make_shared<decltype(handler)>(std::move(handler));
             // `u` and `left` live in this coroutine frame, suspended until the job is done.
-            submit(Job{nullptr,
-                       [h, ex](Store*, std::exception_ptr ep) {
-                           boost::asio::post(ex, [h, ep]() mutable { (*h)(ep); });
-                       },
-                       &u, &left});
+            enqueue(Job{nullptr,
+                        [h, ex](Store*, std::exception_ptr ep) {
+                            boost::asio::post(ex, [h, ep]() mutable { (*h)(ep); });
+                        },
+                        &u, &left});
         },
         boost::asio::use_awaitable);
+    if (u.dsn && committed_) committed_({*u.dsn});
     co_return left;
+}
+
+boost::asio::awaitable<void> Queue::submit(const std::vector<NewMessage>& msgs) {
+    co_await commit(msgs);
+    if (committed_) committed_(msgs);
 }
 
 void Queue::loop() {

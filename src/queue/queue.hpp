@@ -2,9 +2,10 @@
 // thread of its own runs every store call, and batches the new messages of all sessions that wait
 // at the same moment into one transaction (group commit: one fsync serves many 250s), and likewise
 // the delivery attempts that finish together. Delivery's reads go to a second thread and connection
-// when the store has one (PostgreSQL), so they never wait behind a commit.
-// It must never run store calls on the event loop, and never complete a commit before the store
-// has returned from it.
+// when the store has one (PostgreSQL), so they never wait behind a commit. It is the one door for
+// mail: submit() commits and then hands the messages to the scheduler, record() does the same for
+// the DSN an outcome owes. It must never run store calls on the event loop, never complete a
+// commit before the store has returned from it, and never hand on a message not committed.
 #pragma once
 
 #include <atomic>
@@ -34,12 +35,22 @@ class Queue {
     Queue(const Queue&) = delete;
     Queue& operator=(const Queue&) = delete;
 
-    // Commits all messages durably (grouped with other sessions' commits). Throws StoreError.
-    boost::asio::awaitable<void> commit(const std::vector<NewMessage>& msgs);
+    // The one door into the queue. Commits all messages durably (grouped with other sessions'
+    // commits), then hands them to whoever on_committed() named (the scheduler). Every producer
+    // of mail comes through here: the SMTP session, alerts; DSNs come through record(). Throws
+    // StoreError, and then nothing is handed on.
+    boost::asio::awaitable<void> submit(const std::vector<NewMessage>& msgs);
 
-    // Records one delivery attempt (grouped with the other attempts waiting at the same moment
-    // into one transaction). Returns the recipients still pending. Throws StoreError.
+    // Records one delivery attempt or operator action (grouped with the other attempts waiting at
+    // the same moment into one transaction). Its DSN, if any, is committed in that transaction
+    // and then handed on as submit() does. Returns the recipients still pending. Throws
+    // StoreError, and then nothing is handed on.
     boost::asio::awaitable<int> record(const AttemptUpdate& u);
+
+    // Who is told of newly committed messages (held ones included: the scheduler skips them).
+    // Set once before serving; unset, committed mail is only stored (tools, tests).
+    using Committed = std::function<void(const std::vector<NewMessage>&)>;
+    void on_committed(Committed fn) { committed_ = std::move(fn); }
 
     // Runs fn(store) on the store thread and resumes the caller on its executor with the result.
     // Callers pass a named std::function: GCC 12 may destroy a temporary inside co_await twice.
@@ -58,6 +69,8 @@ class Queue {
     std::uint64_t attempt_batches() const { return attempt_batches_.load(); }
 
   private:
+    boost::asio::awaitable<void> commit(const std::vector<NewMessage>& msgs);  // submit's half
+    Committed committed_;
     struct Job {
         const std::vector<NewMessage>* insert;  // non-null: part of the next group commit
         std::function<void(Store*, std::exception_ptr)> run;
@@ -94,15 +107,15 @@ class Queue {
                             });
                         }};
                 if (on_reader)
-                    submit_read(std::move(job));
+                    enqueue_read(std::move(job));
                 else
-                    submit(std::move(job));
+                    enqueue(std::move(job));
             },
             boost::asio::use_awaitable);
     }
 
-    void submit(Job job);
-    void submit_read(Job job);
+    void enqueue(Job job);
+    void enqueue_read(Job job);
     void loop();
     void read_loop();
 

@@ -168,6 +168,7 @@ void Scheduler::wake() {
 
 void Scheduler::add(const std::vector<NewMessage>& msgs) {
     for (const auto& m : msgs) {
+        if (!m.held.empty()) continue;  // quarantined: scheduled when an operator releases it
         auto& d = dest(m.domain);
         // A down primary gets new mail with the next probe, not before.
         index(m.id, m.domain, m.received_at, d.up ? m.next_attempt_at : d.next_probe, 0);
@@ -732,21 +733,16 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     auto t = now();
 
     if (msg->received_at + cfg_.max_age <= t || pending.empty()) {  // expired: DSN, then gone
-        std::vector<bounce::Failure> failures;
-        std::string last = msg->last_error.empty() ? "no successful delivery" : msg->last_error;
-        for (auto& a : pending)
-            failures.push_back({a, "4.4.7",
-                                "delivery time expired after " + format_duration(cfg_.max_age) +
-                                    " in queue; last error: " + last});
-        auto dsn = bounce::make_dsn(*msg, failures, cfg_.hostname, "", t, cfg_.dsn_max_headers);
-        AttemptUpdate u{id, {}, t, "expired", false, dsn, true};
-        for (auto& a : pending) u.outcomes.push_back({a, RcptStatus::Failed, "expired"});
+        const std::string last =
+            msg->last_error.empty() ? "no successful delivery" : msg->last_error;
+        auto u = bounce::expire(*msg, cfg_.hostname, cfg_.max_age, t, cfg_.dsn_max_headers);
+        const auto& dsn = u.dsn;
         spdlog::info(
             "expired id={} from=<{}> to={} domain={} age={} attempts={} last_error=\"{}\"{}", id,
             msg->sender, angle_list(pending), domain, age(msg->received_at, t), msg->attempts, last,
             dsn ? " dsn=" + dsn->id : " (null sender: no DSN)");
         count_result("expired", pending.size());
-        co_await finish(id, std::move(u), std::move(dsn));
+        co_await finish(id, std::move(u));
         co_return;
     }
 
@@ -883,11 +879,10 @@ asio::awaitable<void> Scheduler::attempt(std::string id, delivery::Session* sess
     u.dsn = dsn;
     // Recorded in the background: the connection goes on with the next message while the store
     // commits this outcome together with others (the message stays in flight until then).
-    spawn(finish(id, std::move(u), std::move(dsn)));
+    spawn(finish(id, std::move(u)));
 }
 
-asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
-                                        std::optional<NewMessage> dsn) {
+asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u) {
     int left = 0;
     bool recorded = true;
     try {
@@ -901,11 +896,11 @@ asio::awaitable<void> Scheduler::finish(std::string id, AttemptUpdate u,
     }
     if (!recorded) {
         // The entry stays in flight: the message is not tried again before its record is in.
-        unrecorded_.emplace(id, Unrecorded{std::move(u), std::move(dsn)});
+        unrecorded_.emplace(id, std::move(u));
         if (!recording_) spawn(record_later());
         co_return;
     }
-    after_record(id, left, u.next_attempt_at, std::move(dsn));
+    after_record(id, left, u.next_attempt_at);
 }
 
 asio::awaitable<void> Scheduler::record_later() {
@@ -924,7 +919,7 @@ asio::awaitable<void> Scheduler::record_later() {
             auto it = unrecorded_.begin();
             int left = 0;
             try {
-                left = co_await queue_.record(it->second.update);
+                left = co_await queue_.record(it->second);
             } catch (const std::exception& e) {
                 spdlog::warn("store still cannot record {} attempt outcomes ({}); retrying in {}",
                              unrecorded_.size(), e.what(),
@@ -932,11 +927,10 @@ asio::awaitable<void> Scheduler::record_later() {
                 break;
             }
             const std::string id = it->first;
-            const auto next = it->second.update.next_attempt_at;
-            auto dsn = std::move(it->second.dsn);
+            const auto next = it->second.next_attempt_at;
             unrecorded_.erase(it);
             spdlog::info("recorded the outcome of id={} after a store failure", id);
-            after_record(id, left, next, std::move(dsn));
+            after_record(id, left, next);
         }
     }
     if (unrecorded_.empty()) {
@@ -950,8 +944,7 @@ asio::awaitable<void> Scheduler::record_later() {
     }
 }
 
-void Scheduler::after_record(const std::string& id, int left, TimePoint next,
-                             std::optional<NewMessage> dsn) {
+void Scheduler::after_record(const std::string& id, int left, TimePoint next) {
     const Index::Key key = *Index::key(id);
     if (withdrawn_.contains(id)) {
         settled(id);  // recorded: the operator's action goes ahead; never requeued
@@ -972,7 +965,6 @@ void Scheduler::after_record(const std::string& id, int left, TimePoint next,
             if (index_.earliest(d.id) == TimePoint{}) wake();  // flushed while it was tried
         }
     }
-    if (dsn) add({*dsn});
 }
 
 }  // namespace bmx

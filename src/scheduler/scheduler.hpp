@@ -113,11 +113,10 @@ class Scheduler {
     boost::asio::awaitable<void> window(std::string domain, Store::Window how);
     void publish(const std::string& domain);   // a fleet: this primary's state, for every node
     void adopt(const Store::PrimaryState& p);  // ... and what another node saw of it
-    boost::asio::awaitable<void> finish(std::string id, AttemptUpdate u,
-                                        std::optional<NewMessage> dsn);
-    // What a recorded outcome means for the index: gone, or due again at `next`; its DSN queued.
-    void after_record(const std::string& id, int left, TimePoint next,
-                      std::optional<NewMessage> dsn);
+    // Records an outcome through the queue (which commits and schedules its DSN, if any).
+    boost::asio::awaitable<void> finish(std::string id, AttemptUpdate u);
+    // What a recorded outcome means for the index: gone, or due again at `next`.
+    void after_record(const std::string& id, int left, TimePoint next);
     boost::asio::awaitable<void> record_later();  // retries unrecorded_ until the store takes them
 
     // A connection to a primary carries at most this many messages, for at most this long
@@ -144,11 +143,7 @@ class Scheduler {
     void settled(const std::string& id);  // the withdrawn attempt ended: gone from the index
     // Outcomes of attempts (a delivery, most often) the store could not record: kept until it
     // can; while any is here no new attempt starts (see pump).
-    struct Unrecorded {
-        AttemptUpdate update;
-        std::optional<NewMessage> dsn;
-    };
-    std::map<std::string, Unrecorded> unrecorded_;
+    std::map<std::string, AttemptUpdate> unrecorded_;
     bool recording_ = false;  // record_later() runs
 };
 

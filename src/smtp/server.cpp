@@ -16,9 +16,8 @@ namespace bmx::smtp {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
-Server::Server(asio::io_context& io, const Config& cfg, Queue& queue, policy::Checker& checker,
-               Accepted on_accepted)
-    : io_(io), cfg_(cfg), queue_(queue), checker_(checker), on_accepted_(std::move(on_accepted)) {}
+Server::Server(asio::io_context& io, const Config& cfg, Queue& queue, policy::Checker& checker)
+    : io_(io), cfg_(cfg), queue_(queue), checker_(checker) {}
 
 void Server::start() {
     if (!cfg_.tls_cert.empty()) tls_ = netio::server_context(cfg_.tls_cert, cfg_.tls_key);

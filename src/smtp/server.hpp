@@ -31,12 +31,11 @@ struct EtrnAnswer {
 
 class Server {
   public:
-    using Accepted = std::function<void(const std::vector<NewMessage>&)>;
     // Asked for ETRN <node> by the client at `ip`; unset: ETRN is not offered.
     using Etrn = std::function<boost::asio::awaitable<EtrnAnswer>(const std::string& node,
                                                                   const std::string& ip)>;
-    Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, policy::Checker& checker,
-           Accepted on_accepted);
+    // Accepted mail goes through queue.submit(): committed, then scheduled.
+    Server(boost::asio::io_context& io, const Config& cfg, Queue& queue, policy::Checker& checker);
     // Loads the TLS certificate, binds every listen address (throws on failure, before serving)
     // and starts accepting.
     void start();
@@ -60,7 +59,6 @@ class Server {
     const Config& cfg_;
     Queue& queue_;
     policy::Checker& checker_;
-    Accepted on_accepted_;
     Etrn on_etrn_;
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::set<Session*> sessions_;

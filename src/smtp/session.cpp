@@ -920,7 +920,7 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
     for (std::size_t i = 0; i + 1 < msgs.size(); ++i) msgs[i].body = body;
     msgs.back().body = std::move(body);
     try {
-        co_await server_.queue_.commit(msgs);
+        co_await server_.queue_.submit(msgs);  // then scheduled (held ones are not)
     } catch (const std::exception& e) {
         spdlog::error("store failure, answering 451 to [{}] from=<{}>: {}", peer_, sender_->str(),
                       e.what());
@@ -936,11 +936,7 @@ asio::awaitable<std::string> Session::commit(const std::string& id, std::string 
                                              "Messages accepted: committed, then answered 250 "
                                              "(one per destination domain)");
     accepted.inc(msgs.size());
-    if (!held.empty()) {
-        spdlog::info("held id={}: quarantined ({})", msgs.front().id, held);
-        std::erase_if(msgs, [](const NewMessage& m) { return !m.held.empty(); });
-    }
-    server_.on_accepted_(msgs);
+    if (!held.empty()) spdlog::info("held id={}: quarantined ({})", msgs.front().id, held);
     co_return "250 2.0.0 Ok: queued as " + ids;
 }
 

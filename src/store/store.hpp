@@ -1,7 +1,9 @@
-// store: the durable queue — messages, their recipients and per-recipient state — behind one
-// interface that the embedded SQLite engine implements now and PostgreSQL later. Calls block; the
-// queue part runs them on its own thread. A store must never report success for a write that is
-// not on disk, and never delete a message whose DSN (when one is owed) is not committed with it.
+// store: the durable queue — messages, their recipients and per-recipient state — and the state
+// beside it (greylist, verify cache, accounts, run-time domains, fleet coordination) behind one
+// interface that two engines implement: embedded SQLite (one node) and PostgreSQL (a fleet).
+// Calls block; the running server reaches a store only through queue/, on its thread. A store
+// must never report success for a write that is not on disk, and never delete a message whose DSN
+// (when one is owed) is not committed with it.
 #pragma once
 
 #include <cstdint>

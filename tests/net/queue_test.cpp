@@ -177,7 +177,7 @@ TEST_P(QueueOnEngine, ConcurrentCommitsShareTransactions) {
                 io,
                 [&q, &committed, &early, &other, i]() -> asio::awaitable<void> {
                     const std::vector<NewMessage> batch{message(i)};
-                    co_await q.commit(batch);
+                    co_await q.submit(batch);
                     if (q.batches() == 0 || !other->load_head(batch[0].id)) ++early;
                     ++committed;
                 },
@@ -204,7 +204,7 @@ TEST_P(QueueOnEngine, ConcurrentAttemptRecordsShareTransactions) {
         Queue q(open());
         asio::io_context io;
         asio::co_spawn(
-            io, [&]() -> asio::awaitable<void> { co_await q.commit(msgs); }, asio::detached);
+            io, [&]() -> asio::awaitable<void> { co_await q.submit(msgs); }, asio::detached);
         io.run();
         io.restart();
         for (int i = 0; i < n; ++i) {
@@ -240,7 +240,7 @@ TEST_P(QueueOnEngine, CallRunsOnTheStoreThreadAndReturnsValues) {
         io,
         [&]() -> asio::awaitable<void> {
             const std::vector<NewMessage> batch{message(1), message(2)};
-            co_await q.commit(batch);
+            co_await q.submit(batch);
             const std::function<std::size_t(Store&)> count = [](Store& s) {
                 return s.list().size();
             };
@@ -262,7 +262,7 @@ TEST(Queue, ReadsOnTheReadingConnectionDoNotWaitForACommit) {
         [&]() -> asio::awaitable<void> {
             const std::vector<NewMessage> batch{message(1)};
             try {
-                co_await q.commit(batch);
+                co_await q.submit(batch);
                 committed = "yes";
             } catch (const StoreError& e) {
                 committed = e.what();
@@ -306,7 +306,7 @@ std::string caught_from_full_store(Step step) {
 
 TEST(Queue, StoreFailureReachesTheCaller) {
     const std::vector<NewMessage> batch{message(1)};
-    EXPECT_EQ(caught_from_full_store([&](Queue& q) { return q.commit(batch); }), "disk full");
+    EXPECT_EQ(caught_from_full_store([&](Queue& q) { return q.submit(batch); }), "disk full");
 }
 
 TEST(Queue, AttemptStoreFailureReachesTheCaller) {
@@ -315,4 +315,74 @@ TEST(Queue, AttemptStoreFailureReachesTheCaller) {
     EXPECT_EQ(
         caught_from_full_store([&](Queue& q) -> asio::awaitable<void> { co_await q.record(u); }),
         "disk full");
+}
+
+// The one door: submit() hands the scheduler exactly what it committed, and only once the store
+// has it; a failed commit hands nothing on.
+TEST_P(QueueOnEngine, SubmitHandsCommittedMessagesOnAfterTheCommit) {
+    const std::vector<NewMessage> msgs{message(1), message(2)};
+    std::vector<std::string> handed;
+    bool stored_when_handed = false;
+    {
+        Queue q(open());
+        q.on_committed([&](const std::vector<NewMessage>& m) {
+            for (const auto& x : m) handed.push_back(x.id);
+            stored_when_handed = open_other()->load_head(m.front().id).has_value();
+        });
+        asio::io_context io;
+        asio::co_spawn(
+            io, [&]() -> asio::awaitable<void> { co_await q.submit(msgs); }, asio::detached);
+        io.run();
+    }
+    EXPECT_EQ(handed, (std::vector<std::string>{msgs[0].id, msgs[1].id}));
+    EXPECT_TRUE(stored_when_handed) << "handed on before the commit";
+}
+
+TEST(Queue, FailedSubmitHandsNothingOn) {
+    const std::vector<NewMessage> batch{message(1)};
+    bool handed = false;
+    Queue q(std::make_unique<FullStore>());
+    q.on_committed([&](const std::vector<NewMessage>&) { handed = true; });
+    asio::io_context io;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                co_await q.submit(batch);
+            } catch (const StoreError&) {
+            }
+        },
+        asio::detached);
+    io.run();
+    EXPECT_FALSE(handed);
+}
+
+// A DSN comes through the same door: record() commits it with the attempt, then hands it on.
+TEST_P(QueueOnEngine, RecordHandsTheCommittedDsnOn) {
+    const std::vector<NewMessage> msgs{message(1)};
+    NewMessage dsn = message(2);
+    dsn.sender.clear();
+    std::vector<std::string> handed;
+    {
+        Queue q(open());
+        asio::io_context io;
+        asio::co_spawn(
+            io, [&]() -> asio::awaitable<void> { co_await q.submit(msgs); }, asio::detached);
+        io.run();
+        io.restart();
+        q.on_committed([&](const std::vector<NewMessage>& m) {
+            for (const auto& x : m) handed.push_back(x.id);
+        });
+        AttemptUpdate u;
+        u.id = msgs[0].id;
+        u.next_attempt_at = now();
+        u.outcomes = {{msgs[0].recipients[0], RcptStatus::Failed, "550 no"}};
+        u.dsn = dsn;
+        u.remove = true;
+        asio::co_spawn(
+            io, [&]() -> asio::awaitable<void> { co_await q.record(u); }, asio::detached);
+        io.run();
+    }
+    EXPECT_EQ(handed, std::vector<std::string>{dsn.id});
+    EXPECT_TRUE(open()->load_head(dsn.id).has_value());
 }
